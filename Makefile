@@ -1,0 +1,54 @@
+# The two commands of the README: `make demo` (build + boot test on the test media) and `make test`.
+# Both install what they need on a fresh Debian 12 machine (as root) and are safe to re-run.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV := .venv
+PY := $(VENV)/bin/python
+SIB := $(VENV)/bin/sles-ipa-builder
+STAMP := $(VENV)/.setup-done
+APT_PACKAGES := python3 python3-venv python3-guestfs libguestfs-tools linux-image-amd64 qemu-system-x86 \
+	qemu-utils debootstrap rpm createrepo-c zypper cpio zstd git openssl shellcheck busybox-static \
+	gdisk dosfstools btrfs-progs e2fsprogs ca-certificates
+# libguestfs and qemu guests hang under KVM on some hosts; the tool falls back by itself,
+# tests and demo go straight to TCG unless the caller says otherwise.
+export LIBGUESTFS_BACKEND_SETTINGS ?= force_tcg
+export SIB_ACCEL ?= tcg
+
+.PHONY: setup media test check demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	[ -x $(PY) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -c 'import guestfs, pycdlib, git, zstandard' # python3-guestfs must be visible in the venv
+	touch $@
+
+media: setup
+	$(SIB) fixtures
+
+test: media
+	$(PY) -m pytest -v -p no:cacheprovider tests
+
+check: setup
+	$(VENV)/bin/ruff check sles_ipa_builder tests bench fixtures
+	$(VENV)/bin/mypy sles_ipa_builder
+	$(PY) -m pytest -q -m "not root and not guestfs and not qemu and not media and not slow" tests
+
+demo: media
+	$(SIB) build --config "$$($(SIB) fixtures --print-profile)" --boot-test
+
+bench: media
+	$(PY) bench/pack.py
+	$(PY) bench/root.py
+	$(PY) bench/build.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

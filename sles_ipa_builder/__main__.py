@@ -1,0 +1,146 @@
+"""Command line: parse, resolve the configuration, run a verb, map errors to exit codes.
+
+This is the one place that turns exceptions into exit codes: 0 ok, 1 build failed, 2 bad
+configuration or input, 130 interrupted. A traceback is shown only with --debug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__, log
+from .errors import BuildError
+from .settings import SETTINGS, Setting
+
+# Flags with a shape of their own (lists take several words; bools get --x/--no-x).
+LIST_FLAGS = {"elements", "elements_path"}
+BUILD_ONLY = {"boot_timeout", "boot_memory"}
+
+
+def _add_setting_flag(p: argparse.ArgumentParser, s: Setting) -> None:
+    dest = f"set_{s.key}"
+    if s.kind == "bool":
+        p.add_argument(s.option, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=s.help)
+    elif s.key in LIST_FLAGS:
+        p.add_argument(s.option, dest=dest, nargs="+", metavar=s.key.upper().rstrip("S"), help=s.help)
+    elif s.kind == "choice":
+        p.add_argument(s.option, dest=dest, choices=s.choices, help=s.help)
+    else:
+        p.add_argument(s.option, dest=dest, metavar=s.key.upper(), help=s.help)
+
+
+def _common(p: argparse.ArgumentParser, *, settings: bool) -> None:
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
+    p.add_argument("--debug", action="store_true", help="debug output and tracebacks")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more output")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    if settings:
+        for s in SETTINGS:
+            if s.flag:
+                _add_setting_flag(p, s)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="sles-ipa-builder",
+        description="Build an Ironic Python Agent ramdisk from SLES media, without diskimage-builder.",
+    )
+    top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = top.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    b = sub.add_parser("build", help="run the whole pipeline: media -> root -> hooks -> ramdisk (-> boot test)")
+    _common(b, settings=True)
+
+    s = sub.add_parser("summary", help="show the resolved configuration, elements and hook order (no side effects)")
+    _common(s, settings=True)
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+
+    d = sub.add_parser("doctor", help="check the host: root, tools, libguestfs, free space, inputs")
+    _common(d, settings=True)
+
+    r = sub.add_parser("repos", help="list the repositories found on a Media1 ISO")
+    _common(r, settings=False)
+    r.add_argument("iso", type=Path, metavar="ISO")
+
+    pk = sub.add_parser("pack", help="pack a root tree into a compressed initramfs")
+    _common(pk, settings=False)
+    pk.add_argument("tree", type=Path, metavar="TREE")
+    pk.add_argument("-o", "--output", type=Path, required=True, metavar="FILE")
+    pk.add_argument("--compress", default="zstd", help="zstd, gzip, xz, none or a command")
+    pk.add_argument("--compress-level", type=int)
+    pk.add_argument("--release", action="store_true", help="zstd level 19")
+    pk.add_argument("--minimal-prune", action="store_true", help="skip most pruning")
+    pk.add_argument("--source-date-epoch", type=int, help="clamp mtimes to this time")
+
+    bt = sub.add_parser("boot-test", help="boot the built kernel and initramfs in QEMU and check the agent")
+    _common(bt, settings=False)
+    bt.add_argument("--output", type=Path, metavar="DIR", help="directory of the artifacts")
+    bt.add_argument("--name", help="artifact base name")
+    bt.add_argument("--kernel", type=Path, help="kernel (default <output>/<name>.kernel)")
+    bt.add_argument("--initramfs", type=Path, help="initramfs (default <output>/<name>.initramfs)")
+    bt.add_argument("--timeout", type=int, help="seconds to wait for the agent")
+    bt.add_argument("--memory", type=int, help="VM memory in MiB")
+    bt.add_argument("--append", default="", help="extra kernel arguments")
+    bt.add_argument("--keep-console", type=Path, metavar="FILE", help="save the serial console here")
+    bt.add_argument("--accel", choices=("auto", "kvm", "tcg"), help="acceleration (auto: KVM, else TCG)")
+    bt.add_argument("--metal3-dev-env", nargs="?", const="", metavar="DIR",
+                    help="run metal3-dev-env's make / make test with the tar instead of QEMU")
+
+    sr = sub.add_parser("size-report", help="what takes the space in an initramfs")
+    _common(sr, settings=False)
+    sr.add_argument("initramfs", type=Path, metavar="INITRAMFS")
+    sr.add_argument("--diff", type=Path, metavar="OTHER", help="compare with another initramfs")
+    sr.add_argument("--top", type=int, default=25, help="rows per table")
+
+    c = sub.add_parser("clean", help="remove the workspace (-f) and the caches (-ff)")
+    _common(c, settings=True)
+    c.add_argument("-f", "--force", action="count", default=0, help="-f: workspace; -ff: caches too")
+
+    f = sub.add_parser("fixtures", help="build or refresh the test media (not SUSE software)")
+    _common(f, settings=False)
+    f.add_argument("--force", action="store_true", help="rebuild even when cached")
+    f.add_argument("--print-profile", action="store_true", help="print only the path of the build profile")
+    return top
+
+
+def cli_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the user gave as flags (raw values; config.py converts them)."""
+    given: dict[str, Any] = {}
+    for s in SETTINGS:
+        value = getattr(args, f"set_{s.key}", None)
+        if value is None:
+            continue
+        if s.kind == "pathlist" and isinstance(value, list):
+            value = ":".join(value)
+        given[s.key] = value
+    return given
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    log.setup(verbosity=-1 if args.quiet else args.verbose, debug=args.debug)
+    from . import commands
+
+    try:
+        return int(commands.dispatch(args, cli_settings(args)) or 0)
+    except BuildError as e:
+        if args.debug:
+            logging.getLogger(__name__).exception("failed")
+        for line in e.tail:
+            log.console.print(f"  | {line}", markup=False, highlight=False)
+        log.console.print(f"error: {e.message}", markup=False, style="bold red")
+        if e.hint:
+            log.console.print(f"hint: {e.hint}", markup=False)
+        return e.exit_code
+    except KeyboardInterrupt:
+        log.console.print("error: interrupted", style="bold red")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,225 @@
+"""The verbs of the command line, each a small function from parsed arguments to an exit code."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from rich.table import Table
+
+from . import config as config_mod
+from .errors import ConfigError, InputError
+from .log import console
+from .settings import SETTINGS
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def resolve(args: argparse.Namespace, cli: dict[str, Any]) -> config_mod.Config:
+    return config_mod.resolve(cli, config_file=getattr(args, "config", None))
+
+
+# --- build -----------------------------------------------------------------------------------------
+def build(args: argparse.Namespace, cli: dict[str, Any]) -> int:
+    cfg = resolve(args, cli)  # every bad value stops here, before any work
+    if os.geteuid() != 0:
+        raise ConfigError("build needs root (chroot, mounts, device nodes)", "run it as root or with sudo")
+    from . import namespace, phases
+
+    namespace.enter()
+    phases.build(cfg, debug=args.debug)
+    return 0
+
+
+# --- summary ---------------------------------------------------------------------------------------
+def summary(args: argparse.Namespace, cli: dict[str, Any]) -> int:
+    from . import phases
+
+    cfg = resolve(args, cli)
+    info = phases.describe(cfg)
+    settings = {
+        s.key: {"value": _jsonable(cfg.shown(s.key)), "source": cfg.sources[s.key]} for s in SETTINGS
+    }
+    if args.json:
+        print(json.dumps({"settings": settings, **info}, indent=2))
+        return 0
+    t = Table(title="Configuration")
+    for col in ("setting", "value", "source"):
+        t.add_column(col)
+    for key, row in settings.items():
+        t.add_row(key, _text(row["value"]), row["source"])
+    console.print(t)
+    e = Table(title="Elements")
+    e.add_column("element")
+    e.add_column("pulled in by")
+    e.add_column("path")
+    for el in info["elements"]:
+        e.add_row(el["name"], el["by"], el["path"])
+    console.print(e)
+    for phase in info["phases"]:
+        p = Table(title=f"{phase['name']} ({phase['where']})")
+        p.add_column("script")
+        p.add_column("element")
+        for step in phase["steps"]:
+            p.add_row(step["script"], step["element"])
+        console.print(p)
+    return 0
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value) or "-"
+    return str(value)
+
+
+# --- small verbs -----------------------------------------------------------------------------------
+def doctor(args: argparse.Namespace, cli: dict[str, Any]) -> int:
+    from . import doctor as doctor_mod
+
+    return doctor_mod.run(resolve(args, cli))
+
+
+def repos(args: argparse.Namespace, cli: dict[str, Any]) -> int:
+    from . import media
+
+    t = Table(title=str(args.iso))
+    rows = media.repo_rows(args.iso)
+    for col in rows[0].keys() if rows else ("alias",):
+        t.add_column(col)
+    for row in rows:
+        t.add_row(*(str(v) for v in row.values()))
+    console.print(t)
+    return 0
+
+
+def pack(args: argparse.Namespace, cli: dict[str, Any]) -> int:
+    from . import compress, ramdisk
+
+    if not args.tree.is_dir():
+        raise InputError(f"{args.tree} is not a directory", "give the root tree to pack")
+    level = args.compress_level if args.compress_level is not None else (19 if args.release else None)
+    comp = compress.Compression.parse(args.compress, level)
+    result = ramdisk.pack(
+        args.tree, args.output, comp, minimal_prune=args.minimal_prune, source_date_epoch=args.source_date_epoch
+    )
+    console.print(f"{args.output}: {result.size / 2**20:.1f} MiB, sha256 {result.sha256}, "
+                  f"{result.entries} entries, {result.seconds:.1f}s")
+    return 0
+
+
+def boot_test(args: argparse.Namespace, cli: dict[str, Any]) -> int:
+    from . import boottest
+
+    cfg = resolve(args, {})
+    out = args.output or cfg.output_dir
+    name = args.name or cfg.name
+    if args.metal3_dev_env is not None:
+        from . import metal3
+
+        metal3.run_from_config(cfg, Path(out) / cfg.tar_name, location=args.metal3_dev_env or None)
+        return 0
+    kernel = args.kernel or Path(out) / f"{name}.kernel"
+    initramfs = args.initramfs or Path(out) / f"{name}.initramfs"
+    for p in (kernel, initramfs):
+        if not p.is_file():
+            raise InputError(f"{p} not found", "build first, or give --output/--name or --kernel/--initramfs")
+    result = boottest.boot_test(
+        kernel, initramfs,
+        timeout=args.timeout or cfg.boot_timeout, memory_mb=args.memory or cfg.boot_memory,
+        append=args.append, keep_console=args.keep_console, accel=args.accel or cfg.accel,
+    )
+    console.print(result.summary())
+    return 0
+
+
+def size_report(args: argparse.Namespace, cli: dict[str, Any]) -> int:
+    from . import sizereport
+
+    for p in (args.initramfs, args.diff):
+        if p is not None and not p.is_file():
+            raise InputError(f"{p} not found", "give the path of an initramfs")
+    sizereport.print_report(args.initramfs, diff=args.diff, top=args.top)
+    return 0
+
+
+def clean(args: argparse.Namespace, cli: dict[str, Any]) -> int:
+    cfg = resolve(args, cli)
+    if args.force < 1:
+        console.print(f"would remove {cfg.build_dir} (-f) and the caches (-ff); nothing removed")
+        return 0
+    if cfg.build_dir.exists():
+        shutil.rmtree(cfg.build_dir)
+        console.print(f"removed {cfg.build_dir}")
+    if args.force >= 2:
+        from . import cache
+
+        root = cache.cache_root()
+        if root.exists():
+            shutil.rmtree(root)
+            console.print(f"removed {root}")
+    return 0
+
+
+def load_testmedia() -> ModuleType:
+    path = REPO_ROOT / "fixtures" / "testmedia.py"
+    if not path.is_file():
+        raise InputError(f"{path} not found", "the test media generator lives in the source checkout's fixtures/")
+    spec = importlib.util.spec_from_file_location("sib_testmedia", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def fixtures(args: argparse.Namespace, cli: dict[str, Any]) -> int:
+    media = load_testmedia().ensure(force=args.force)
+    if args.print_profile:
+        print(media.profile)
+        return 0
+    t = Table(title="Test media (built from Debian packages; not SUSE software)")
+    t.add_column("what")
+    t.add_column("path")
+    for key in ("base_ext4", "base_btrfs", "iso", "images_dir", "root_tree", "profile"):
+        t.add_row(key, str(getattr(media, key)))
+    for name, url in media.repos.items():
+        t.add_row(f"git {name}", url)
+    console.print(t)
+    return 0
+
+
+VERBS: dict[str, Callable[[argparse.Namespace, dict[str, Any]], int]] = {
+    "build": build,
+    "summary": summary,
+    "doctor": doctor,
+    "repos": repos,
+    "pack": pack,
+    "boot-test": boot_test,
+    "size-report": size_report,
+    "clean": clean,
+    "fixtures": fixtures,
+}
+
+
+def dispatch(args: argparse.Namespace, cli: dict[str, Any]) -> int:
+    return VERBS[args.verb](args, cli)

@@ -1,0 +1,110 @@
+"""`doctor`: can this host build? Root, tools, libguestfs, free space, inputs."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.table import Table
+
+from .config import Config
+from .log import console
+
+TOOLS = {
+    "unshare": "util-linux: private mount and PID namespace for the build",
+    "chroot": "coreutils: runs hooks inside the target",
+    "mount": "util-linux: proc/sys/dev inside the namespace",
+    "tar": "GNU tar: unpacks the cached root tree",
+    "zstd": "unpacks the cached root tree quickly",
+    "git": "GitPython drives git for the sources",
+    "qemu-system-x86_64": "boot test (package qemu-system-x86)",
+    "openssl": "sles-ipa-tls generates certificates",
+}
+MODULES = {"guestfs": "python3-guestfs (venv needs --system-site-packages)", "pycdlib": "pip", "git": "GitPython",
+           "zstandard": "pip"}
+MIN_FREE_GIB = 8
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fatal: bool = True
+
+
+def free_gib(path: Path) -> float:
+    p = path
+    while not p.exists():
+        p = p.parent
+    return shutil.disk_usage(p).f_free / 2**30
+
+
+def checks(cfg: Config, *, launch: bool = True) -> list[Check]:
+    out = [Check("root", os.geteuid() == 0, "running as root" if os.geteuid() == 0 else "build needs root")]
+    for tool, why in TOOLS.items():
+        path = shutil.which(tool)
+        out.append(Check(f"tool {tool}", path is not None, path or f"missing: {why}", fatal=tool != "openssl"))
+    for mod, why in MODULES.items():
+        try:
+            importlib.import_module(mod)
+            out.append(Check(f"python {mod}", True, "importable"))
+        except ImportError:
+            out.append(Check(f"python {mod}", False, f"missing: {why}"))
+    for label, path in (("workspace", cfg.workspace), ("cache", _cache_root())):
+        gib = free_gib(Path(path))
+        out.append(Check(f"free space {label}", gib >= MIN_FREE_GIB, f"{gib:.0f} GiB free at {path}",
+                         fatal=False))
+    out.extend(input_checks(cfg))
+    if launch:
+        out.append(launch_check(cfg))
+    return out
+
+
+def _cache_root() -> Path:
+    from .cache import cache_root
+
+    return cache_root()
+
+
+def input_checks(cfg: Config) -> list[Check]:
+    out = []
+    if cfg.base_tree is not None:
+        out.append(Check("base tree", Path(cfg.base_tree).is_dir(), str(cfg.base_tree)))
+    else:
+        candidates = [Path(cfg.base_image)] if cfg.base_image else cfg.base_image_candidates()
+        found = next((p for p in candidates if p.is_file() and os.access(p, os.R_OK)), None)
+        out.append(Check("base image", found is not None,
+                         str(found) if found else "none of: " + ", ".join(str(p) for p in candidates)))
+    iso = Path(cfg.iso) if cfg.iso else Path(cfg.images_dir) / cfg.iso_file_name
+    out.append(Check("Media1 ISO", iso.is_file() and os.access(iso, os.R_OK), str(iso)))
+    return out
+
+
+def launch_check(cfg: Config) -> Check:
+    try:
+        from .image import check_launch
+
+        return Check("libguestfs launch", True, check_launch(accel=cfg.accel))
+    except Exception as e:  # doctor reports every failure instead of stopping at the first
+        return Check("libguestfs launch", False, str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def run(cfg: Config) -> int:
+    results = checks(cfg)
+    t = Table(title="sles-ipa-builder doctor")
+    t.add_column("check")
+    t.add_column("")
+    t.add_column("detail")
+    for c in results:
+        mark = "[green]ok[/]" if c.ok else ("[red]FAIL[/]" if c.fatal else "[yellow]warn[/]")
+        t.add_row(c.name, mark, c.detail)
+    console.print(t)
+    failed = [c for c in results if c.fatal and not c.ok]
+    if failed:
+        console.print(f"error: {len(failed)} check(s) failed: " + ", ".join(c.name for c in failed))
+        return 1
+    return 0

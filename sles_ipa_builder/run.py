@@ -1,0 +1,162 @@
+"""The one place that starts processes.
+
+Everything goes through `run()` (or `popen()` for long-lived children): argv lists only, never a
+shell string, and an explicit environment whenever a command runs inside a target tree, because the
+host's environment names files (CA bundles, virtualenvs) that mean something else in there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import CommandError
+
+log = logging.getLogger(__name__)
+
+# What a command run inside a target may inherit from the host: proxies only.
+PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+TARGET_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass
+class Result:
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def target_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A clean environment for a command inside a target root: never the host's environment."""
+    env = {
+        "PATH": TARGET_PATH,
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TERM": os.environ.get("TERM", "dumb"),
+        "SHELL": "/bin/sh",
+    }
+    env.update({k: v for k, v in os.environ.items() if k in PROXY_VARS})
+    if extra:
+        env.update(extra)
+    return env
+
+
+def which(name: str) -> str | None:
+    return shutil.which(name)
+
+
+def _argv(argv: Sequence[str | os.PathLike[str]]) -> list[str]:
+    return [os.fspath(a) for a in argv]
+
+
+def run(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    check: bool = True,
+    capture: bool = False,
+    input: str | bytes | None = None,
+    stdout: IO[Any] | int | None = None,
+    stderr: IO[Any] | int | None = None,
+    timeout: float | None = None,
+    hint: str = "",
+) -> Result:
+    """Run argv to completion.
+
+    capture=True collects stdout/stderr as text (stderr merged into the error tail on failure).
+    Otherwise output goes to `stdout`/`stderr` (default: inherited). A non-zero exit raises
+    CommandError when check=True.
+    """
+    args = _argv(argv)
+    log.debug("run: %s", " ".join(args))
+    text = not isinstance(input, bytes)
+    proc = subprocess.run(
+        args,
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+        input=input,
+        stdout=subprocess.PIPE if capture else stdout,
+        stderr=subprocess.PIPE if capture else stderr,
+        timeout=timeout,
+        text=text,
+        check=False,
+    )
+    out = proc.stdout if capture and text else (proc.stdout.decode(errors="replace") if capture else "")
+    err = proc.stderr if capture and text else (proc.stderr.decode(errors="replace") if capture else "")
+    if check and proc.returncode != 0:
+        raise CommandError(args, proc.returncode, (out or "") + (err or ""), hint=hint)
+    return Result(args, proc.returncode, out or "", err or "")
+
+
+def output(argv: Sequence[str | os.PathLike[str]], **kw: Any) -> str:
+    """Run argv and return its stdout (stripped)."""
+    return run(argv, capture=True, **kw).stdout.strip()
+
+
+def popen(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    stdin: IO[Any] | int | None = None,
+    stdout: IO[Any] | int | None = None,
+    stderr: IO[Any] | int | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a long-lived child (qemu, a compressor, a streaming hook). The caller must wait for it."""
+    args = _argv(argv)
+    log.debug("popen: %s", " ".join(args))
+    return subprocess.Popen(
+        args, env=dict(env) if env is not None else None, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr
+    )
+
+
+def stream(
+    argv: Sequence[str | os.PathLike[str]],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    on_line: Any = None,
+    tail_lines: int = 20,
+    hint: str = "",
+) -> list[str]:
+    """Run argv, handing each output line (stdout+stderr merged) to on_line; raise with the last lines.
+
+    Returns the tail of the output. Used for hooks and other long steps whose output is logged live.
+    """
+    args = _argv(argv)
+    log.debug("stream: %s", " ".join(args))
+    tail: list[str] = []
+    proc = subprocess.Popen(
+        args,
+        env=dict(env) if env is not None else None,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        line = raw.decode(errors="replace").rstrip("\n")
+        tail.append(line)
+        del tail[:-tail_lines]
+        if on_line:
+            on_line(line)
+    rc = proc.wait()
+    if rc != 0:
+        err = CommandError(args, rc, "\n".join(tail), hint=hint)
+        raise err
+    return tail
+
+
+def chroot_argv(root: Path, argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
+    """argv that runs `argv` inside `root` with exactly `env` (nothing inherited)."""
+    return ["chroot", os.fspath(root), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()), *argv]

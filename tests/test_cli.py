@@ -1,0 +1,72 @@
+"""The command line contract: verbs, exit codes, one-line errors, no tracebacks."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from sles_ipa_builder import run
+from sles_ipa_builder.__main__ import main, parser
+from sles_ipa_builder.settings import SETTINGS
+
+REPO = Path(__file__).resolve().parent.parent
+VERBS = ["build", "summary", "doctor", "repos", "pack", "boot-test", "size-report", "clean", "fixtures"]
+
+
+def test_every_verb_has_help(capsys):
+    for verb in VERBS:
+        with pytest.raises(SystemExit) as exc:
+            main([verb, "--help"])
+        assert exc.value.code == 0
+        assert "usage:" in capsys.readouterr().out
+
+
+def test_console_script_and_module_agree():
+    out = run.output([sys.executable, "-m", "sles_ipa_builder", "--help"])
+    assert "build" in out and "summary" in out
+
+
+@pytest.mark.parametrize("env,fragment", [
+    ({"IRONIC_SIZE_LIMIT_MB": "abc"}, "not a whole number"),
+    ({"DIB_IPA_COMPRESS_CMD": "brotli-9000"}, "unknown compression"),
+    ({"DIB_IPA_CERT": "/nonexistent.pem"}, "not a readable file"),
+    ({"DIB_DEV_USER_PASSWORD": "secret-pw", "DIB_DEV_USER_USERNAME": ""}, "no user name"),
+])
+def test_bad_values_exit_2_with_one_line(env, fragment, tmp_path):
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("DIB_", "IPA_", "IRONIC_", "SIB_"))}
+    full.update(env)
+    res = run.run([sys.executable, "-m", "sles_ipa_builder", "build", "--workspace", str(tmp_path)],
+                  env=full, check=False, capture=True)
+    assert res.returncode == 2
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert lines[0].startswith("error: ") and fragment in lines[0]
+    assert lines[1].startswith("hint: ")
+    assert "Traceback" not in res.stderr
+    assert "secret-pw" not in res.stderr + res.stdout
+
+
+def test_flag_beats_environment(monkeypatch):
+    from sles_ipa_builder import config
+    from sles_ipa_builder.__main__ import cli_settings
+
+    args = parser().parse_args(["summary", "--name", "flagged", "--no-boot-test", "--elements", "a", "b"])
+    cli = cli_settings(args)
+    cfg = config.resolve(cli, environ={"IPA_IMAGE_NAME": "env", "ENABLE_BOOTSTRAP_TEST": "true"})
+    assert cfg.name == "flagged" and cfg.boot_test is False and cfg.elements == ["a", "b"]
+
+
+def test_readme_documents_every_setting():
+    readme = (REPO / "README.md").read_text()
+    for s in SETTINGS:
+        assert f"`{s.key}`" in readme, s.key
+        for env in s.all_envs:
+            assert env in readme, env
+
+
+def test_ci_calls_the_readme_test_command():
+    assert "make test" in (REPO / ".ci" / "run").read_text()
+    readme = (REPO / "README.md").read_text()
+    assert "make test" in readme and "make demo" in readme

@@ -1,0 +1,150 @@
+"""Configuration: precedence, conversion, validation, secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sles_ipa_builder import config
+from sles_ipa_builder.errors import ConfigError
+
+
+def resolve(cli=None, env=None, toml: str | None = None, tmp_path: Path | None = None):
+    path = None
+    if toml is not None:
+        assert tmp_path is not None
+        path = tmp_path / "c.toml"
+        path.write_text(toml)
+    return config.resolve(cli or {}, config_file=path, environ=env or {})
+
+
+def test_defaults_are_the_seeds():
+    cfg = resolve()
+    assert cfg.workspace == Path("/tmp/dib")
+    assert cfg.name == "ironic-python-agent"
+    assert cfg.size_limit_mb == 500
+    assert cfg.tar_name == "ironic-python-agent.tar"
+    assert cfg.output_dir == Path("/tmp/dib")
+    assert cfg.build_dir == Path("/tmp/dib/build")
+    assert cfg.element_list[0] == "sles-ipa-install" and "sles" in cfg.element_list
+    assert cfg.sources["name"] == "default"
+
+
+def test_precedence_default_toml_env_flag(tmp_path):
+    toml = 'name = "from-toml"\nsize_limit_mb = 100\ncompress = "gzip"\n'
+    cfg = resolve(toml=toml, tmp_path=tmp_path)
+    assert (cfg.name, cfg.size_limit_mb, cfg.compress) == ("from-toml", 100, "gzip")
+    assert cfg.sources["name"].startswith("config ")
+
+    cfg = resolve(env={"IPA_IMAGE_NAME": "from-env", "IRONIC_SIZE_LIMIT_MB": "200"}, toml=toml, tmp_path=tmp_path)
+    assert (cfg.name, cfg.size_limit_mb) == ("from-env", 200)
+    assert cfg.sources["name"] == "env IPA_IMAGE_NAME"
+
+    cfg = resolve(cli={"name": "from-flag"}, env={"IPA_IMAGE_NAME": "from-env"}, toml=toml, tmp_path=tmp_path)
+    assert cfg.name == "from-flag"
+    assert cfg.sources["name"] == "flag --name"
+    assert cfg.size_limit_mb == 100  # untouched keys keep the lower layer
+
+
+def test_toml_env_table_sits_below_the_real_environment(tmp_path):
+    toml = '[env]\nIPA_IMAGE_NAME = "toml-env"\nDIB_FOO = "bar"\nDIB_REPOREF_requirements = "stable"\n'
+    cfg = resolve(toml=toml, tmp_path=tmp_path)
+    assert cfg.name == "toml-env"
+    assert cfg.passthrough["DIB_FOO"] == "bar"
+    assert cfg.repo_overrides["requirements"] == (None, "stable")
+    cfg = resolve(env={"IPA_IMAGE_NAME": "real"}, toml=toml, tmp_path=tmp_path)
+    assert cfg.name == "real"
+
+
+def test_seed_variable_names_and_fixed_typos():
+    cfg = resolve(env={"IPA_COMMIT": "abc123", "IRONIC_LIB_REPO": "file:///x", "DIB_IPA_COMPRESS_COMMAND": "xz"})
+    assert cfg.ipa_ref == "abc123"
+    assert cfg.ironic_lib_repo == "file:///x"
+    assert cfg.compress == "xz"
+    # the seed's typo still works, the real name wins when both are set
+    cfg = resolve(env={"IRONIc_LIB_REPO": "typo", "IRONIC_LIB_REPO": "real"})
+    assert cfg.ironic_lib_repo == "real"
+    assert resolve(env={"IRONIc_LIB_REPO": "typo"}).ironic_lib_repo == "typo"
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("true", True), ("yes", True), ("1", True), ("YES", True),
+    ("false", False), ("no", False), ("0", False), ("", False),
+])
+def test_booleans(text, expected):
+    assert resolve(env={"DIB_IPA_MINIMAL_PRUNE": text}).minimal_prune is expected
+
+
+def test_images_dir_and_both_base_image_names(tmp_path):
+    cfg = resolve(env={"DIB_SLES_OFFLINE_TARGET_DIR": str(tmp_path)})
+    names = [p.name for p in cfg.base_image_candidates()]
+    assert names == [
+        "SLES15-SP4-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2",
+        "SLE-15-SP4-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2",
+    ]
+    assert all(p.parent == tmp_path for p in cfg.base_image_candidates())
+    assert cfg.iso_file_name == "SLE-15-SP4-Full-x86_64-GM-Media1.iso"
+
+
+def test_python_per_service_pack():
+    assert resolve().python == "python3.10"
+    assert resolve(env={"DIB_SLES_SERVICE_PACK": "SP5"}).python == "python3.11"
+
+
+@pytest.mark.parametrize("env,fragment", [
+    ({"IRONIC_SIZE_LIMIT_MB": "abc"}, "not a whole number"),
+    ({"IRONIC_SIZE_LIMIT_MB": "0"}, "must be positive"),
+    ({"DIB_IPA_COMPRESS_CMD": "lz5"}, "unknown compression"),
+    ({"DIB_IPA_CERT": "/nonexistent/cert.pem"}, "not a readable file"),
+    ({"DIB_DEV_USER_PASSWORD": "pw", "DIB_DEV_USER_USERNAME": ""}, "no user name"),
+    ({"DIB_IPA_MINIMAL_PRUNE": "maybe"}, "not a boolean"),
+    ({"DIB_IPA_CERT_FILE": "/etc/hostname"}, "needs its key"),
+    ({"SIB_BREAK": "after-lunch"}, "unknown break point"),
+    ({"SIB_ACCEL": "warp"}, "not one of"),
+])
+def test_bad_values(env, fragment):
+    with pytest.raises(ConfigError) as exc:
+        resolve(env=env)
+    assert fragment in exc.value.message
+    assert exc.value.hint
+    assert exc.value.exit_code == 2
+
+
+def test_unknown_toml_key(tmp_path):
+    with pytest.raises(ConfigError, match="unknown setting"):
+        resolve(toml="nmae = 'x'\n", tmp_path=tmp_path)
+
+
+def test_compress_level_range_and_release():
+    with pytest.raises(ConfigError, match="out of range"):
+        resolve(env={"SIB_COMPRESS_LEVEL": "22"})
+    assert resolve(cli={"release": True}).compress_level == 19
+
+
+def test_dev_user_switches_and_secret_masking():
+    cfg = resolve(env={"ENABLE_DEV_USER_PASS": "true"})
+    assert cfg.dev_user_password == "test"
+    assert cfg.shown("dev_user_password") == "***"
+    env = cfg.hook_env()
+    assert env["DIB_DEV_USER_PWDLESS_SUDO"] == "yes"
+    assert env["DIB_DEV_USER_USERNAME"] == "metal3"
+    assert cfg.secrets() == ["test"]
+
+
+def test_dev_user_ssh_uses_the_given_key_only(tmp_path):
+    key = tmp_path / "id.pub"
+    key.write_text("ssh-ed25519 AAAA test\n")
+    assert "DIB_DEV_USER_AUTHORIZED_KEYS" not in resolve(env={"DEV_USER_SSH_PATH": str(key)}).hook_env()
+    cfg = resolve(env={"ENABLE_DEV_USER_SSH": "yes", "DEV_USER_SSH_PATH": str(key)})
+    assert cfg.hook_env()["DIB_DEV_USER_AUTHORIZED_KEYS"] == str(key)
+
+
+def test_base_os_takes_the_sles_slot():
+    cfg = resolve(env={"IPA_BASE_OS": "my-os"})
+    assert "my-os" in cfg.element_list and "sles" not in cfg.element_list
+
+
+def test_elements_path_colon_list(tmp_path):
+    cfg = resolve(env={"ELEMENTS_PATH": f"{tmp_path}/a:{tmp_path}/b"})
+    assert cfg.elements_path == [tmp_path / "a", tmp_path / "b"]
