@@ -1,0 +1,185 @@
+"""The state of one build, handed to every step: config, paths, resources to undo, hook environment."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import elements
+from .config import Config
+from .elements import Element, HookTree
+from .log import Timings
+
+# Inside the target the build-time CA bundle is bind-mounted here, only while a chroot phase runs.
+TARGET_CA = "/tmp/sib-build-ca.pem"
+CA_VARS = ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE", "GIT_SSL_CAINFO", "CURL_CA_BUNDLE")
+
+
+@dataclass
+class BuildContext:
+    cfg: Config
+    build_dir: Path
+    root: Path
+    hooks_dir: Path
+    outputs: Path
+    log_path: Path
+    search_path: list[Path]
+    elements: list[Element]
+    tree: HookTree
+    env: dict[str, str]
+    ca_bundle: Path | None
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    timings: Timings = field(default_factory=Timings)
+    breakpoints: set[str] = field(default_factory=set)
+    zypper_repos: list[tuple[str, str]] = field(default_factory=list)
+    # Extra bind mounts for chroot phases: (host dir, absolute path in the target), e.g. the zypper cache.
+    target_mounts: list[tuple[Path, str]] = field(default_factory=list)
+    manifest: dict[str, Any] = field(default_factory=dict)
+    # Native steps other modules provide, by name (e.g. "source-repositories": sources.fetch).
+    native_steps: dict[str, Callable[[BuildContext], None]] = field(default_factory=dict)
+    phase_env_cache: dict[str, str] | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def workspace(self) -> Path:
+        return Path(self.cfg.workspace)
+
+    def target_ca_env(self) -> dict[str, str]:
+        """The CA variables for commands in the target (empty when no bundle is configured)."""
+        return {v: TARGET_CA for v in CA_VARS} if self.ca_bundle else {}
+
+    def host_ca_env(self) -> dict[str, str]:
+        return {v: str(self.ca_bundle) for v in CA_VARS} if self.ca_bundle else {}
+
+
+def dib_release(cfg: Config) -> str:
+    """SLE-15 + SP4 -> 15.4, the key pkg-map's release table uses."""
+    major = str(cfg.sles_release).rsplit("-", 1)[-1]
+    sp = str(cfg.service_pack).upper().removeprefix("SP")
+    return f"{major}.{sp}" if sp.isdigit() else major
+
+
+def _repo_env(cfg: Config) -> dict[str, str]:
+    """The seed's IPA_REPO/IPA_REF... as DIB_REPOLOCATION_/DIB_REPOREF_ (what build_ipa_sles.sh exported)."""
+    env = {}
+    for name, loc, ref in (
+        ("ironic_python_agent", cfg.ipa_repo, cfg.ipa_ref),
+        ("ironic_lib", cfg.ironic_lib_repo, cfg.ironic_lib_ref),
+        ("requirements", cfg.requirements_repo, cfg.requirements_ref),
+    ):
+        env[f"DIB_REPOLOCATION_{name}"] = str(loc)
+        env[f"DIB_REPOREF_{name}"] = str(ref)
+    for name, (loc, ref) in cfg.repo_overrides.items():
+        if loc is not None:
+            env[f"DIB_REPOLOCATION_{name}"] = loc
+        if ref is not None:
+            env[f"DIB_REPOREF_{name}"] = ref
+    return env
+
+
+def hook_env(cfg: Config, build_dir: Path, path: list[Path], resolved: list[Element]) -> dict[str, str]:
+    """The variables every hook sees (DIB's exported environment), on the host and in the target."""
+    root, hooks = build_dir / "root", build_dir / "hooks"
+    env = {
+        "DIB_DEFAULT_INSTALLTYPE": "source",
+        "DIB_INIT_SYSTEM": "systemd",
+        "DIB_PYTHON_VERSION": "3",
+        "DIB_DEBUG_TRACE": "0",
+        "DIB_NO_TMPFS": "1",
+        "DIB_CHECKSUM": "0",
+        "DISTRO_NAME": "opensuse",
+        "DIB_RELEASE": dib_release(cfg),
+        "DIB_IMAGE_CACHE": str(cache_root() / "image-create"),
+    }
+    env.update(_repo_env(cfg))
+    env.update(cfg.hook_env())  # the user's DIB_* pass through, so they win over our defaults above
+    env.update(
+        {
+            "ARCH": "amd64",
+            "TARGET_ROOT": str(root),
+            "TMP_MOUNT_PATH": str(root),
+            "TMP_HOOKS_PATH": str(hooks),
+            "TMP_BUILD_DIR": str(build_dir),
+            "TMP_IMAGE_DIR": str(build_dir),
+            "IMAGE_ELEMENT": " ".join(e.name for e in resolved),
+            "IMAGE_ELEMENT_YAML": yaml.safe_dump(
+                {e.name: str(e.path or "") for e in resolved}, default_flow_style=True
+            ).strip(),
+            "ELEMENTS_PATH": ":".join(str(p) for p in path),
+            "DIB_PYTHON_EXEC": sys.executable,
+            "_LIB": str(build_dir / "lib"),
+            "DIB_ARGS": " ".join(cfg.element_list),
+        }
+    )
+    return env
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sles-ipa-builder"
+
+
+def make_context(cfg: Config, *, breakpoints: set[str] | None = None) -> BuildContext:
+    """Resolve the elements and merge their hooks; touches nothing on disk (summary uses it too)."""
+    path = elements.search_path(cfg.elements_path)
+    resolved = elements.resolve(cfg.element_list, path)
+    build_dir = cfg.build_dir
+    env = hook_env(cfg, build_dir, path, resolved)
+    tree = elements.merge(resolved, env)
+    ca = Path(cfg.ca_bundle) if cfg.ca_bundle not in (None, "") else None
+    return BuildContext(
+        cfg=cfg,
+        build_dir=build_dir,
+        root=build_dir / "root",
+        hooks_dir=build_dir / "hooks",
+        outputs=cfg.output_dir,
+        log_path=Path(cfg.workspace) / "build.log",
+        search_path=path,
+        elements=resolved,
+        tree=tree,
+        env=env,
+        ca_bundle=ca,
+        breakpoints=set(breakpoints)
+        if breakpoints is not None
+        else parse_breakpoints(cfg.values.get("break")),
+    )
+
+
+BREAKS = {"after-error"} | {
+    f"{w}-{p}"
+    for w in ("before", "after")
+    for p in (
+        "root",
+        "extra-data",
+        "pre-install",
+        "install",
+        "post-install",
+        "post-root",
+        "pre-finalise",
+        "finalise",
+        "cleanup",
+    )
+}
+
+
+def parse_breakpoints(raw: object) -> set[str]:
+    """`--break before-install,after-error` (a list or a comma/space separated string)."""
+    if not raw:
+        return set()
+    items = raw if isinstance(raw, list | tuple | set) else str(raw).replace(",", " ").split()
+    names = {str(i).strip() for i in items if str(i).strip()}
+    bad = sorted(names - BREAKS)
+    if bad:
+        from .errors import ConfigError
+
+        raise ConfigError(
+            f"unknown break point(s) {', '.join(bad)}", "use before-<phase>, after-<phase> or after-error"
+        )
+    return names

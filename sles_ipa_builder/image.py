@@ -1,0 +1,456 @@
+"""The root filesystem from the SLES qcow2, through libguestfs: no qemu-img convert, no loop device,
+no kpartx, no host mount.
+
+The image is opened read-only in the libguestfs appliance; root, /boot and the ESP are chosen as the
+seed chose them (GPT type GUIDs and labels, the single-partition case), then the image's own fstab
+adds its other filesystems (btrfs subvolumes such as SUSE's @/home); libguestfs inspection is the
+fallback when that finds no root. btrfs root: its default subvolume (SUSE's @/.snapshots/1/snapshot),
+else `root` or `@`; xfs with nouuid. The tree is streamed
+out once (`tar_out`, uncompressed inside the guest) and teed on the host into `tar -x` and a zstd
+archive in the cache keyed by the qcow2's sha256; a later build with the same image only unpacks it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import zstandard
+
+from . import cache, run
+from .errors import BuildError, InputError
+
+log = logging.getLogger(__name__)
+
+ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+XBOOTLDR_GUID = "BC13C2FF-59E6-4262-A352-B275FD6F7172"
+QCOW2_MAGIC = b"QFI\xfb"
+PIPE = -1  # subprocess.PIPE; only run.py imports subprocess
+LAUNCH_TIMEOUT = 60.0  # a healthy KVM appliance is up in seconds; a hung one never comes up
+APPLIANCE_MEMORY = 2048
+CHUNK = 1 << 20
+ZSTD_LEVEL = 3  # fast: the guest, not the compressor, is the bottleneck
+# Host tar: ownership by number (the image's passwd, not the host's), xattrs without SELinux labels, ACLs.
+TAR_KEEP = ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--xattrs-exclude=security.selinux",
+            "--acls"]
+USER_GUESTFS_VARS = ("LIBGUESTFS_BACKEND", "LIBGUESTFS_BACKEND_SETTINGS", "LIBGUESTFS_HV")
+SKIP_MOUNTS = ("/.snapshots",)  # snapper's subvolume: every old snapshot would land in the tree
+BINARIES = ("/usr/bin/ls", "/bin/ls", "/usr/bin/bash", "/bin/bash", "/bin/sh", "/usr/lib/systemd/systemd")
+
+
+def find_image(cfg: Any) -> Path:
+    """cfg.base_image, else the first existing of the names the seed and SUSE use in images_dir."""
+    if cfg.base_image:
+        image = Path(cfg.base_image)
+        if not image.is_file():
+            raise InputError(f"base image {image} not found",
+                             "check --base-image, or drop it to search images_dir")
+        return image
+    candidates = cfg.base_image_candidates()
+    for c in candidates:
+        if c.is_file():
+            return Path(c)
+    names = ", ".join(c.name for c in candidates)
+    raise InputError(f"no base image in {candidates[0].parent} (looked for {names})",
+                     "download the SLES Minimal-VM OpenStack qcow2 there, or give --base-image")
+
+
+def sniff(image: Path) -> str:
+    """'qcow2' or 'raw' (a partitioned disk), else an InputError: decided before any appliance starts."""
+    with image.open("rb") as f:
+        head = f.read(1024)
+    if head[:4] == QCOW2_MAGIC:
+        return "qcow2"
+    if len(head) >= 520 and (head[510:512] == b"\x55\xaa" or head[512:520] == b"EFI PART"):
+        return "raw"
+    raise InputError(f"{image} is not a disk image (neither qcow2 nor a partitioned raw disk)",
+                     "give the SLES Minimal-VM OpenStack .qcow2 (an .xz download must be unpacked first)")
+
+
+def prepare_root(cfg: Any, root: Path, *, accel: str = "auto", force: bool = False) -> dict[str, Any]:
+    """Fill the empty directory `root` with the base tree; return facts for the build manifest."""
+    start = time.monotonic()
+    root.mkdir(parents=True, exist_ok=True)
+    if cfg.base_tree:
+        src = Path(cfg.base_tree)
+        run.run(["cp", "-a", "--reflink=auto", f"{src}/.", f"{root}/"], hint="the base tree must be readable")
+        return {"source": "tree", "path": str(src), "cache": "none",
+                "seconds": round(time.monotonic() - start, 2)}
+    image = find_image(cfg)
+    fmt = sniff(image)
+    sha = cache.file_sha256(image)
+    facts: dict[str, Any] = {"source": fmt, "image": str(image), "sha256": sha}
+    entry = cache.lookup("rootfs", sha, subject=str(image.resolve()), what="image hash", suffix=".tar.zst",
+                         force=force)
+    with cache.locked(entry.path):
+        if entry.path.exists() and (entry.hit or not force):  # another build may have made it meanwhile
+            facts.update(cache="hit", cache_file=str(entry.path))
+            facts["timings"] = {"unpack": unpack(entry.path, root)}
+        else:
+            facts.update(cache="miss", cache_reason=entry.reason, cache_file=str(entry.path))
+            facts.update(extract(image, fmt, root, entry.path, accel=accel))
+        cache.remember("rootfs", str(image.resolve()), sha)
+    facts["seconds"] = round(time.monotonic() - start, 2)
+    log.info("root tree from %s: cache %s, %.1fs", image.name, facts["cache"], facts["seconds"])
+    return facts
+
+
+def unpack(archive: Path, root: Path) -> float:
+    """The warm path: zstd -d | tar -x (two processes, two cores)."""
+    start = time.monotonic()
+    run.run(["tar", "--zstd", "-x", "-f", archive, "-C", root, *TAR_KEEP],
+            hint=f"the cached root archive may be damaged: remove {archive} and build again")
+    return round(time.monotonic() - start, 2)
+
+
+# --- the appliance ------------------------------------------------------------------------------------
+
+
+def _handle(image: Path, fmt: str, tcg: bool) -> Any:
+    import guestfs  # system bindings (python3-guestfs); imported late so the rest works without them
+
+    g = guestfs.GuestFS(python_return_dict=True, close_on_exit=False)
+    if tcg:
+        settings = [s for s in g.get_backend_settings() if s != "force_kvm"]
+        g.set_backend_settings([*settings, "force_tcg"] if "force_tcg" not in settings else settings)
+    g.set_memsize(APPLIANCE_MEMORY)
+    g.set_smp(max(1, min(2, os.cpu_count() or 1)))
+    g.add_drive_opts(os.fspath(image), readonly=1, format=fmt)
+    return g
+
+
+def _qemu_children() -> list[int]:
+    """qemu processes started by this process (the direct backend forks them)."""
+    me, found = os.getpid(), []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if ppid == me and comm.startswith("qemu"):
+            found.append(int(d.name))
+    return found
+
+
+def _launch_bounded(g: Any, timeout: float) -> str:
+    """launch() in a thread: '' when up, else why not (timed out: the hung qemu is killed; or failed)."""
+    error: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            g.launch()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            error.append(e)
+
+    before = set(_qemu_children())
+    t = threading.Thread(target=target, name="guestfs-launch", daemon=True)
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        for pid in set(_qemu_children()) - before:
+            os.kill(pid, signal.SIGKILL)
+        t.join(30)
+        return f"did not come up within {timeout:.0f}s"
+    if error:
+        return f"failed ({str(error[0]).splitlines()[0][:120]})"
+    return ""
+
+
+def launch(image: Path, fmt: str, accel: str = "auto") -> tuple[Any, str]:
+    """A launched read-only handle and the acceleration it got ('kvm', 'tcg' or 'user')."""
+    user_set = any(os.environ.get(v) for v in USER_GUESTFS_VARS)
+    try:
+        if accel == "tcg":
+            g = _handle(image, fmt, tcg=True)
+            g.launch()
+            return g, "tcg"
+        if user_set or accel == "kvm":  # the user's LIBGUESTFS_* settings (or explicit kvm) rule
+            g = _handle(image, fmt, tcg=False)
+            g.launch()
+            return g, "user" if user_set else "kvm"
+        g = _handle(image, fmt, tcg=False)
+        why = _launch_bounded(g, LAUNCH_TIMEOUT)
+        if not why:
+            return g, "kvm"
+        g.close()
+        # Some hosts have /dev/kvm but guests hang or qemu aborts: TCG is slower but works.
+        log.warning("libguestfs appliance under KVM %s: retrying under TCG (slower)", why)
+        g = _handle(image, fmt, tcg=True)
+        g.launch()
+        return g, "tcg"
+    except RuntimeError as e:
+        raise BuildError(f"libguestfs could not start its appliance: {str(e).splitlines()[0][:200]}",
+                         "run `libguestfs-test-tool`; set LIBGUESTFS_BACKEND_SETTINGS=force_tcg if KVM "
+                         "is broken here") from None
+
+
+# --- choosing and mounting the filesystems -------------------------------------------------------------
+
+
+def _opts(g: Any, dev: str) -> str:
+    fstype = g.vfs_type(dev)
+    return "ro,nouuid" if fstype == "xfs" else "ro"
+
+
+def _inspected(g: Any) -> tuple[str, list[tuple[str, str]]] | None:
+    """(arch, [(mountpoint, device)]) from inspection (fstab, btrfs subvolumes), if it finds Linux."""
+    for r in g.inspect_os():
+        if g.inspect_get_type(r) == "linux":
+            mps = g.inspect_get_mountpoints(r)
+            pairs = sorted(((mp, dev) for mp, dev in mps.items() if mp not in SKIP_MOUNTS),
+                           key=lambda p: (p[0].count("/") if p[0] != "/" else 0, p[0]))
+            return str(g.inspect_get_arch(r)), pairs
+    return None
+
+
+def _classified(g: Any, image: Path) -> list[tuple[str, str]]:
+    """The seed's rule: ESP by GPT type, /boot by XBOOTLDR type or label `boot`, root = first remaining
+    (devices in reverse order, as its `sort -r`), a single partition is root."""
+    devices = list(g.list_partitions()) or list(g.list_devices())
+    esp = boot = rootdev = None
+    for dev in sorted(devices, reverse=True):
+        try:
+            fstype = g.vfs_type(dev)
+        except RuntimeError:
+            continue
+        if not fstype or fstype == "swap":
+            continue
+        try:
+            guid = g.part_get_gpt_type(g.part_to_dev(dev), g.part_to_partnum(dev)).upper()
+        except RuntimeError:
+            guid = ""
+        label = g.vfs_label(dev)
+        if guid == ESP_GUID and esp is None:
+            esp = dev
+        elif (guid == XBOOTLDR_GUID or label == "boot") and boot is None:
+            boot = dev
+        elif rootdev is None:
+            rootdev = dev
+    if rootdev is None:
+        raise InputError(f"no Linux root filesystem found in {image}",
+                         "give the SLES Minimal-VM OpenStack qcow2 (its root partition could not be found)")
+    pairs = [("/", rootdev)]
+    pairs += [(mp, d) for mp, d in (("/boot", boot), ("/boot/efi", esp)) if d]
+    return pairs
+
+
+def _mount_root(g: Any, dev: str) -> None:
+    """Mount root read-only; btrfs: its default subvolume, else `root` (the seed's) or SUSE's `@`."""
+    g.mount_options(_opts(g, dev), dev, "/")
+    if g.vfs_type(dev) != "btrfs" or g.is_dir("/etc"):
+        return
+    names = {s["btrfssubvolume_path"] for s in g.btrfs_subvolume_list("/")}
+    for sub in ("root", "@/.snapshots/1/snapshot", "@"):
+        if sub in names:
+            g.umount("/")
+            g.mount_options(f"ro,subvol={sub}", dev, "/")
+            if g.is_dir("/etc"):
+                return
+
+
+def _is_root(g: Any) -> bool:
+    return bool(g.is_dir("/etc") and (g.is_dir("/usr") or g.is_dir("/bin")))
+
+
+NOT_MOUNTED = {"swap", "proc", "sysfs", "tmpfs", "devpts", "devtmpfs", "nfs", "nfs4", "cifs", "none"}
+
+
+def _resolve_spec(g: Any, spec: str) -> str | None:
+    """An fstab device spec (UUID=, LABEL=, PARTUUID=, /dev/disk/by-*, /dev/x) as an appliance device."""
+    for prefix, kind in (("UUID=", "uuid"), ("/dev/disk/by-uuid/", "uuid"), ("LABEL=", "label"),
+                         ("/dev/disk/by-label/", "label"), ("PARTUUID=", "partuuid"),
+                         ("/dev/disk/by-partuuid/", "partuuid")):
+        if spec.startswith(prefix):
+            value = spec[len(prefix):].strip('"')
+            try:
+                if kind == "uuid":
+                    return str(g.findfs_uuid(value))
+                if kind == "label":
+                    return str(g.findfs_label(value))
+                for part in g.list_partitions():
+                    guid = g.part_get_gpt_guid(g.part_to_dev(part), g.part_to_partnum(part))
+                    if guid.upper() == value.upper():
+                        return str(part)
+            except RuntimeError:
+                return None
+            return None
+    if spec.startswith("/dev/"):
+        try:
+            dev = str(g.canonical_device_name(spec))
+        except RuntimeError:
+            return None
+        return dev if dev in g.list_partitions() or dev in g.list_devices() else None
+    return None
+
+
+def _fstab_mounts(g: Any) -> list[tuple[str, str, str]]:
+    """(mountpoint, device, options) for the filesystems the image's own fstab mounts below /."""
+    if not g.is_file("/etc/fstab"):
+        return []
+    found = []
+    for line in g.cat("/etc/fstab").splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) < 3:
+            continue
+        spec, mp, fstype = fields[:3]
+        opts = fields[3].split(",") if len(fields) > 3 else []
+        if (not mp.startswith("/") or mp == "/" or mp in SKIP_MOUNTS or fstype in NOT_MOUNTED
+                or "bind" in opts or "noauto" in opts):
+            continue
+        dev = _resolve_spec(g, spec)
+        if dev is None:
+            log.warning("fstab entry %s on %s: device not found in the image; skipped", spec, mp)
+            continue
+        extra = [o for o in opts if o.startswith("subvol=")]
+        found.append((os.path.normpath(mp), dev, ",".join([_opts(g, dev), *extra[:1]])))
+    return found
+
+
+def _mount_layout(g: Any, image: Path) -> tuple[str, list[tuple[str, str, str]]]:
+    """(arch, mounts below /) with root already mounted.
+
+    Fast path first (the seed's partition rule, then the image's fstab): a few appliance calls.
+    libguestfs inspection (~13 s more under TCG, it loads augeas) only when that finds no root.
+    """
+    pairs = _classified(g, image)
+    _mount_root(g, pairs[0][1])
+    if _is_root(g):
+        mounts = _fstab_mounts(g)
+        have = {mp for mp, _, _ in mounts}
+        # the seed mounted /boot and the ESP by partition type even without fstab lines
+        mounts += [(mp, dev, _opts(g, dev)) for mp, dev in pairs[1:] if mp not in have]
+        return "", mounts
+    g.umount_all()
+    found = _inspected(g)
+    if not found:
+        raise InputError(f"no Linux root filesystem found in {image}",
+                         "give the SLES Minimal-VM OpenStack qcow2 (no partition holds /etc and /usr)")
+    arch, inspected = found
+    root = dict(inspected)["/"]
+    g.mount_options(_opts(g, root), root, "/")
+    return arch, [(mp, dev, _opts(g, dev)) for mp, dev in inspected if mp != "/"]
+
+
+def mount_tree(g: Any, image: Path) -> dict[str, Any]:
+    arch, mounts = _mount_layout(g, image)
+    by_mountpoint = {mp: dev for dev, mp in g.mountpoints().items()}
+    mounted = [{"mountpoint": "/", "device": str(by_mountpoint.get("/", ""))}]
+    for mp, dev, opts in sorted(mounts, key=lambda m: (m[0].count("/"), m[0])):
+        if not g.is_dir(mp):
+            log.warning("%s: no directory %s for %s in the root filesystem; skipped", image.name, mp, dev)
+            continue
+        try:
+            g.mount_options(opts, dev, mp)
+        except RuntimeError as e:
+            log.warning("%s: could not mount %s on %s (%s); skipped", image.name, dev, mp, str(e)[:120])
+            continue
+        mounted.append({"mountpoint": mp, "device": dev})
+    if not _is_root(g):
+        raise InputError(f"no Linux root filesystem found in {image}",
+                         "give the SLES Minimal-VM OpenStack qcow2 (no partition holds /etc and /usr)")
+    arch = arch if arch and arch != "unknown" else _arch(g)
+    if arch and arch != "x86_64":
+        raise InputError(f"{image} is an {arch} image, not x86_64", "use the x86_64 SLES Minimal-VM qcow2")
+    if not arch:
+        log.warning("%s: could not tell the architecture; assuming x86_64", image.name)
+    return {"arch": arch or "unknown", "mounts": mounted}
+
+
+def _arch(g: Any) -> str:
+    for p in BINARIES:
+        try:
+            if g.is_file(p, followsymlinks=True):
+                return str(g.file_architecture(g.realpath(p)))
+        except RuntimeError:
+            continue
+    return ""
+
+
+# --- streaming the tree out ----------------------------------------------------------------------------
+
+
+def extract(image: Path, fmt: str, root: Path, archive: Path, *, accel: str = "auto") -> dict[str, Any]:
+    """Cold path: one tar stream out of the appliance, teed into `tar -x` and the zstd cache archive."""
+    timings: dict[str, float] = {}
+    t = time.monotonic()
+    g, used = launch(image, fmt, accel)
+    timings["launch"] = round(time.monotonic() - t, 2)
+    try:
+        t = time.monotonic()
+        layout = mount_tree(g, image)
+        timings["inspect_mount"] = round(time.monotonic() - t, 2)
+        t = time.monotonic()
+        size = _stream(g, root, archive)
+        timings["tar_out_extract"] = round(time.monotonic() - t, 2)
+    except RuntimeError as e:  # what the guestfs bindings raise
+        raise BuildError(f"reading {image.name} with libguestfs failed: {str(e).splitlines()[0][:200]}",
+                         "run with --debug; LIBGUESTFS_DEBUG=1 shows the appliance's side") from None
+    finally:
+        g.shutdown()
+        g.close()
+    return {"accel": used, "timings": timings, "stream_bytes": size, "archive_bytes": archive.stat().st_size,
+            **layout}
+
+
+def _stream(g: Any, root: Path, archive: Path) -> int:
+    rfd, wfd = os.pipe()
+    errfile = tempfile.TemporaryFile()  # not a pipe: tar's warnings must never block its stdin
+    tar = run.popen(["tar", "-x", "-f", "-", "-C", root, *TAR_KEEP], stdin=PIPE, stderr=errfile)
+    assert tar.stdin is not None
+    total = 0
+    tar_broken = False
+    failure: list[BaseException] = []
+
+    def tee() -> None:
+        nonlocal total, tar_broken
+        try:
+            zc = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=1)
+            with open(tmp, "wb") as f, zc.stream_writer(f) as z:
+                while chunk := os.read(rfd, CHUNK):
+                    total += len(chunk)
+                    z.write(chunk)
+                    if not tar_broken:
+                        try:
+                            tar.stdin.write(chunk)  # type: ignore[union-attr]
+                        except BrokenPipeError:
+                            tar_broken = True  # keep draining: the guest would block on a full pipe
+        except BaseException as e:  # noqa: BLE001
+            failure.append(e)
+            while os.read(rfd, CHUNK):
+                pass
+        finally:
+            os.close(rfd)
+            try:
+                tar.stdin.close()  # type: ignore[union-attr]
+            except BrokenPipeError:
+                pass
+
+    with cache.atomic_path(archive) as tmp:
+        reader = threading.Thread(target=tee, name="rootfs-tee", daemon=True)
+        reader.start()
+        try:
+            g.tar_out("/", f"/dev/fd/{wfd}", numericowner=True, xattrs=True, selinux=False, acls=True)
+        finally:
+            os.close(wfd)
+            reader.join()
+            tar.wait()
+            errfile.seek(0)
+            tail = errfile.read().decode(errors="replace").strip().splitlines()[-3:]
+            errfile.close()
+        if failure:
+            raise BuildError(f"writing the root archive {archive} failed: {failure[0]}",
+                             "check free space in the cache directory")
+        if tar.returncode != 0 or tar_broken:
+            raise BuildError(f"extracting the root tree into {root} failed: {' / '.join(tail)[:300]}",
+                             "check free space in the workspace")
+    return total

@@ -1,0 +1,191 @@
+"""Git sources of the elements (DIB's source-repositories, natively, with GitPython).
+
+One bare mirror per repository URL in the cache (`git/<name>-<hash of URL>.git`), refreshed on every
+online build (the seed never refreshed its cache, so a long-lived host built a stale IPA) and never
+with --offline. The ref is resolved to a commit in the mirror and cloned into the target at the
+element's destination as a real repository with tags, because pbr computes IPA's version from them.
+The commits go to the build manifest and, as DIB writes them, to /etc/dib-manifests in the image.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import git
+
+from . import cache
+from .errors import BuildError, InputError
+
+log = logging.getLogger(__name__)
+
+# The seed's own settings for its three repositories (build_ipa_sles.sh exported them as
+# DIB_REPOLOCATION_/DIB_REPOREF_ of these names, always).
+SEED_SETTINGS = {
+    "ironic-python-agent": ("ipa_repo", "ipa_ref"),
+    "ironic-lib": ("ironic_lib_repo", "ironic_lib_ref"),
+    "requirements": ("requirements_repo", "requirements_ref"),
+}
+DEFAULT_REF = "master"
+GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true"}  # a bad URL must fail, not ask for a password
+FETCH_SPECS = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
+
+
+class SourceRepoLike(Protocol):
+    """What elements.SourceRepo provides (one line of a source-repository-<name> file)."""
+
+    name: str
+    type: str
+    dest: str
+    location: str
+    ref: str
+    element: str
+
+
+@dataclass(frozen=True)
+class SourceRepo:
+    """Local stand-in with the same fields as elements.SourceRepo (used by tests and bench)."""
+
+    name: str
+    type: str
+    dest: str
+    location: str
+    ref: str = ""
+    element: str = ""
+
+
+def override_key(name: str) -> str:
+    """DIB's variable suffix: every non-alphanumeric character becomes '_'."""
+    return re.sub(r"[^A-Za-z0-9]", "_", name)
+
+
+def effective(repo: SourceRepoLike, cfg: Any) -> tuple[str, str]:
+    """(location, ref) after overrides: DIB_REPOLOCATION_/DIB_REPOREF_ > seed settings > the file."""
+    location, ref = repo.location, repo.ref or DEFAULT_REF
+    seed = SEED_SETTINGS.get(repo.name)
+    values = getattr(cfg, "values", {}) if cfg is not None else {}
+    if seed:
+        location = values.get(seed[0]) or location
+        ref = values.get(seed[1]) or ref
+    overrides = getattr(cfg, "repo_overrides", {}) if cfg is not None else {}
+    loc_o, ref_o = overrides.get(override_key(repo.name), (None, None))
+    return loc_o or location, ref_o or ref
+
+
+def mirror_path(name: str, location: str) -> Path:
+    return cache.cache_dir("git") / f"{override_key(name)}-{cache.url_key(location)}.git"
+
+
+def _git_error(repo: str, ref: str, location: str, e: git.GitCommandError) -> InputError:
+    lines = [line.strip() for line in str(e.stderr or "").splitlines() if line.strip()]
+    detail = lines[-1].strip("'") if lines else str(e)
+    return InputError(f"source {repo}: cannot fetch {location} (ref {ref}): {detail[:200]}",
+                      f"check the URL and ref (DIB_REPOLOCATION_{override_key(repo)} / "
+                      f"DIB_REPOREF_{override_key(repo)}), the network and proxy settings")
+
+
+def _resolve(mirror: git.Repo, ref: str) -> str | None:
+    for candidate in (ref, f"refs/heads/{ref}", f"refs/tags/{ref}"):
+        try:
+            return str(mirror.git.rev_parse("--verify", "--quiet", f"{candidate}^{{commit}}"))
+        except git.GitCommandError:
+            continue
+    return None
+
+
+def update_mirror(name: str, location: str, ref: str, *, offline: bool) -> tuple[Path, str]:
+    """Make sure the mirror of `location` holds `ref`; return (mirror path, commit sha)."""
+    path = mirror_path(name, location)
+    with cache.locked(path):
+        if offline:
+            if not path.is_dir():
+                raise InputError(f"source {name}: {location} is not in the cache and --offline is set",
+                                 "run one build online first, or drop --offline")
+            sha = _resolve(git.Repo(path), ref)
+            if sha is None:
+                raise InputError(f"source {name}: ref {ref} is not in the cached mirror of {location} "
+                                 "(--offline)",
+                                 "run online once to fetch it, or pick a ref the cache has")
+            return path, sha
+        try:
+            if not path.is_dir():
+                with cache.atomic_path(path) as tmp:
+                    created = git.Repo.init(tmp, bare=True)
+                    created.create_remote("origin", location)
+                    _fetch(created)
+                mirror = git.Repo(path)
+            else:
+                mirror = git.Repo(path)
+                mirror.remotes.origin.set_url(location)
+                _fetch(mirror)
+            sha = _resolve(mirror, ref)
+            if sha is None and (ref.startswith("refs/") or re.fullmatch(r"[0-9a-f]{7,40}", ref)):
+                # Gerrit changes and bare commits are not under heads/tags: fetch that one ref.
+                target = f"+{ref}:{ref}" if ref.startswith("refs/") else ref
+                mirror.git.fetch("--quiet", "origin", target, env=GIT_ENV)
+                sha = _resolve(mirror, ref)
+        except git.GitCommandError as e:
+            raise _git_error(name, ref, location, e) from None
+        if sha is None:
+            raise InputError(f"source {name}: ref {ref} not found in {location}",
+                             f"give an existing branch, tag or commit (DIB_REPOREF_{override_key(name)})")
+        return path, sha
+
+
+def _fetch(mirror: git.Repo) -> None:
+    mirror.git.fetch("--quiet", "--prune", "--prune-tags", "--force", "origin", *FETCH_SPECS, env=GIT_ENV)
+
+
+def checkout(mirror: Path, sha: str, target: Path, location: str) -> None:
+    """A real clone at `target` (pbr reads tags), detached at `sha`; no hardlinks into the cache, since
+    hooks may chown or rewrite files in the target."""
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    repo = git.Repo.clone_from(str(mirror), str(target), no_checkout=True, no_hardlinks=True, env=GIT_ENV)
+    repo.git.checkout("--quiet", "--detach", sha)
+    repo.remotes.origin.set_url(location)
+
+
+def fetch_sources(
+    repos: list[SourceRepoLike], root: Path, *, cfg: Any, offline: bool
+) -> list[dict[str, str]]:
+    """Fetch every git source into `root`, write DIB's in-image records, return the manifest rows."""
+    rows: list[dict[str, str]] = []
+    for repo in repos:
+        if repo.type == "package":  # DIB: installed from a package, nothing to fetch
+            continue
+        if repo.type != "git":
+            raise BuildError(f"source {repo.name} (element {repo.element}): type {repo.type} is not "
+                             "supported",
+                             "only git source repositories are supported; use a git URL")
+        location, ref = effective(repo, cfg)
+        mirror, sha = update_mirror(repo.name, location, ref, offline=offline)
+        subject = f"{location}#{ref}"
+        previous = cache.last_key("git", subject)
+        if previous and previous != sha:
+            log.info("source %s: %s moved %s → %s", repo.name, ref, str(previous)[:12], sha[:12])
+        cache.remember("git", subject, sha)
+        dest = "/" + repo.dest.strip("/")
+        checkout(mirror, sha, root / dest.lstrip("/"), location)
+        log.info("source %s %s @ %s → %s", repo.name, ref, sha[:12], dest)
+        rows.append({"name": repo.name, "location": location, "ref": ref, "commit": sha, "dest": dest,
+                     "element": repo.element})
+    write_records(root, rows, image_name=getattr(cfg, "values", {}).get("name", "image") if cfg else "image")
+    return rows
+
+
+def write_records(root: Path, rows: list[dict[str, str]], *, image_name: str) -> None:
+    """/etc/dib-source-repositories and /etc/dib-manifests/dib-manifest-git-<name>, as DIB writes them."""
+    etc = root / "etc"
+    etc.mkdir(parents=True, exist_ok=True)
+    with (etc / "dib-source-repositories").open("a") as f:
+        f.writelines(f"{r['dest']}\n" for r in rows)
+    manifests = etc / "dib-manifests"
+    manifests.mkdir(parents=True, exist_ok=True)
+    with (manifests / f"dib-manifest-git-{Path(image_name).name}").open("a") as f:
+        f.writelines(f"{r['name']} git {r['dest']} {r['location']} {r['commit']}\n" for r in rows)

@@ -1,0 +1,219 @@
+"""Shared fixtures: DIB element trees in tmp_path, a busybox chroot tree, a fake zypper."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sles_ipa_builder import config, elements
+
+BUSYBOX = "/bin/busybox"
+# A zypper stand-in for the target: records its argv, one call a line.
+FAKE_ZYPPER = """#!/bin/sh
+echo "zypper $*" >> /var/log/order
+echo "fake zypper: $*"
+"""
+CHROOT_PHASES = ("pre-install", "install", "post-install", "finalise")
+HOST_PHASES = ("root", "extra-data", "post-root", "pre-finalise", "cleanup")
+
+
+def make_element(
+    base: Path,
+    name: str,
+    *,
+    deps: tuple[str, ...] | list[str] = (),
+    provides: tuple[str, ...] | list[str] = (),
+    files: dict[str, Any] | None = None,
+) -> Path:
+    """An element dir. files: relpath -> text (mode 0755 in <phase>.d/ and bin/, else 0644), or
+    (text, mode), or ('->', link target) for a symlink."""
+    d = base / name
+    d.mkdir(parents=True, exist_ok=True)
+    if deps:
+        (d / "element-deps").write_text("\n".join(deps) + "\n")
+    if provides:
+        (d / "element-provides").write_text("\n".join(provides) + "\n")
+    for rel, spec in (files or {}).items():
+        p = d / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(spec, tuple) and spec[0] == "->":
+            os.symlink(spec[1], p)
+            continue
+        text, mode = spec if isinstance(spec, tuple) else (spec, None)
+        p.write_text(text)
+        top = rel.split("/")[0]
+        if mode is None:
+            mode = 0o755 if (top.endswith(".d") and top != "environment.d") or top == "bin" else 0o644
+        os.chmod(p, mode)
+    return d
+
+
+@pytest.fixture
+def no_builtin_hooks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Unit tests see only their own elements, not the repository's hooks/."""
+    empty = tmp_path / "builtin-hooks"
+    empty.mkdir()
+    monkeypatch.setattr(elements, "HOOKS_DIR", empty)
+    return empty
+
+
+def make_config(tmp_path: Path, elements_dir: Path, names: str, **more: Any) -> config.Config:
+    cli: dict[str, Any] = {
+        "workspace": str(tmp_path / "ws"),
+        "output": str(tmp_path / "out"),
+        "elements": names,
+        "elements_path": str(elements_dir),
+        "ca_bundle": "",
+    }
+    cli.update(more)
+    return config.resolve(cli=cli, environ={"HOME": str(tmp_path)})
+
+
+def _link(root: Path, name: str) -> None:
+    p = root / name
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if not os.path.lexists(p):
+        os.symlink("/bin/busybox", p)
+
+
+def make_busybox_root(dest: Path) -> Path:
+    """A minimal root tree: busybox-static + applet links + /usr/bin/zypper recording its argv."""
+    if not Path(BUSYBOX).is_file():
+        pytest.skip("busybox-static is not installed (apt-get install -y busybox-static)")
+    for d in (
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "usr/local/bin",
+        "etc",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "var/log",
+        "root",
+        "run",
+    ):
+        (dest / d).mkdir(parents=True, exist_ok=True)
+    os.chmod(dest / "tmp", 0o1777)
+    shutil.copy2(BUSYBOX, dest / "bin/busybox")
+    for applet in (
+        "sh",
+        "cat",
+        "echo",
+        "ls",
+        "env",
+        "sleep",
+        "mkdir",
+        "grep",
+        "sed",
+        "test",
+        "touch",
+        "id",
+        "readlink",
+        "rm",
+        "cp",
+        "ln",
+        "chmod",
+        "stat",
+        "wc",
+        "head",
+        "tail",
+        "sort",
+        "mount",
+        "pwd",
+        "true",
+        "false",
+        "printf",
+        "dirname",
+        "basename",
+        "tr",
+        "cut",
+        "seq",
+    ):
+        _link(dest, f"bin/{applet}")
+    for applet in ("env",):
+        _link(dest, f"usr/bin/{applet}")
+    (dest / "usr/bin/zypper").write_text(FAKE_ZYPPER)
+    os.chmod(dest / "usr/bin/zypper", 0o755)
+    (dest / "etc/resolv.conf").write_text("# the image's own resolv.conf\n")
+    (dest / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    return dest
+
+
+@pytest.fixture
+def busybox_root(tmp_path: Path) -> Path:
+    return make_busybox_root(tmp_path / "base-tree")
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _recorder(phase: str) -> str:
+    """A hook that logs its name, environment, mounts, resolv.conf, CA bundle and cwd."""
+    log = "/var/log" if phase in CHROOT_PHASES else "$TARGET_ROOT/var/log"
+    return f"""#!/bin/sh
+set -e
+L={log}
+echo "{phase}.d/20-record" >> $L/order
+env | sort > $L/env-{phase}
+cat /proc/self/mountinfo > $L/mounts-{phase} 2>/dev/null || true
+cat /etc/resolv.conf > $L/resolv-{phase} 2>/dev/null || true
+pwd > $L/cwd-{phase}
+dirname "$0" > $L/dirname-{phase}
+if [ -n "${{SSL_CERT_FILE:-}}" ]; then cat "$SSL_CERT_FILE" > $L/ca-{phase} || true; fi
+"""
+
+
+SLEEPER = """#!/bin/sh
+if [ "${DIB_SLEEP_IN:-}" = "PHASE" ]; then
+    touch /tmp/sleeping-PHASE
+    sleep 300
+fi
+"""
+FAILER = """#!/bin/sh
+if [ "${DIB_FAIL_IN:-}" = "PHASE" ]; then
+    for i in $(seq 1 30); do echo "noise line $i"; done
+    echo "the last words"
+    exit 3
+fi
+"""
+
+
+def make_engine_elements(base: Path) -> Path:
+    """A tree of DIB elements exercising every phase and every native step (see test_phases)."""
+    files: dict[str, Any] = {"environment.d/10-bb.bash": "export BB_FROM_ENVD=yes\n"}
+    for phase in (*HOST_PHASES, *CHROOT_PHASES):
+        files[f"{phase}.d/20-record"] = _recorder(phase)
+    for phase in CHROOT_PHASES:
+        files[f"{phase}.d/50-maybe-sleep"] = SLEEPER.replace("PHASE", phase)
+        files[f"{phase}.d/60-maybe-fail"] = FAILER.replace("PHASE", phase)
+    make_element(
+        base, "bb-os", provides=["operating-system"], deps=["bb-app", "package-installs"], files=files
+    )
+    make_element(
+        base,
+        "bb-app",
+        deps=["install-static", "install-bin"],
+        files={
+            "bin/bb-tool": "#!/bin/sh\necho tool\n",
+            "pre-install.d/05-check-bin": "#!/bin/sh\ntest -x /usr/local/bin/bb-tool\n"
+            "echo pre-install.d/05-check-bin >> /var/log/order\n",
+            "install.d/15-check-static": "#!/bin/sh\ntest -f /etc/bb-static\ntest -L /etc/bb-link\n"
+            "echo install.d/15-check-static >> /var/log/order\n",
+            "install.d/bb-source-install/30-from-source": "#!/bin/sh\n"
+            "echo install.d/30-from-source >> /var/log/order\n",
+            "static/etc/bb-static": ("static file\n", 0o640),
+            "static/etc/bb-link": ("->", "bb-static"),
+            "package-installs.yaml": "bb-pkg:\nbb-build:\n  build-only: true\n"
+            "bb-early:\n  phase: pre-install.d\n"
+            "bb-when:\n  when: BB_FROM_ENVD=yes\n",
+        },
+    )
+    return base

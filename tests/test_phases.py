@@ -1,0 +1,271 @@
+"""The plan (what summary prints and build runs) and a whole run on a busybox root tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import (
+    CHROOT_PHASES,
+    HOST_PHASES,
+    make_busybox_root,
+    make_config,
+    make_element,
+    make_engine_elements,
+)
+
+from sles_ipa_builder import context, hooks, phases
+from sles_ipa_builder.errors import BuildError, ConfigError
+
+DRIVER = Path(__file__).parent / "data" / "drive_engine.py"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def steps_of(plan: dict[phases.Phase, list[phases.Step]], phase: str) -> list[tuple[str, str]]:
+    return [(s.name, s.element) for s in plan[phases.Phase(phase)]]
+
+
+@pytest.fixture
+def engine_ctx(tmp_path: Path, no_builtin_hooks: Path) -> context.BuildContext:
+    els = make_engine_elements(tmp_path / "elements")
+    return context.make_context(make_config(tmp_path, els, "bb-os"))
+
+
+def test_phase_places() -> None:
+    assert [p.value for p in phases.Phase] == [
+        *HOST_PHASES[:2],
+        *CHROOT_PHASES[:3],
+        "post-root",
+        "pre-finalise",
+        "finalise",
+        "cleanup",
+    ]
+    assert {p.value for p in phases.Phase if p.chroot} == set(CHROOT_PHASES)
+
+
+def test_plan_puts_native_steps_where_dib_had_them(engine_ctx: context.BuildContext) -> None:
+    plan = phases.plan(engine_ctx)
+    assert steps_of(plan, "pre-install") == [
+        ("01-install-bin", "install-bin"),
+        ("05-check-bin", "bb-app"),
+        ("10-package-installs", "package-installs"),
+        ("20-record", "bb-os"),
+        ("50-maybe-sleep", "bb-os"),
+        ("60-maybe-fail", "bb-os"),
+    ]
+    assert steps_of(plan, "install") == [
+        ("01-package-installs", "package-installs"),
+        ("10-install-static-files", "install-static"),
+        ("15-check-static", "bb-app"),
+        ("20-record", "bb-os"),
+        ("30-from-source", "bb-app"),
+        ("50-maybe-sleep", "bb-os"),
+        ("60-maybe-fail", "bb-os"),
+        ("99-package-uninstalls", "package-installs"),
+    ]
+    assert steps_of(plan, "root") == [("20-record", "bb-os")]
+    assert phases.package_lists(engine_ctx).get("install.d", False) == ["bb-pkg", "bb-build", "bb-when"]
+
+
+def test_describe_is_the_plan(tmp_path: Path, no_builtin_hooks: Path) -> None:
+    els = make_engine_elements(tmp_path / "elements")
+    info = phases.describe(make_config(tmp_path, els, "bb-os"))
+    by = {e["name"]: e["by"] for e in info["elements"]}
+    assert by["bb-os"] == "requested" and by["bb-app"] == "bb-os" and by["install-static"] == "bb-app"
+    inst = next(p for p in info["phases"] if p["name"] == "install")
+    assert inst["where"] == "chroot"
+    assert inst["steps"][1] == {"script": "10-install-static-files", "element": "install-static"}
+
+
+def test_native_name_clash_is_a_duplicate(tmp_path: Path, no_builtin_hooks: Path) -> None:
+    els = tmp_path / "elements"
+    make_element(
+        els,
+        "os",
+        provides=["operating-system"],
+        files={"bin/x": "#!/bin/sh\n", "pre-install.d/01-install-bin": "#!/bin/sh\n"},
+    )
+    ctx = context.make_context(make_config(tmp_path, els, "os"))
+    with pytest.raises(ConfigError, match="01-install-bin is in both os and install-bin"):
+        phases.plan(ctx)
+
+
+def test_environment_d_feeds_when(tmp_path: Path, no_builtin_hooks: Path) -> None:
+    els = tmp_path / "elements"
+    make_element(
+        els,
+        "os",
+        provides=["operating-system"],
+        files={
+            "environment.d/10-x": "export DIB_X=${DIB_X:-from-envd}\n",
+            "package-installs.yaml": "a:\n  when: DIB_X=from-envd\nb:\n  when: DIB_X!=from-envd\n",
+        },
+    )
+    ctx = context.make_context(make_config(tmp_path, els, "os"))
+    assert phases.package_lists(ctx).get("install.d", False) == ["a"]
+
+
+def test_workspace_refuses_dangerous_dirs(
+    tmp_path: Path, no_builtin_hooks: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    els = make_engine_elements(tmp_path / "elements")
+    ws = tmp_path / "ws"
+    ctx = context.make_context(make_config(tmp_path, els, "bb-os", output=str(ws / "build" / "out")))
+    with pytest.raises(ConfigError, match="output directory"):
+        phases.prepare_workspace(ctx)
+    ctx = context.make_context(make_config(tmp_path, els, "bb-os"))
+    monkeypatch.setenv("HOME", str(ws / "build"))
+    with pytest.raises(ConfigError, match="home directory"):
+        phases.prepare_workspace(ctx)
+
+
+def test_workspace_is_emptied_not_the_outputs(engine_ctx: context.BuildContext) -> None:
+    ctx = engine_ctx
+    (ctx.build_dir / "stale").mkdir(parents=True)
+    ctx.outputs.mkdir(parents=True, exist_ok=True)
+    (ctx.outputs / "previous.initramfs").write_text("good")
+    phases.prepare_workspace(ctx)
+    assert list(ctx.build_dir.iterdir()) == []
+    assert (ctx.outputs / "previous.initramfs").read_text() == "good"
+
+
+# --- a whole run -----------------------------------------------------------------------------------
+def drive(
+    tmp_path: Path, extra_env: dict[str, str] | None = None, **flags: str
+) -> subprocess.CompletedProcess[str]:
+    els = make_engine_elements(tmp_path / "elements")
+    base = make_busybox_root(tmp_path / "base-tree")
+    cli = {
+        "workspace": str(tmp_path / "ws"),
+        "output": str(tmp_path / "out"),
+        "elements": "bb-os",
+        "elements_path": str(els),
+        "base_tree": str(base),
+        **flags,
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIB_", "SIB_"))}
+    env.update(PYTHONPATH=f"{REPO}:{REPO / 'tests'}", **(extra_env or {}))
+    return subprocess.run(
+        [sys.executable, str(DRIVER), json.dumps(cli)], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.root
+def test_every_phase_runs_in_order_in_its_place(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    ca = tmp_path / "build-ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nbuild-time CA\n")
+    leak = {
+        "SSL_CERT_FILE": "/host/leak.pem",
+        "REQUESTS_CA_BUNDLE": "/host/leak.pem",
+        "SIB_HOST_ONLY": "leak",
+    }
+    r = drive(tmp_path, leak, ca_bundle=str(ca), keep_workspace="true")
+    assert r.returncode == 0, r.stderr[-3000:]
+    root = tmp_path / "ws" / "build" / "root"
+    log = root / "var/log"
+    order = (log / "order").read_text().splitlines()
+    assert order == [
+        "root.d/20-record",
+        "extra-data.d/20-record",
+        "pre-install.d/05-check-bin",
+        "zypper --non-interactive --gpg-auto-import-keys install --no-recommends bb-early",
+        "pre-install.d/20-record",
+        "zypper --non-interactive --gpg-auto-import-keys install --no-recommends bb-pkg bb-build bb-when",
+        "install.d/15-check-static",
+        "install.d/20-record",
+        "install.d/30-from-source",
+        "zypper --non-interactive --gpg-auto-import-keys remove --clean-deps bb-build",
+        "post-install.d/20-record",
+        "post-root.d/20-record",
+        "pre-finalise.d/20-record",
+        "finalise.d/20-record",
+        "cleanup.d/20-record",
+    ]
+    for phase in CHROOT_PHASES:
+        env = (log / f"env-{phase}").read_text()
+        assert "/host/leak" not in env and "SIB_HOST_ONLY" not in env
+        assert "BB_FROM_ENVD=yes" in env and "ARCH=amd64" in env and "DIB_INIT_SYSTEM=systemd" in env
+        assert "SSL_CERT_FILE=/tmp/sib-build-ca.pem" in env
+        assert (log / f"ca-{phase}").read_text() == ca.read_text()
+        mounts = (log / f"mounts-{phase}").read_text()
+        for mp in (
+            " /proc ",
+            " /sys ",
+            " /dev ",
+            " /dev/pts ",
+            " /tmp/in_target.d ",
+            " /tmp/sib-build-ca.pem ",
+        ):
+            assert mp in mounts, (phase, mp)
+        assert any(" /sys " in m and " ro," in m for m in mounts.splitlines())
+        assert (log / f"cwd-{phase}").read_text().strip() == "/"
+        assert (log / f"dirname-{phase}").read_text().strip() == f"/tmp/in_target.d/{phase}.d"
+        assert (log / f"resolv-{phase}").read_text() == Path("/etc/resolv.conf").read_text()
+    assert (log / "cwd-cleanup").read_text().strip() == str(tmp_path / "ws")
+    assert "TARGET_ROOT=" + str(root) in (log / "env-root").read_text()
+    # after the build: no CA file, no hooks dir, the image's own resolv.conf, static files root-owned
+    assert not (root / "tmp/sib-build-ca.pem").exists() and not (root / "tmp/in_target.d").exists()
+    assert (root / "etc/resolv.conf").read_text() == "# the image's own resolv.conf\n"
+    assert not (root / "etc/resolv.conf.ORIG").exists()
+    st = (root / "etc/bb-static").stat()
+    assert (st.st_uid, st.st_mode & 0o777) == (0, 0o640)
+    assert os.readlink(root / "etc/bb-link") == "bb-static"
+    assert oct((root / "usr/local/bin/bb-tool").stat().st_mode & 0o777) == "0o755"
+    assert "20-record" in (tmp_path / "ws" / "build.log").read_text()
+
+
+@pytest.mark.root
+def test_failing_hook_names_script_element_and_tail(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    r = drive(tmp_path, {"DIB_FAIL_IN": "install"}, ca_bundle="")
+    assert r.returncode == 1
+    assert "error: hook install.d/60-maybe-fail of element bb-os exited 3" in r.stderr
+    assert (
+        "  | the last words" in r.stderr and "noise line 11" in r.stderr and "noise line 10\n" not in r.stderr
+    )
+    assert "--break after-error" in r.stderr and "build.log" in r.stderr
+    assert not (tmp_path / "ws" / "build" / "root" / "tmp" / "in_target.d").exists()
+
+
+@pytest.mark.root
+def test_break_without_a_terminal_warns_and_goes_on(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    els = make_engine_elements(tmp_path / "elements")
+    base = make_busybox_root(tmp_path / "base-tree")
+    cli = {
+        "workspace": str(tmp_path / "ws"),
+        "elements": "bb-os",
+        "elements_path": str(els),
+        "base_tree": str(base),
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIB_", "SIB_"))}
+    env.update(PYTHONPATH=str(REPO), DIB_FAIL_IN="post-install")
+    r = subprocess.run(
+        [sys.executable, str(DRIVER), json.dumps(cli), "before-install,after-error"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 1
+    assert "break at before-install: stdin is not a terminal" in r.stderr
+    assert "break at after-error: stdin is not a terminal" in r.stderr
+
+
+def test_in_root_keeps_absolute_links_inside(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "usr/lib").mkdir(parents=True)
+    os.symlink("/usr/lib", root / "lib")
+    os.symlink("../../..", root / "usr/lib/up")
+    assert hooks.in_root(root, "lib/x") == root / "usr/lib/x"
+    with pytest.raises(BuildError, match="outside"):
+        hooks.in_root(root, "lib/up/up/x")

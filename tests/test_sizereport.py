@@ -1,0 +1,84 @@
+"""sizereport.py: reads our and GNU cpio's initramfs in every compression, rpm sizes, diff."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from test_ramdisk import make_root, make_rpm_tree
+
+from sles_ipa_builder import ramdisk, run, sizereport
+from sles_ipa_builder.compress import Compression
+from sles_ipa_builder.errors import InputError
+
+
+def text(renderable: object) -> str:
+    c = Console(file=io.StringIO(), width=200)
+    c.print(renderable)
+    return c.file.getvalue()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("spec,kind", [("zstd", "zstd"), ("gzip", "gzip"), ("xz", "xz"), ("none", "plain")])
+def test_report_on_a_packed_tree(tmp_path: Path, spec: str, kind: str) -> None:
+    tree = make_root(tmp_path / "root")
+    (tree / "usr/lib/modules/k/kernel").mkdir(parents=True)
+    (tree / "usr/lib/modules/k/kernel/big.ko").write_bytes(os.urandom(300_000))
+    out = tmp_path / "initrd"
+    res = ramdisk.pack(tree, out, Compression.parse(spec), progress=False, check_kernel=False)
+    rep = sizereport.analyze(out)
+    assert rep.compression == kind and rep.entries == res.entries
+    assert rep.files["usr/lib/modules/k/kernel/big.ko"] == 300_000
+    assert rep.dirs["usr"] >= rep.dirs["usr/lib"] >= rep.dirs["usr/lib/modules"] >= 300_000
+    assert "usr/lib/modules/k" not in rep.dirs  # depth <= 3
+    assert rep.packages is None
+    shown = text(sizereport.render(rep))
+    assert "usr/lib/modules/k/kernel/big.ko" in shown and "Largest directories" in shown
+
+
+def test_report_on_gnu_cpio_with_dot_slash_names_and_a_plain_first_segment(tmp_path: Path) -> None:
+    tree = tmp_path / "t"
+    (tree / "kernel/x86/microcode").mkdir(parents=True)
+    (tree / "kernel/x86/microcode/GenuineIntel.bin").write_bytes(b"u" * 1000)
+    main = tmp_path / "main"
+    (main / "etc").mkdir(parents=True)
+    (main / "etc/passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    blob = tmp_path / "initrd"
+    with blob.open("wb") as f:
+        run.run(["sh", "-c", "find . | cpio -o -H newc --quiet"], cwd=tree, stdout=f)
+        f.flush()
+        run.run(["sh", "-c", "find . | cpio -o -H newc --quiet | gzip"], cwd=main, stdout=f)
+    rep = sizereport.analyze(blob)
+    assert rep.compression == "plain+gzip"
+    assert rep.files == {"kernel/x86/microcode/GenuineIntel.bin": 1000, "etc/passwd": 26}
+
+
+def test_packages_and_diff(tmp_path: Path) -> None:
+    old_tree = make_rpm_tree(tmp_path, make_root(tmp_path / "old"))
+    old = tmp_path / "old.initramfs"
+    ramdisk.pack(old_tree, old, Compression.parse("zstd"), progress=False)
+    new_tree = make_root(tmp_path / "new")
+    (new_tree / "usr/lib/firmware").mkdir(parents=True)
+    (new_tree / "usr/lib/firmware/blob").write_bytes(b"f" * 2_000_000)
+    new = tmp_path / "new.initramfs"
+    ramdisk.pack(new_tree, new, Compression.parse("gzip"), progress=False)
+
+    a, b = sizereport.analyze(old), sizereport.analyze(new)
+    assert a.packages == {"tinypkg": 300000} and b.packages is None
+    d = sizereport.compare(a, b)
+    assert d.dirs[0] == ("usr/lib/firmware", 0, 2_000_000)
+    assert ("usr/share/tinypkg", 300000, 0) in d.dirs
+    assert d.packages == [("tinypkg", 300000, 0)]
+    shown = text(sizereport.render_diff(d))
+    assert "+1.91" in shown and "tinypkg" in shown
+
+
+def test_not_an_initramfs(tmp_path: Path) -> None:
+    p = tmp_path / "x"
+    p.write_bytes(b"hello world")
+    with pytest.raises(InputError, match="unknown magic"):
+        sizereport.analyze(p)
+    with pytest.raises(InputError):
+        sizereport.analyze(tmp_path / "missing")

@@ -1,0 +1,124 @@
+"""sources.py: override precedence, mirrors, ref kinds, offline behaviour, DIB records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import git
+import pytest
+
+from sles_ipa_builder import config, sources
+from sles_ipa_builder.errors import InputError
+from sles_ipa_builder.sources import SourceRepo
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
+def make_upstream(path: Path) -> git.Repo:
+    repo = git.Repo.init(path, initial_branch="master")
+    with repo.config_writer() as w:
+        w.set_value("user", "name", "t").set_value("user", "email", "t@example.com")
+    (path / "setup.py").write_text("v1\n")
+    repo.index.add(["setup.py"])
+    repo.index.commit("one")
+    repo.create_tag("1.0.0")
+    (path / "setup.py").write_text("v2\n")
+    repo.index.add(["setup.py"])
+    repo.index.commit("two")
+    repo.git.branch("stable/x", "HEAD~1")
+    return repo
+
+
+def cfg(env: dict[str, str] | None = None) -> config.Config:
+    return config.resolve({}, environ=env or {})
+
+
+def test_override_precedence() -> None:
+    ipa = SourceRepo("ironic-python-agent", "git", "/tmp/ironic-python-agent", "https://file/ipa", "fileref")
+    other = SourceRepo("glean", "git", "/tmp/glean", "https://file/glean", None)
+    # the seed's settings (defaults included, as build_ipa_sles.sh always exported them) beat the file
+    assert sources.effective(ipa, cfg()) == ("https://opendev.org/openstack/ironic-python-agent", "master")
+    assert sources.effective(ipa, cfg({"IPA_REPO": "https://x/ipa", "IPA_COMMIT": "stable/2023.1"})) == (
+        "https://x/ipa", "stable/2023.1")
+    # DIB_REPOLOCATION_/DIB_REPOREF_ beat the seed settings
+    env = {"IPA_REPO": "https://x/ipa", "DIB_REPOLOCATION_ironic_python_agent": "https://y/ipa",
+           "DIB_REPOREF_ironic_python_agent": "refs/changes/1/1/1"}
+    assert sources.effective(ipa, cfg(env)) == ("https://y/ipa", "refs/changes/1/1/1")
+    # other repositories: the file, default ref master, DIB_ overrides
+    assert sources.effective(other, cfg()) == ("https://file/glean", "master")
+    assert sources.effective(other, cfg({"DIB_REPOREF_glean": "refs/heads/parsing_error"})) == (
+        "https://file/glean", "refs/heads/parsing_error")
+
+
+def test_fetch_ref_kinds_and_records(tmp_path: Path) -> None:
+    up = make_upstream(tmp_path / "up")
+    head = up.head.commit.hexsha
+    first = up.head.commit.parents[0].hexsha
+    # a Gerrit-style change ref that is on no branch
+    up.git.checkout("--detach", "HEAD~1")
+    (tmp_path / "up" / "change.txt").write_text("c\n")
+    up.index.add(["change.txt"])
+    change = up.index.commit("change").hexsha
+    up.git.update_ref("refs/changes/45/12345/3", change)
+    up.git.checkout("master")
+
+    root = tmp_path / "root"
+    url = str(tmp_path / "up")
+    cases = {"master": head, "1.0.0": first, "stable/x": first, "refs/heads/master": head,
+             "refs/changes/45/12345/3": change, first: first}
+    for i, (ref, want) in enumerate(cases.items()):
+        repo = SourceRepo(f"r{i}", "git", f"/tmp/r{i}", url, ref, element="e")
+        rows = sources.fetch_sources([repo], root, cfg=cfg(), offline=False)
+        assert rows[0]["commit"] == want, ref
+        co = git.Repo(root / f"tmp/r{i}")
+        assert co.head.commit.hexsha == want
+        assert "1.0.0" in [t.name for t in co.tags]  # pbr needs the tags
+        assert co.remotes.origin.url == url
+    lines = (root / "etc/dib-manifests/dib-manifest-git-ironic-python-agent").read_text().splitlines()
+    assert lines[0] == f"r0 git /tmp/r0 {url} {head}"
+    assert (root / "etc/dib-source-repositories").read_text().splitlines()[:2] == ["/tmp/r0", "/tmp/r1"]
+
+
+def test_refresh_online_not_offline(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    up = make_upstream(tmp_path / "up")
+    repo = SourceRepo("ipa", "git", "/tmp/ipa", str(tmp_path / "up"), "master")
+    old = sources.fetch_sources([repo], tmp_path / "a", cfg=cfg(), offline=False)[0]["commit"]
+    (tmp_path / "up" / "new").write_text("x")
+    up.index.add(["new"])
+    new = up.index.commit("three").hexsha
+    assert sources.fetch_sources([repo], tmp_path / "b", cfg=cfg(), offline=True)[0]["commit"] == old
+    caplog.set_level("INFO")
+    assert sources.fetch_sources([repo], tmp_path / "c", cfg=cfg(), offline=False)[0]["commit"] == new
+    assert f"master moved {old[:12]} → {new[:12]}" in caplog.text
+
+
+def test_offline_errors(tmp_path: Path) -> None:
+    make_upstream(tmp_path / "up")
+    repo = SourceRepo("ipa", "git", "/tmp/ipa", str(tmp_path / "up"), "master")
+    with pytest.raises(InputError, match="ipa: .* is not in the cache and --offline is set"):
+        sources.fetch_sources([repo], tmp_path / "r", cfg=cfg(), offline=True)
+    sources.fetch_sources([repo], tmp_path / "r", cfg=cfg(), offline=False)
+    missing = SourceRepo("ipa", "git", "/tmp/ipa", str(tmp_path / "up"), "stable/nope")
+    with pytest.raises(InputError, match="ipa: ref stable/nope is not in the cached mirror"):
+        sources.fetch_sources([missing], tmp_path / "r", cfg=cfg(), offline=True)
+
+
+def test_missing_ref_and_unreachable_url(tmp_path: Path) -> None:
+    make_upstream(tmp_path / "up")
+    repo = SourceRepo("ipa", "git", "/tmp/ipa", str(tmp_path / "up"), "no-such-branch")
+    with pytest.raises(InputError, match="source ipa: ref no-such-branch not found in"):
+        sources.fetch_sources([repo], tmp_path / "r", cfg=cfg(), offline=False)
+    gone = SourceRepo("lib", "git", "/tmp/lib", str(tmp_path / "nowhere"), "master")
+    with pytest.raises(InputError, match=r"source lib: cannot fetch .*nowhere \(ref master\)"):
+        sources.fetch_sources([gone], tmp_path / "r", cfg=cfg(), offline=False)
+
+
+def test_unsupported_type(tmp_path: Path) -> None:
+    from sles_ipa_builder.errors import BuildError
+
+    with pytest.raises(BuildError, match="type tar is not supported"):
+        sources.fetch_sources([SourceRepo("x", "tar", "/x", "http://x/x.tgz")], tmp_path, cfg=cfg(),
+                              offline=False)

@@ -1,0 +1,84 @@
+"""zypper.py: repository files, zypp.conf edits, argv lists, cache mounts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sles_ipa_builder import zypper
+
+
+def test_repo_files_local_and_remote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    repos = [("sle-Module-Basesystem", "http://127.0.0.1:4242/Module-Basesystem"),
+             *zypper.remote_aliases(["https://download.example.com/repo/oss"])]
+    written = zypper.write_repos(tmp_path, repos)
+    assert [p.name for p in written] == ["sle-Module-Basesystem.repo", "user-1.repo"]
+    local = (tmp_path / "etc/zypp/repos.d/sle-Module-Basesystem.repo").read_text()
+    assert local.splitlines() == [
+        "[sle-Module-Basesystem]", "name=sle-Module-Basesystem", "enabled=1", "autorefresh=0",
+        "baseurl=http://127.0.0.1:4242/Module-Basesystem?proxy=_none_", "type=rpm-md", "priority=99",
+        "gpgcheck=0", "keeppackages=0"]
+    remote = (tmp_path / "etc/zypp/repos.d/user-1.repo").read_text()
+    assert "baseurl=https://download.example.com/repo/oss\n" in remote
+    assert "keeppackages=1" in remote and "gpgcheck=1" in remote
+    # explicit keep_packages wins
+    zypper.write_repos(tmp_path, [("x", "http://127.0.0.1:1/x")], keep_packages=True)
+    assert "keeppackages=1" in (tmp_path / "etc/zypp/repos.d/x.repo").read_text()
+    zypper.remove_repos(tmp_path, ["sle-Module-Basesystem", "user-1", "x", "never-written"])
+    assert list((tmp_path / "etc/zypp/repos.d").iterdir()) == []
+
+
+def test_bad_alias_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        zypper.write_repos(tmp_path, [("../evil", "http://x")])
+
+
+SUSE_CONF = """## Configuration file for software management
+[main]
+## Whether to install documentation
+# rpm.install.excludedocs = no
+# solver.onlyRequires = false
+download.max_concurrent_connections = 5
+
+[other]
+x = 1
+"""
+
+
+def test_zypp_conf_is_idempotent(tmp_path: Path) -> None:
+    conf = tmp_path / "etc/zypp/zypp.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text(SUSE_CONF)
+    zypper.zypp_conf(tmp_path)
+    once = conf.read_text()
+    assert "rpm.install.excludedocs = yes\nsolver.onlyRequires = true\n" in once
+    assert "# rpm.install.excludedocs" not in once
+    assert "download.max_concurrent_connections = 5" in once and "[other]\nx = 1" in once
+    zypper.zypp_conf(tmp_path)
+    assert conf.read_text() == once
+
+
+def test_zypp_conf_created_and_duplicates_dropped(tmp_path: Path) -> None:
+    zypper.zypp_conf(tmp_path)
+    assert (tmp_path / "etc/zypp/zypp.conf").read_text() == (
+        "[main]\nrpm.install.excludedocs = yes\nsolver.onlyRequires = true\n")
+    conf = tmp_path / "etc/zypp/zypp.conf"
+    conf.write_text("[main]\n# solver.onlyRequires = false\nsolver.onlyRequires = false\n")
+    zypper.zypp_conf(tmp_path, {"solver.onlyRequires": "true"})
+    assert conf.read_text() == "[main]\nsolver.onlyRequires = true\n"
+
+
+def test_argv() -> None:
+    assert zypper.install_argv(["a", "b"]) == [
+        "zypper", "--non-interactive", "--gpg-auto-import-keys", "install", "--no-recommends", "a", "b"]
+    assert zypper.install_argv(["a"], uninstall=True)[-3:] == ["remove", "--clean-deps", "a"]
+    assert zypper.refresh_argv()[-1] == "refresh"
+    assert zypper.target_env_extra()["no_proxy"] == "127.0.0.1,localhost"
+
+
+def test_cache_mounts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    [(host, target)] = zypper.cache_mounts()
+    assert host == tmp_path / "sles-ipa-builder/zypper" and host.is_dir() and target == "/var/cache/zypp"
