@@ -34,10 +34,10 @@ def build(args: argparse.Namespace, cli: dict[str, Any]) -> int:
     cfg = resolve(args, cli)  # every bad value stops here, before any work
     if os.geteuid() != 0:
         raise ConfigError("build needs root (chroot, mounts, device nodes)", "run it as root or with sudo")
-    from . import namespace, phases
+    from . import namespace, pipeline
 
     namespace.enter()
-    phases.build(cfg, debug=args.debug)
+    pipeline.build(cfg, debug=args.debug)
     return 0
 
 

@@ -104,7 +104,8 @@ class Config:
 
     @property
     def tar_name(self) -> str:
-        return self.values["image_tar"] or f"{self.values['name']}.tar"
+        """IPA_IMAGE_TAR of the seed, which derives it from the image name the same way."""
+        return f"{self.values['name']}.tar"
 
     @property
     def element_list(self) -> list[str]:

@@ -40,7 +40,7 @@ def free_gib(path: Path) -> float:
     p = path
     while not p.exists():
         p = p.parent
-    return shutil.disk_usage(p).f_free / 2**30
+    return shutil.disk_usage(p).free / 2**30
 
 
 def checks(cfg: Config, *, launch: bool = True) -> list[Check]:
@@ -54,9 +54,10 @@ def checks(cfg: Config, *, launch: bool = True) -> list[Check]:
             out.append(Check(f"python {mod}", True, "importable"))
         except ImportError:
             out.append(Check(f"python {mod}", False, f"missing: {why}"))
-    for label, path in (("workspace", cfg.workspace), ("cache", _cache_root())):
-        gib = free_gib(Path(path))
-        out.append(Check(f"free space {label}", gib >= MIN_FREE_GIB, f"{gib:.0f} GiB free at {path}",
+    places: list[tuple[str, Path]] = [("workspace", Path(cfg.workspace)), ("cache", _cache_root())]
+    for label, place in places:
+        gib = free_gib(place)
+        out.append(Check(f"free space {label}", gib >= MIN_FREE_GIB, f"{gib:.0f} GiB free at {place}",
                          fatal=False))
     out.extend(input_checks(cfg))
     if launch:

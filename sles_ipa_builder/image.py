@@ -454,3 +454,13 @@ def _stream(g: Any, root: Path, archive: Path) -> int:
             raise BuildError(f"extracting the root tree into {root} failed: {' / '.join(tail)[:300]}",
                              "check free space in the workspace")
     return total
+
+
+def check_launch(accel: str = "auto") -> str:
+    """`doctor`: start the appliance on a scratch disk; returns how it ran (kvm, tcg, user)."""
+    with tempfile.NamedTemporaryFile(suffix=".raw") as scratch:
+        os.truncate(scratch.name, 2**20)
+        start = time.monotonic()
+        g, how = launch(Path(scratch.name), "raw", accel)
+        g.close()
+    return f"appliance up under {how} in {time.monotonic() - start:.0f}s"

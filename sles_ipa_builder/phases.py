@@ -165,7 +165,9 @@ def plan(ctx: BuildContext) -> dict[Phase, list[Step]]:
 
 def describe(cfg: Config) -> dict[str, Any]:
     """What `summary` prints: elements with who pulled them in, and per phase the steps in order."""
-    ctx = make_context(cfg)
+    from .pipeline import register  # the build's native steps, so summary shows the build's plan
+
+    ctx = register(make_context(cfg))
     return {
         "elements": [
             {"name": e.name, "by": e.pulled_by or "requested", "path": str(e.path) if e.path else "(native)"}
@@ -309,16 +311,3 @@ def build_tree_only(ctx: BuildContext) -> None:
             add_step(ctx, "root", "00-base-tree", "(base-tree)", copy_base_tree)
         run_phases(ctx)
     finish_workspace(ctx)
-
-
-def build(cfg: Config, debug: bool = False) -> None:
-    """Minimal pipeline until the lead's build() lands: the tree through every phase, then the table."""
-    from . import log as logmod
-
-    ctx = make_context(cfg)
-    ctx.log_path.parent.mkdir(parents=True, exist_ok=True)
-    logmod.attach_file(ctx.log_path)
-    try:
-        build_tree_only(ctx)
-    finally:
-        logmod.console.print(ctx.timings.table())

@@ -1,0 +1,159 @@
+"""One build, top to bottom: root tree -> media repositories -> phases -> artifacts -> boot test.
+
+The engine (phases.py) runs the hook phases; this module adds the native steps that stand where
+DIB's generic elements stood (the root image, the Media1 repositories, the source repositories,
+the manifests) and turns the finished tree into artifacts. `register()` is shared with `summary`,
+so the plan it prints is the plan the build runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+from . import __version__, image, media, phases, ramdisk, sources, zypper
+from . import log as logmod
+from .compress import Compression
+from .config import Config
+from .context import BuildContext, make_context
+from .hooks import run_in_target
+from .settings import SETTINGS
+
+log = logging.getLogger(__name__)
+MEDIA = "(media)"
+
+
+# --- native steps --------------------------------------------------------------------------------
+def root_step(ctx: BuildContext) -> None:
+    """root.d/10-sles-image: the base tree from the qcow2 (or --base-tree), through the cache."""
+    facts = image.prepare_root(ctx.cfg, ctx.root, accel=ctx.cfg.accel)
+    ctx.manifest.setdefault("inputs", {})["base"] = facts
+    ctx.env["SIB_BASE_IMAGE_SHA256"] = str(facts.get("sha256", "tree:" + str(facts.get("path", ""))))
+
+
+def iso_path(cfg: Config) -> Path:
+    return Path(cfg.iso) if cfg.iso else Path(cfg.images_dir) / cfg.iso_file_name
+
+
+def media_step(ctx: BuildContext) -> None:
+    """The Media1 modules (and any --repo) as zypper repositories, served from the ISO on loopback."""
+    m = media.open_media(iso_path(ctx.cfg))
+    url = media.serve(m, ctx.stack)
+    repos = media.repo_urls(m, url) + zypper.remote_aliases(list(ctx.cfg.repos))
+    zypper.write_repos(ctx.root, repos)
+    zypper.zypp_conf(ctx.root)
+    ctx.zypper_repos = repos
+    ctx.env["SIB_MEDIA_IDENTITY"] = m.identity
+    ctx.manifest.setdefault("inputs", {})["media"] = {
+        "iso": str(iso_path(ctx.cfg)),
+        "identity": m.identity,
+        "repositories": [alias for alias, _ in repos],
+    }
+
+
+def refresh_step(ctx: BuildContext) -> None:
+    """Fresh metadata once per build: the loopback port changes, and the ISO may have."""
+    run_in_target(ctx, zypper.refresh_argv(), extra_env=zypper.target_env_extra(), label="zypper")
+
+
+def sources_step(ctx: BuildContext) -> None:
+    rows = sources.fetch_sources(list[Any](phases.repos(ctx)), ctx.root, cfg=ctx.cfg, offline=ctx.cfg.offline)
+    ctx.manifest["sources"] = rows
+
+
+def unconfigure_step(ctx: BuildContext) -> None:
+    """No repository pointing at a loopback port of the build is left in the image."""
+    zypper.remove_repos(ctx.root, [alias for alias, _ in ctx.zypper_repos])
+
+
+def manifests_step(ctx: BuildContext) -> None:
+    """cleanup.d/01-copy-manifests-dir: arguments and environment, never a secret, root-only."""
+    d = ctx.root / "etc/dib-manifests"
+    d.mkdir(parents=True, exist_ok=True)
+    secret = set(ctx.cfg.secrets())
+    env = {k: v for k, v in sorted(ctx.env.items()) if k.startswith("DIB_") and v not in secret
+           and "PASSWORD" not in k}
+    (d / "dib_environment").write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()))
+    (d / "dib_arguments").write_text(" ".join(ctx.cfg.element_list) + "\n")
+    for f in d.iterdir():
+        os.chown(f, 0, 0)
+        f.chmod(0o600)
+
+
+def register(ctx: BuildContext) -> BuildContext:
+    """Put the native steps into their phases and the zypper cache into the chroot mounts."""
+    phases.add_step(ctx, "root", "10-sles-image", "sles", root_step)
+    phases.add_step(ctx, "extra-data", "05-media-repositories", MEDIA, media_step)
+    phases.add_step(ctx, "pre-install", "00-zypper-refresh", MEDIA, refresh_step)
+    phases.add_step(ctx, "cleanup", "01-copy-manifests-dir", "manifests", manifests_step)
+    phases.add_step(ctx, "cleanup", "05-remove-media-repositories", MEDIA, unconfigure_step)
+    ctx.native_steps["source-repositories"] = sources_step
+    ctx.target_mounts.extend(zypper.cache_mounts())
+    ctx.env.update(SIB_BUILDER_VERSION=__version__)
+    if ctx.cfg.source_date_epoch is not None:
+        ctx.env["SOURCE_DATE_EPOCH"] = str(ctx.cfg.source_date_epoch)
+    return ctx
+
+
+# --- the build -----------------------------------------------------------------------------------
+def settings_manifest(cfg: Config) -> dict[str, Any]:
+    def plain(v: Any) -> Any:
+        return [plain(i) for i in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v
+
+    return {s.key: plain(cfg.shown(s.key)) for s in SETTINGS}
+
+
+def compression(cfg: Config) -> Compression:
+    return Compression.parse(str(cfg.compress), cfg.compress_level)
+
+
+def build(cfg: Config, debug: bool = False) -> ramdisk.Artifacts:
+    ctx = register(make_context(cfg))
+    comp = compression(cfg)
+    phases.prepare_workspace(ctx)
+    logmod.attach_file(ctx.log_path)
+    ctx.manifest.update(builder=__version__, elements=[e.name for e in ctx.elements],
+                        settings=settings_manifest(cfg))
+    try:
+        with ctx.stack:
+            phases.run_phases(ctx)
+            with logmod.step("ramdisk", ctx.timings):
+                ctx.manifest["timings"] = ctx.timings.as_dict()
+                arts = ramdisk.write_artifacts(
+                    ctx.root, ctx.outputs, cfg.name, comp, size_limit_mb=cfg.size_limit_mb,
+                    minimal_prune=cfg.minimal_prune, source_date_epoch=cfg.source_date_epoch,
+                    manifest=ctx.manifest,
+                )
+    finally:
+        logmod.console.print(ctx.timings.table())
+        logmod.console.print(ctx.timings.steps_table())
+        write_report(ctx)
+    phases.finish_workspace(ctx)
+    report_artifacts(arts)
+    if cfg.boot_test:
+        boot(cfg, arts)
+    return arts
+
+
+def write_report(ctx: BuildContext) -> None:
+    if ctx.cfg.report:
+        doc = {**ctx.manifest, "timings": ctx.timings.as_dict()}
+        Path(ctx.cfg.report).write_text(json.dumps(doc, indent=2, default=str) + "\n")
+
+
+def report_artifacts(arts: ramdisk.Artifacts) -> None:
+    for path in (arts.kernel, arts.initramfs, arts.tar):
+        logmod.console.print(f"  {path}  {path.stat().st_size / 2**20:.1f} MiB")
+
+
+def boot(cfg: Config, arts: ramdisk.Artifacts) -> None:
+    from . import boottest
+
+    with logmod.step("boot test"):
+        result = boottest.boot_test(arts.kernel, arts.initramfs, timeout=cfg.boot_timeout,
+                                    memory_mb=cfg.boot_memory, accel=cfg.accel)
+    logmod.console.print(result.summary())
