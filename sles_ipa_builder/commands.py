@@ -174,9 +174,10 @@ def clean(args: argparse.Namespace, cli: dict[str, Any]) -> int:
         from . import cache
 
         root = cache.cache_root()
-        if root.exists():
-            shutil.rmtree(root)
-            console.print(f"removed {root}")
+        # The test media is not a build cache: `fixtures --force` rebuilds it.
+        kinds = [p.name for p in root.iterdir() if p.name != "fixtures"] if root.is_dir() else []
+        for path in cache.clean(kinds) if kinds else []:
+            console.print(f"removed {path}")
     return 0
 
 
