@@ -20,6 +20,7 @@ from . import log as logmod
 from .compress import Compression
 from .config import Config
 from .context import BuildContext, make_context
+from .errors import InputError
 from .hooks import run_in_target
 from .settings import SETTINGS
 
@@ -111,7 +112,18 @@ def compression(cfg: Config) -> Compression:
     return Compression.parse(str(cfg.compress), cfg.compress_level)
 
 
+def check_inputs(cfg: Config) -> None:
+    """Missing inputs stop the build before any work, not after a minute of extraction."""
+    from .doctor import input_checks
+
+    for c in input_checks(cfg):
+        if not c.ok:
+            raise InputError(f"{c.name} not found: {c.detail}",
+                             "put the files in images_dir (DIB_SLES_OFFLINE_TARGET_DIR) or give --base-image/--iso")
+
+
 def build(cfg: Config, debug: bool = False) -> ramdisk.Artifacts:
+    check_inputs(cfg)
     ctx = register(make_context(cfg))
     comp = compression(cfg)
     phases.prepare_workspace(ctx)

@@ -70,3 +70,33 @@ def test_ci_calls_the_readme_test_command():
     assert "make test" in (REPO / ".ci" / "run").read_text()
     readme = (REPO / "README.md").read_text()
     assert "make test" in readme and "make demo" in readme
+
+
+def test_missing_inputs_stop_before_any_work(tmp_path):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIB_", "IPA_", "IRONIC_", "SIB_"))}
+    res = run.run([sys.executable, "-m", "sles_ipa_builder", "build", "--workspace", str(tmp_path / "ws"),
+                   "--base-tree", str(tree), "--iso", str(tmp_path / "missing.iso")],
+                  env=env, check=False, capture=True)
+    assert res.returncode == 2, res.stderr
+    assert "error: Media1 ISO not found" in res.stderr
+    assert not (tmp_path / "ws" / "build").exists()
+
+
+def test_summary_json_without_side_effects(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIB_", "IPA_", "IRONIC_", "SIB_"))}
+    env["IPA_BUILD_WORKSPACE"] = str(tmp_path / "ws")
+    env["DIB_DEV_USER_PASSWORD"] = "hunter2-secret"
+    import json
+
+    res = run.run([sys.executable, "-m", "sles_ipa_builder", "summary", "--json"], env=env, capture=True)
+    doc = json.loads(res.stdout)
+    assert doc["settings"]["dev_user_password"] == {"value": "***", "source": "env DIB_DEV_USER_PASSWORD"}
+    names = [e["name"] for e in doc["elements"]]
+    assert "sles" in names and "sles-ipa-install" in names
+    install = next(p for p in doc["phases"] if p["name"] == "install")
+    scripts = [s["script"] for s in install["steps"]]
+    assert scripts.index("01-package-installs") < scripts.index("60-ironic-python-agent-ramdisk-install")
+    assert "hunter2-secret" not in res.stdout + res.stderr
+    assert not (tmp_path / "ws").exists()

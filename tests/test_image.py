@@ -136,7 +136,10 @@ def build_images(dest: Path, work: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def images(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    dest = Path(request.config.cache.mkdir(f"sib-test-images-{IMAGES_VERSION}"))
+    from sles_ipa_builder.cache import cache_dir
+
+    dest = cache_dir("test-images") / IMAGES_VERSION  # kept between runs; `clean -ff` drops it
+    dest.mkdir(parents=True, exist_ok=True)
     disks = {n: dest / f"{n}.qcow2" for n in ("ext4", "btrfs", "aarch64", "noroot")}
     if not all(p.exists() for p in disks.values()):
         build_images(dest, tmp_path_factory.mktemp("trees"))
