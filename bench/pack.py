@@ -13,7 +13,6 @@ the time, is the goal).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import resource
@@ -94,17 +93,11 @@ def warm(tree: Path) -> None:
 
 def default_tree() -> Path:
     """The fixtures' root tree, only if the test media is already built (the bench never builds it)."""
-    repo = Path(__file__).resolve().parent.parent
-    spec = importlib.util.spec_from_file_location("sib_testmedia", repo / "fixtures/testmedia.py")
-    if spec and spec.loader:
-        try:
-            tm = importlib.util.module_from_spec(spec)
-            sys.modules["sib_testmedia"] = tm  # its dataclasses look their module up
-            spec.loader.exec_module(tm)
-            if (tm.cache_base() / tm.cache_key() / tm.DONE).is_file():
-                return Path(tm.ensure().root_tree)
-        except Exception as e:  # noqa: BLE001 - say why, then ask for a tree
-            print(f"(fixtures not usable: {e})")
+    from sles_ipa_builder.commands import built_testmedia
+
+    media = built_testmedia()
+    if media is not None:
+        return Path(media.root_tree)
     sys.exit("no TREE given and the test media is not built: pass a tree, e.g. a copy of /usr/lib")
 
 

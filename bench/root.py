@@ -13,7 +13,6 @@ Goals (issue 5): warm <= 15% of cold; warm faster than the seed's warm `tar -xzf
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import shutil
@@ -34,18 +33,13 @@ TAR_KEEP = ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--xattrs-exclu
 
 
 def default_image() -> Path:
-    spec = importlib.util.spec_from_file_location("sib_testmedia", REPO / "fixtures/testmedia.py")
-    if spec and spec.loader:
-        try:
-            tm = importlib.util.module_from_spec(spec)
-            sys.modules["sib_testmedia"] = tm  # its dataclasses look their module up
-            spec.loader.exec_module(tm)
-            built = tm.cache_base() / tm.cache_key()
-            if (built / tm.DONE).is_file():  # only if already built: the bench never builds media
-                return Path(tm.ensure().base_ext4)
-        except Exception as e:  # noqa: BLE001 - fall back to the test image
-            print(f"(fixtures not usable: {e})")
-    small = REPO / ".pytest_cache/d/sib-test-images-v3/ext4.qcow2"
+    from sles_ipa_builder.cache import cache_dir
+    from sles_ipa_builder.commands import built_testmedia
+
+    media = built_testmedia()
+    if media is not None:
+        return Path(media.base_ext4)
+    small = cache_dir("test-images") / "v3" / "ext4.qcow2"
     if small.exists():
         return small
     sys.exit("no image: pass --image, build the fixtures, or run tests/test_image.py once")

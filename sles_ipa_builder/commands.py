@@ -182,6 +182,9 @@ def clean(args: argparse.Namespace, cli: dict[str, Any]) -> int:
 
 
 def load_testmedia() -> ModuleType:
+    """fixtures/testmedia.py of the source checkout (not a package: loaded by path, once)."""
+    if "sib_testmedia" in sys.modules:
+        return sys.modules["sib_testmedia"]
     path = REPO_ROOT / "fixtures" / "testmedia.py"
     if not path.is_file():
         raise InputError(f"{path} not found", "the test media generator lives in the source checkout's fixtures/")
@@ -191,6 +194,12 @@ def load_testmedia() -> ModuleType:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def built_testmedia() -> Any:
+    """The test media if it is already built (benches use it but never build it), else None."""
+    tm = load_testmedia()
+    return tm.ensure(log_progress=False) if (tm.cache_base() / tm.cache_key() / tm.DONE).is_file() else None
 
 
 def fixtures(args: argparse.Namespace, cli: dict[str, Any]) -> int:

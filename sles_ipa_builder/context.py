@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from typing import Any
 import yaml
 
 from . import elements
+from .cache import cache_root
 from .config import Config
 from .elements import Element, HookTree
 from .log import Timings
@@ -120,10 +120,6 @@ def hook_env(cfg: Config, build_dir: Path, path: list[Path], resolved: list[Elem
     )
     return env
 
-
-def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "sles-ipa-builder"
 
 
 def make_context(cfg: Config, *, breakpoints: set[str] | None = None) -> BuildContext:

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from . import hooks, namespace, packages, run
+from .cache import cache_root
 from .config import Config
-from .context import BuildContext, cache_root, make_context
+from .context import BuildContext, make_context
 from .elements import SourceRepo, sort_key, source_repos
 from .errors import BuildError, CommandError, ConfigError
 from .log import step

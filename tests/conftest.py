@@ -217,3 +217,11 @@ def make_engine_elements(base: Path) -> Path:
         },
     )
     return base
+
+
+@pytest.fixture(scope="session")
+def fixture_media() -> Any:
+    """The generated test media (built on first use, cached; see fixtures/README.md)."""
+    from sles_ipa_builder.commands import load_testmedia
+
+    return load_testmedia().ensure(log_progress=False)

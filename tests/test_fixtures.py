@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import os
 import shlex
 import sys
@@ -31,15 +30,9 @@ pytestmark = [pytest.mark.media, pytest.mark.slow]
 
 
 def _load() -> ModuleType:
-    name = "sib_testmedia"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "fixtures" / "testmedia.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    from sles_ipa_builder.commands import load_testmedia
+
+    return load_testmedia()
 
 
 @pytest.fixture(scope="module")

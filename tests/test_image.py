@@ -260,23 +260,6 @@ def teardown_module() -> None:
 
 # --- the fixtures' test media (marker `media`) ----------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def fixture_media() -> Any:
-    import importlib.util
-    import sys
-
-    path = Path(__file__).resolve().parent.parent / "fixtures/testmedia.py"
-    if not path.exists():
-        pytest.skip("fixtures/testmedia.py is not there yet")
-    mod = sys.modules.get("sib_testmedia")
-    if mod is None:
-        spec = importlib.util.spec_from_file_location("sib_testmedia", path)
-        assert spec and spec.loader
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["sib_testmedia"] = mod
-        spec.loader.exec_module(mod)
-    return mod.ensure(log_progress=False)
-
 
 @pytest.mark.media
 @pytest.mark.guestfs

@@ -187,23 +187,6 @@ def test_serve_get_head_range_404(good_iso: Path) -> None:
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="session")
-def fixture_media() -> object:
-    import importlib.util
-    import sys
-
-    path = REPO / "fixtures/testmedia.py"
-    if not path.exists():
-        pytest.skip("fixtures/testmedia.py is not there yet")
-    mod = sys.modules.get("sib_testmedia")
-    if mod is None:
-        spec = importlib.util.spec_from_file_location("sib_testmedia", path)
-        assert spec and spec.loader
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["sib_testmedia"] = mod
-        spec.loader.exec_module(mod)
-    return mod.ensure(log_progress=False)
-
 
 @pytest.mark.media
 def test_fixture_iso_repos(fixture_media: object) -> None:
