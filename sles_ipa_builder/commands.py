@@ -37,7 +37,7 @@ def build(args: argparse.Namespace, cli: dict[str, Any]) -> int:
     from . import namespace, pipeline
 
     namespace.enter()
-    pipeline.build(cfg, debug=args.debug)
+    pipeline.build(cfg)
     return 0
 
 

@@ -87,7 +87,7 @@ def input_checks(cfg: Config) -> list[Check]:
 
 def launch_check(cfg: Config) -> Check:
     try:
-        from .image import check_launch
+        from .appliance import check_launch
 
         return Check("libguestfs launch", True, check_launch(accel=cfg.accel))
     except Exception as e:  # doctor reports every failure instead of stopping at the first

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import tempfile
 import threading
 import time
@@ -24,6 +23,7 @@ from typing import Any
 import zstandard
 
 from . import cache, run
+from .appliance import launch
 from .errors import BuildError, InputError
 
 log = logging.getLogger(__name__)
@@ -32,14 +32,11 @@ ESP_GUID = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
 XBOOTLDR_GUID = "BC13C2FF-59E6-4262-A352-B275FD6F7172"
 QCOW2_MAGIC = b"QFI\xfb"
 PIPE = -1  # subprocess.PIPE; only run.py imports subprocess
-LAUNCH_TIMEOUT = 60.0  # a healthy KVM appliance is up in seconds; a hung one never comes up
-APPLIANCE_MEMORY = 2048
 CHUNK = 1 << 20
 ZSTD_LEVEL = 3  # fast: the guest, not the compressor, is the bottleneck
 # Host tar: ownership by number (the image's passwd, not the host's), xattrs without SELinux labels, ACLs.
 TAR_KEEP = ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--xattrs-exclude=security.selinux",
             "--acls"]
-USER_GUESTFS_VARS = ("LIBGUESTFS_BACKEND", "LIBGUESTFS_BACKEND_SETTINGS", "LIBGUESTFS_HV")
 SKIP_MOUNTS = ("/.snapshots",)  # snapper's subvolume: every old snapshot would land in the tree
 BINARIES = ("/usr/bin/ls", "/bin/ls", "/usr/bin/bash", "/bin/bash", "/bin/sh", "/usr/lib/systemd/systemd")
 
@@ -107,91 +104,6 @@ def unpack(archive: Path, root: Path) -> float:
     run.run(["tar", "--zstd", "-x", "-f", archive, "-C", root, *TAR_KEEP],
             hint=f"the cached root archive may be damaged: remove {archive} and build again")
     return round(time.monotonic() - start, 2)
-
-
-# --- the appliance ------------------------------------------------------------------------------------
-
-
-def _handle(image: Path, fmt: str, tcg: bool) -> Any:
-    import guestfs  # system bindings (python3-guestfs); imported late so the rest works without them
-
-    g = guestfs.GuestFS(python_return_dict=True, close_on_exit=False)
-    if tcg:
-        settings = [s for s in g.get_backend_settings() if s != "force_kvm"]
-        g.set_backend_settings([*settings, "force_tcg"] if "force_tcg" not in settings else settings)
-    g.set_memsize(APPLIANCE_MEMORY)
-    g.set_smp(max(1, min(2, os.cpu_count() or 1)))
-    g.add_drive_opts(os.fspath(image), readonly=1, format=fmt)
-    return g
-
-
-def _qemu_children() -> list[int]:
-    """qemu processes started by this process (the direct backend forks them)."""
-    me, found = os.getpid(), []
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if ppid == me and comm.startswith("qemu"):
-            found.append(int(d.name))
-    return found
-
-
-def _launch_bounded(g: Any, timeout: float) -> str:
-    """launch() in a thread: '' when up, else why not (timed out: the hung qemu is killed; or failed)."""
-    error: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            g.launch()
-        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-            error.append(e)
-
-    before = set(_qemu_children())
-    t = threading.Thread(target=target, name="guestfs-launch", daemon=True)
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        for pid in set(_qemu_children()) - before:
-            os.kill(pid, signal.SIGKILL)
-        t.join(30)
-        return f"did not come up within {timeout:.0f}s"
-    if error:
-        return f"failed ({str(error[0]).splitlines()[0][:120]})"
-    return ""
-
-
-def launch(image: Path, fmt: str, accel: str = "auto") -> tuple[Any, str]:
-    """A launched read-only handle and the acceleration it got ('kvm', 'tcg' or 'user')."""
-    user_set = any(os.environ.get(v) for v in USER_GUESTFS_VARS)
-    try:
-        if accel == "tcg":
-            g = _handle(image, fmt, tcg=True)
-            g.launch()
-            return g, "tcg"
-        if user_set or accel == "kvm":  # the user's LIBGUESTFS_* settings (or explicit kvm) rule
-            g = _handle(image, fmt, tcg=False)
-            g.launch()
-            return g, "user" if user_set else "kvm"
-        g = _handle(image, fmt, tcg=False)
-        why = _launch_bounded(g, LAUNCH_TIMEOUT)
-        if not why:
-            return g, "kvm"
-        g.close()
-        # Some hosts have /dev/kvm but guests hang or qemu aborts: TCG is slower but works.
-        log.warning("libguestfs appliance under KVM %s: retrying under TCG (slower)", why)
-        g = _handle(image, fmt, tcg=True)
-        g.launch()
-        return g, "tcg"
-    except RuntimeError as e:
-        raise BuildError(f"libguestfs could not start its appliance: {str(e).splitlines()[0][:200]}",
-                         "run `libguestfs-test-tool`; set LIBGUESTFS_BACKEND_SETTINGS=force_tcg if KVM "
-                         "is broken here") from None
 
 
 # --- choosing and mounting the filesystems -------------------------------------------------------------
@@ -454,13 +366,3 @@ def _stream(g: Any, root: Path, archive: Path) -> int:
             raise BuildError(f"extracting the root tree into {root} failed: {' / '.join(tail)[:300]}",
                              "check free space in the workspace")
     return total
-
-
-def check_launch(accel: str = "auto") -> str:
-    """`doctor`: start the appliance on a scratch disk; returns how it ran (kvm, tcg, user)."""
-    with tempfile.NamedTemporaryFile(suffix=".raw") as scratch:
-        os.truncate(scratch.name, 2**20)
-        start = time.monotonic()
-        g, how = launch(Path(scratch.name), "raw", accel)
-        g.close()
-    return f"appliance up under {how} in {time.monotonic() - start:.0f}s"

@@ -122,7 +122,7 @@ def check_inputs(cfg: Config) -> None:
                              "put the files in images_dir (DIB_SLES_OFFLINE_TARGET_DIR) or give --base-image/--iso")
 
 
-def build(cfg: Config, debug: bool = False) -> ramdisk.Artifacts:
+def build(cfg: Config) -> ramdisk.Artifacts:
     check_inputs(cfg)
     ctx = register(make_context(cfg))
     comp = compression(cfg)

@@ -1,14 +1,13 @@
 """Fault injection: kill the builder while a hook runs in each chroot phase; nothing may survive.
 
-The builder runs in a subprocess (tests/data/drive_engine.py until the CLI's `build --base-tree`
-takes over); a hook sleeps in the chosen phase; the test sends SIGKILL, SIGTERM or SIGINT to the
+The real CLI (`build --base-tree` on a busybox tree, the test media's ISO as the repositories) runs
+in a subprocess; a hook sleeps in the chosen phase; the test sends SIGKILL, SIGTERM or SIGINT to the
 process it started, then checks: no mount under the workspace in any mount namespace, no process
 whose root is in the workspace, the output directory untouched.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -21,9 +20,8 @@ from conftest import CHROOT_PHASES, make_busybox_root, make_engine_elements
 
 from sles_ipa_builder import namespace
 
-pytestmark = [pytest.mark.root, pytest.mark.slow]
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.media]
 REPO = Path(__file__).resolve().parent.parent
-DRIVER = Path(__file__).parent / "data" / "drive_engine.py"
 
 
 def mounts_anywhere_under(path: Path) -> list[str]:
@@ -52,7 +50,9 @@ def wait_until(cond, timeout: float, what: str) -> None:  # type: ignore[no-unty
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
 @pytest.mark.parametrize("phase", CHROOT_PHASES)
-def test_signal_during_chroot_phase_leaves_nothing(tmp_path: Path, phase: str, sig: signal.Signals) -> None:
+def test_signal_during_chroot_phase_leaves_nothing(
+    tmp_path: Path, phase: str, sig: signal.Signals, fixture_media: object
+) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root")
     els = make_engine_elements(tmp_path / "elements")
@@ -61,17 +61,13 @@ def test_signal_during_chroot_phase_leaves_nothing(tmp_path: Path, phase: str, s
     out.mkdir()
     (out / "ironic-python-agent.initramfs").write_text("the previous good build")
     before = {p.name: (p.stat().st_mtime_ns, p.read_text()) for p in out.iterdir()}
-    cli = {
-        "workspace": str(ws),
-        "output": str(out),
-        "elements": "bb-os",
-        "elements_path": str(els),
-        "base_tree": str(base),
-    }
+    argv = [sys.executable, "-m", "sles_ipa_builder", "build", "--workspace", str(ws), "--output", str(out),
+            "--elements", "bb-os", "--elements-path", str(els), "--base-tree", str(base),
+            "--iso", str(fixture_media.iso)]  # type: ignore[attr-defined]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DIB_", "SIB_"))}
     env.update(PYTHONPATH=str(REPO), DIB_SLEEP_IN=phase)
     p = subprocess.Popen(
-        [sys.executable, str(DRIVER), json.dumps(cli)],
+        argv,
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

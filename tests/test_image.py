@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from sles_ipa_builder import image
+from sles_ipa_builder import appliance, image
 from sles_ipa_builder.errors import InputError
 
 IMAGES_VERSION = "v3"
@@ -251,7 +251,7 @@ def test_not_x86_64(images: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_qemu_children_finds_nothing_unrelated() -> None:
-    assert image._qemu_children() == []
+    assert appliance._qemu_children() == []
 
 
 def teardown_module() -> None:
@@ -290,11 +290,11 @@ def test_kvm_hang_falls_back_to_tcg(images: dict[str, Path], monkeypatch: pytest
                                     caplog: pytest.LogCaptureFixture) -> None:
     # No LIBGUESTFS_* of the user: auto tries KVM with a bounded wait. Where KVM guests hang (as on
     # the CI hosts) the launch is abandoned, its qemu killed, and TCG is used with a warning.
-    for var in image.USER_GUESTFS_VARS:
+    for var in appliance.USER_GUESTFS_VARS:
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(image, "LAUNCH_TIMEOUT", 20.0)
+    monkeypatch.setattr(appliance, "LAUNCH_TIMEOUT", 20.0)
     caplog.set_level("WARNING")
-    g, used = image.launch(images["ext4"], "qcow2", "auto")
+    g, used = appliance.launch(images["ext4"], "qcow2", "auto")
     try:
         assert g.list_partitions()  # the appliance answers
         if used == "tcg":
@@ -304,7 +304,7 @@ def test_kvm_hang_falls_back_to_tcg(images: dict[str, Path], monkeypatch: pytest
     finally:
         g.shutdown()
         g.close()
-    assert image._qemu_children() == []
+    assert appliance._qemu_children() == []
 
 
 HANG_QEMU = """#!/bin/bash
@@ -323,9 +323,9 @@ def test_hung_launch_is_abandoned(images: dict[str, Path], tmp_path: Path) -> No
     fake = tmp_path / "qemu-hang"
     fake.write_text(HANG_QEMU)
     fake.chmod(0o755)
-    g = image._handle(images["ext4"], "qcow2", tcg=False)
+    g = appliance._handle(images["ext4"], "qcow2", tcg=False)
     g.set_hv(str(fake))
-    why = image._launch_bounded(g, 5.0)
+    why = appliance._launch_bounded(g, 5.0)
     g.close()
     assert why == "did not come up within 5s"
-    assert image._qemu_children() == []
+    assert appliance._qemu_children() == []
