@@ -17,6 +17,7 @@ from typing import Any
 
 from . import __version__, image, media, phases, ramdisk, sources, zypper
 from . import log as logmod
+from .cache import cache_dir
 from .compress import Compression
 from .config import Config
 from .context import BuildContext, make_context
@@ -26,6 +27,7 @@ from .settings import SETTINGS
 
 log = logging.getLogger(__name__)
 MEDIA = "(media)"
+PIP_CACHE = "/tmp/sib-pip-cache"
 
 
 # --- native steps --------------------------------------------------------------------------------
@@ -94,6 +96,9 @@ def register(ctx: BuildContext) -> BuildContext:
     phases.add_step(ctx, "cleanup", "05-remove-media-repositories", MEDIA, unconfigure_step)
     ctx.native_steps["source-repositories"] = sources_step
     ctx.target_mounts.extend(zypper.cache_mounts())
+    # pip's wheel cache lives on the host and is mounted under /tmp (pruned) only while hooks run.
+    ctx.target_mounts.append((cache_dir("pip"), PIP_CACHE))
+    ctx.env["PIP_CACHE_DIR"] = PIP_CACHE
     ctx.env.update(SIB_BUILDER_VERSION=__version__)
     if ctx.cfg.source_date_epoch is not None:
         ctx.env["SOURCE_DATE_EPOCH"] = str(ctx.cfg.source_date_epoch)

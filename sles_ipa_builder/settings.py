@@ -29,10 +29,11 @@ class Setting:
     flag: bool = True  # exposed as --key-with-dashes
     secret: bool = False
     choices: tuple[str, ...] = ()
+    flag_name: str = ""  # when the flag reads better than the key (--repo URL... for repos)
 
     @property
     def option(self) -> str:
-        return "--" + self.key.replace("_", "-")
+        return "--" + (self.flag_name or self.key.replace("_", "-"))
 
     @property
     def all_envs(self) -> tuple[str, ...]:
@@ -63,7 +64,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("image_platform", "OpenStack-Cloud-GM", "str", "Platform in the base image name.",
       ("DIB_SLES_IMAGE_TARGET_PLATFORM",), flag=False),
     S("repos", [], "list", "Extra zypper repositories (URLs) added next to the Media1 modules.", ("SIB_REPOS",),
-      flag=False),
+      flag_name="repo"),
     # --- elements
     S("elements", DEFAULT_ELEMENTS, "list", "Element list (replaces the default list).", ("SIB_ELEMENTS",)),
     S("elements_path", [], "pathlist", "Extra element directories, searched before the built-in hooks/.",
