@@ -26,7 +26,8 @@ from rich.progress import (
 )
 from rich.table import Table
 
-console = Console(stderr=True, highlight=False)
+# Not a terminal (CI, a log file): wide lines instead of rich's 80-column wrapping.
+console = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
 log = logging.getLogger("sles_ipa_builder")
 
 
