@@ -44,7 +44,7 @@ def iso_path(cfg: Config) -> Path:
 
 def media_step(ctx: BuildContext) -> None:
     """The Media1 modules (and any --repo) as zypper repositories, served from the ISO on loopback."""
-    m = media.open_media(iso_path(ctx.cfg))
+    m = ctx.state.get("media") or media.open_media(iso_path(ctx.cfg))
     url = media.serve(m, ctx.stack)
     repos = media.repo_urls(m, url) + zypper.remote_aliases(list(ctx.cfg.repos))
     zypper.write_repos(ctx.root, repos)
@@ -117,19 +117,27 @@ def compression(cfg: Config) -> Compression:
     return Compression.parse(str(cfg.compress), cfg.compress_level)
 
 
-def check_inputs(cfg: Config) -> None:
-    """Missing inputs stop the build before any work, not after a minute of extraction."""
+def check_inputs(cfg: Config) -> media.Media:
+    """Missing or wrong inputs stop the build before any work, not after a minute of extraction.
+
+    Both checks are cheap: the image's first KiB, the ISO's directory records. The opened media
+    is handed on so the build does not index the ISO twice.
+    """
     from .doctor import input_checks
 
     for c in input_checks(cfg):
         if not c.ok:
             raise InputError(f"{c.name} not found: {c.detail}",
                              "put the files in images_dir (DIB_SLES_OFFLINE_TARGET_DIR) or give --base-image/--iso")
+    if cfg.base_tree is None:
+        image.sniff(image.find_image(cfg))
+    return media.open_media(iso_path(cfg))
 
 
 def build(cfg: Config) -> ramdisk.Artifacts:
-    check_inputs(cfg)
+    opened = check_inputs(cfg)
     ctx = register(make_context(cfg))
+    ctx.state["media"] = opened
     comp = compression(cfg)
     phases.prepare_workspace(ctx)
     logmod.attach_file(ctx.log_path)

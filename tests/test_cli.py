@@ -84,6 +84,27 @@ def test_missing_inputs_stop_before_any_work(tmp_path):
     assert not (tmp_path / "ws" / "build").exists()
 
 
+@pytest.mark.parametrize("bad", ["image", "iso"])
+def test_wrong_inputs_stop_before_any_work(tmp_path, bad):
+    """A text file given as the qcow2 or the ISO: exit 2 naming it, the workspace untouched."""
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"not a disk and not an ISO\n" * 4096)
+    good_iso = tmp_path / "empty.iso"  # never read: the image check comes first
+    good_iso.write_bytes(b"")
+    args = ["--base-image", str(junk), "--iso", str(good_iso)] if bad == "image" else \
+        ["--base-tree", str(tmp_path), "--iso", str(junk)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIB_", "IPA_", "IRONIC_", "SIB_"))}
+    res = run.run([sys.executable, "-m", "sles_ipa_builder", "build", "--workspace", str(tmp_path / "ws"), *args],
+                  env=env, check=False, capture=True)
+    assert res.returncode == 2, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    want = "is not a disk image" if bad == "image" else "is not an ISO 9660 image"
+    assert lines[0].startswith(f"error: {junk} {want}"), res.stderr
+    assert lines[1].startswith("hint: ")
+    assert "phase root" not in res.stdout + res.stderr
+    assert not (tmp_path / "ws" / "build").exists()
+
+
 def test_summary_json_without_side_effects(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DIB_", "IPA_", "IRONIC_", "SIB_"))}
     env["IPA_BUILD_WORKSPACE"] = str(tmp_path / "ws")
