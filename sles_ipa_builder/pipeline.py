@@ -15,7 +15,7 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-from . import __version__, image, media, phases, ramdisk, sources, zypper
+from . import __version__, image, media, phases, ramdisk, sources, wheels, zypper
 from . import log as logmod
 from .cache import cache_dir
 from .compress import Compression
@@ -46,10 +46,12 @@ def media_step(ctx: BuildContext) -> None:
     """The Media1 modules (and any --repo) as zypper repositories, served from the ISO on loopback."""
     m = ctx.state.get("media") or media.open_media(iso_path(ctx.cfg))
     url = media.serve(m, ctx.stack)
-    repos = media.repo_urls(m, url) + zypper.remote_aliases(list(ctx.cfg.repos))
+    local = media.repo_urls(m, url)
+    repos = local + zypper.remote_aliases(list(ctx.cfg.repos))
     zypper.write_repos(ctx.root, repos)
     zypper.zypp_conf(ctx.root)
     ctx.zypper_repos = repos
+    ctx.state["media_aliases"] = [alias for alias, _ in local]
     ctx.env["SIB_MEDIA_IDENTITY"] = m.identity
     ctx.manifest.setdefault("inputs", {})["media"] = {
         "iso": str(iso_path(ctx.cfg)),
@@ -59,8 +61,12 @@ def media_step(ctx: BuildContext) -> None:
 
 
 def refresh_step(ctx: BuildContext) -> None:
-    """Fresh metadata once per build: the loopback port changes, and the ISO may have."""
-    run_in_target(ctx, zypper.refresh_argv(), extra_env=zypper.target_env_extra(), label="zypper")
+    """Fresh metadata once per build: the loopback port changes, and the ISO may have.
+
+    Offline, only the media's repositories: remote ones keep what the last online build cached.
+    """
+    only = ctx.state["media_aliases"] if ctx.cfg.offline else None
+    run_in_target(ctx, zypper.refresh_argv(only), extra_env=zypper.target_env_extra(), label="zypper")
 
 
 def sources_step(ctx: BuildContext) -> None:
@@ -99,6 +105,7 @@ def register(ctx: BuildContext) -> BuildContext:
     # pip's wheel cache lives on the host and is mounted under /tmp (pruned) only while hooks run.
     ctx.target_mounts.append((cache_dir("pip"), PIP_CACHE))
     ctx.env["PIP_CACHE_DIR"] = PIP_CACHE
+    wheels.register(ctx)
     ctx.env.update(SIB_BUILDER_VERSION=__version__)
     if ctx.cfg.source_date_epoch is not None:
         ctx.env["SOURCE_DATE_EPOCH"] = str(ctx.cfg.source_date_epoch)
@@ -138,6 +145,7 @@ def build(cfg: Config) -> ramdisk.Artifacts:
     opened = check_inputs(cfg)
     ctx = register(make_context(cfg))
     ctx.state["media"] = opened
+    wheels.check_offline(ctx)
     comp = compression(cfg)
     phases.prepare_workspace(ctx)
     logmod.attach_file(ctx.log_path)

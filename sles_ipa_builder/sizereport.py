@@ -252,10 +252,15 @@ def find_rpmdb(tree: Path) -> Path | None:
     return None
 
 
-def pip_freeze(venv: Path) -> list[str]:
-    """`name==version` of every distribution in the venv, from the dist-info metadata (no python run)."""
+def pip_freeze(venv: Path, *, skip_direct: bool = False) -> list[str]:
+    """`name==version` of every distribution in the venv, from the dist-info metadata (no python run).
+
+    skip_direct: leave out what was installed from a path or URL (PEP 610 direct_url.json).
+    """
     found: dict[str, str] = {}
     for meta in sorted(venv.glob("lib*/python3*/site-packages/*.dist-info/METADATA")):
+        if skip_direct and (meta.parent / "direct_url.json").exists():
+            continue
         name = version = ""
         for line in meta.read_text(errors="replace").splitlines():
             if not line:

@@ -137,9 +137,12 @@ def install_argv(packages: list[str], *, uninstall: bool = False) -> list[str]:
     return [*ZYPPER, "install", "--no-recommends", *packages]
 
 
-def refresh_argv() -> list[str]:
-    """Refresh metadata once per build: cheap (compares repomd.xml), and catches a changed ISO."""
-    return [*ZYPPER, "refresh"]
+def refresh_argv(aliases: list[str] | None = None) -> list[str]:
+    """Refresh metadata once per build: cheap (compares repomd.xml), and catches a changed ISO.
+
+    aliases: only these (offline, the media's: remote repositories keep their cached metadata).
+    """
+    return [*ZYPPER, "refresh", *(aliases or [])]
 
 
 def clean_argv() -> list[str]:

@@ -110,3 +110,21 @@ def test_no_secret_outside_shadow(built):
                 leaks.append(str(p.relative_to(t)))
     assert leaks == []
     assert password.decode() not in built["log"]
+
+
+def test_offline_rebuild_contacts_nothing(built, tmp_path):
+    """After the online build, `--offline` builds again in a network namespace with only loopback:
+    the root from the cache, git from the mirrors, packages from the ISO, pip from the wheelhouse."""
+    media = load_testmedia().ensure()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIB_", "IPA_", "IRONIC_", "SIB_"))}
+    env["SIB_ACCEL"] = os.environ.get("SIB_ACCEL", "tcg")
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        env.pop(var, None)
+    out = tmp_path / "out"
+    argv = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh",
+            sys.executable, "-m", "sles_ipa_builder", "build", "--offline", "--config", str(media.profile),
+            "--workspace", str(tmp_path / "ws"), "--output", str(out), "--name", NAME]
+    res = run.run(argv, env=env, check=False, capture=True)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
+    packages = (out / f"{NAME}.packages").read_text()
+    assert "ironic-python-agent==" in packages and "hardware==" in packages

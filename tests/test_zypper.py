@@ -75,6 +75,7 @@ def test_argv() -> None:
         "zypper", "--non-interactive", "--gpg-auto-import-keys", "install", "--no-recommends", "a", "b"]
     assert zypper.install_argv(["a"], uninstall=True)[-3:] == ["remove", "--clean-deps", "a"]
     assert zypper.refresh_argv()[-1] == "refresh"
+    assert zypper.refresh_argv(["sle-Module-Basesystem"])[-2:] == ["refresh", "sle-Module-Basesystem"]
     assert zypper.target_env_extra()["no_proxy"] == "127.0.0.1,localhost"
 
 
