@@ -179,7 +179,8 @@ class _Zstd:
         self.write = self._w.write
 
     def finish(self) -> None:
-        self._w.flush(zstandard.FLUSH_FRAME)
+        # close() ends the one frame. A flush(FLUSH_FRAME) before it would leave close() a second,
+        # empty frame (window 0), which older kernel zstd decoders reject.
         self._w.close()
 
     def abort(self) -> None:

@@ -244,30 +244,31 @@ CVS_EXCLUDE = (
 
 
 def in_root(root: Path, rel: str, *, follow_last: bool = False) -> Path:
-    """root/rel with symlinks followed *inside* root (an absolute link means root/...), so that a
-    target's `/lib -> /usr/lib` never leads to the host's /usr/lib. The last component is followed
-    only with follow_last (mount points); a file about to be replaced must not be followed."""
+    """root/rel resolved as the kernel would inside `chroot root`: every symlink, at any depth and in
+    any link's own target, is followed within root (an absolute link restarts at root, `..` stops at
+    root), so a target's `/lib -> /usr/lib` never leads to the host's /usr/lib. The last component is
+    followed only with follow_last (mount points); a file about to be replaced must not be followed."""
     base = Path(os.path.realpath(root))
-    cur = base
-    parts = [p for p in rel.split("/") if p not in ("", ".")]
-    for i, part in enumerate(parts):
-        nxt = cur / part
-        if i < len(parts) - 1 or follow_last:
-            for _ in range(40):
-                if not nxt.is_symlink():
-                    break
-                target = os.readlink(nxt)
-                nxt = Path(
-                    os.path.normpath(
-                        base / target.lstrip("/") if target.startswith("/") else nxt.parent / target
-                    )
-                )
-            if nxt != base and base not in nxt.parents:
-                raise BuildError(
-                    f"{rel}: a symlink in the target points outside it", "fix the target's links"
-                )
-        cur = nxt
-    return cur
+    todo = [p for p in reversed(rel.split("/")) if p not in ("", ".")]
+    done: list[str] = []
+    hops = 0
+    while todo:
+        part = todo.pop()
+        if part == "..":
+            del done[-1:]
+            continue
+        here = base.joinpath(*done, part)
+        if here.is_symlink() and (todo or follow_last):
+            hops += 1
+            if hops > 40:
+                raise BuildError(f"{rel}: too many levels of symbolic links in the target", "fix the target's links")
+            target = os.readlink(here)
+            if target.startswith("/"):
+                done = []
+            todo.extend(p for p in reversed(target.split("/")) if p not in ("", "."))
+            continue
+        done.append(part)
+    return base.joinpath(*done)
 
 
 def _replace(dst: Path) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import selectors
 import shutil
 import subprocess
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ log = logging.getLogger(__name__)
 
 # What a command run inside a target may inherit from the host: proxies only.
 PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+DRAIN_GRACE = 2.0  # seconds of quiet after the command exited before its output counts as done
 TARGET_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -144,12 +147,35 @@ def stream(
         stderr=subprocess.STDOUT,
     )
     assert proc.stdout is not None
-    for raw in proc.stdout:
+
+    def emit(raw: bytes) -> None:
         line = raw.decode(errors="replace").rstrip("\n")
         tail.append(line)
         del tail[:-tail_lines]
         if on_line:
             on_line(line)
+
+    with proc.stdout, selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        pending, exited = b"", 0.0
+        while True:
+            if sel.select(timeout=0.2):
+                data = os.read(proc.stdout.fileno(), 1 << 16)
+                if not data:
+                    break
+                *lines, pending = (pending + data).split(b"\n")
+                for raw in lines:
+                    emit(raw)
+            if proc.poll() is not None:
+                # A process the command left behind (a daemon a hook started) keeps the pipe open:
+                # wait for the command itself, as dib-run-parts does, not for the pipe to close.
+                exited = exited or time.monotonic()
+                if time.monotonic() - exited > DRAIN_GRACE:
+                    log.warning("a process started by `%s` still holds its output after it exited; not "
+                                "waiting for it", " ".join(args)[:160])
+                    break
+        if pending:
+            emit(pending)
     rc = proc.wait()
     if rc != 0:
         err = CommandError(args, rc, "\n".join(tail), hint=hint)

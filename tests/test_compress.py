@@ -78,6 +78,14 @@ def test_zstd_window_stays_within_the_kernel_limit() -> None:
         assert params.has_checksum
 
 
+def test_zstd_writes_exactly_one_frame(tmp_path: Path) -> None:
+    # An empty second frame (window 0) makes older kernel zstd decoders fail the whole initramfs.
+    f = tmp_path / "a.zst"
+    f.write_bytes(compress(Compression("zstd", 3), DATA[: 1 << 20]))
+    listing = run.output(["zstd", "-lv", f])
+    assert "Zstandard Frames: 1" in listing, listing
+
+
 def test_xz_uses_crc32(tmp_path: Path) -> None:
     f = tmp_path / "a.xz"
     f.write_bytes(compress(Compression.parse("xz:1")))

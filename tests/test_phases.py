@@ -267,5 +267,16 @@ def test_in_root_keeps_absolute_links_inside(tmp_path: Path) -> None:
     os.symlink("/usr/lib", root / "lib")
     os.symlink("../../..", root / "usr/lib/up")
     assert hooks.in_root(root, "lib/x") == root / "usr/lib/x"
-    with pytest.raises(BuildError, match="outside"):
-        hooks.in_root(root, "lib/up/up/x")
+    assert hooks.in_root(root, "lib/up/usr/lib/up/x") == root / "x"  # `..` stops at the root, as in a chroot
+    # a link in the middle of another link's target: still resolved inside, never on the host
+    host = tmp_path / "host-side"
+    host.mkdir()
+    os.symlink(str(host), root / "usr/h")  # means root/<host path>, not the host's directory
+    os.symlink("../usr/h/sub", root / "etc")
+    got = hooks.in_root(root, "etc/file")
+    assert got == root / str(host).lstrip("/") / "sub/file"
+    assert not str(got.resolve()).startswith(str(host))
+    os.symlink("loop-b", root / "loop-a")
+    os.symlink("loop-a", root / "loop-b")
+    with pytest.raises(BuildError, match="too many levels"):
+        hooks.in_root(root, "loop-a/x")
