@@ -128,8 +128,9 @@ def pack(args: argparse.Namespace, cli: dict[str, Any]) -> int:
 
 
 def boot_test(args: argparse.Namespace, cli: dict[str, Any]) -> int:
-    from . import boottest
+    from . import boottest, namespace
 
+    namespace.install_signal_handlers()  # SIGTERM unwinds too, so the finally that stops qemu runs
     cfg = resolve(args, {})
     out = args.output or cfg.output_dir
     name = args.name or cfg.name

@@ -25,6 +25,7 @@ from typing import IO, Any
 from . import cpio, log
 from .compress import Compression, Compressor, check_kernel_support
 from .errors import BuildError, InputError
+from .hooks import in_root
 from .sizereport import list_packages
 
 logger = logging.getLogger(__name__)
@@ -89,19 +90,13 @@ def _version_key(s: str) -> tuple[tuple[int, int | str], ...]:
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", s) if p)
 
 
-def _resolve_in_tree(tree: Path, link: Path) -> Path | None:
-    """Follow `link` with the tree as root (an absolute target means tree/target)."""
-    p = link
-    for _ in range(40):
-        if not p.is_symlink():
-            break
-        target = os.readlink(p)
-        p = tree / target.lstrip("/") if target.startswith("/") else p.parent / target
-    else:
+def _resolve_in_tree(tree: Path, rel: str) -> Path | None:
+    """Follow `rel` with the tree as root (an absolute target means tree/target); a regular file or None."""
+    try:
+        p = in_root(tree, rel, follow_last=True)
+    except BuildError:  # a link loop
         return None
-    p = Path(os.path.normpath(p))
-    inside = os.path.commonpath([p, tree.resolve()]) == str(tree.resolve())
-    return p if inside and p.is_file() and not p.is_symlink() else None
+    return p if p.is_file() and not p.is_symlink() else None
 
 
 def _kernel_config(tree: Path, version: str) -> Path | None:
@@ -114,7 +109,7 @@ def _kernel_config(tree: Path, version: str) -> Path | None:
 def find_kernel(tree: Path) -> Kernel:
     """The kernel the ramdisk boots: /boot/vmlinuz if it resolves inside the tree, else the newest."""
     boot = tree / "boot"
-    path = _resolve_in_tree(tree, boot / "vmlinuz") if (boot / "vmlinuz").is_symlink() else None
+    path = _resolve_in_tree(tree, "boot/vmlinuz") if (boot / "vmlinuz").is_symlink() else None
     if path is None and (boot / "vmlinuz").is_file() and not (boot / "vmlinuz").is_symlink():
         path = boot / "vmlinuz"
     if path is None:

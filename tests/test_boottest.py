@@ -9,6 +9,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -146,6 +150,26 @@ def test_interrupt_stops_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(KeyboardInterrupt):
         boot_test(tmp_path / "k", tmp_path / "k", accel="tcg", timeout=60)
     assert pids.read_text().split()  # it did start
+    assert_all_gone(pids)
+
+
+def test_sigterm_to_the_cli_stops_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`boot-test` killed by a CI timeout or `kill`: its qemu must not live on."""
+    pids = fake_qemu(tmp_path, monkeypatch, silent="accel=")
+    (tmp_path / "k").write_bytes(b"k")
+    proc = subprocess.Popen([sys.executable, "-m", "sles_ipa_builder", "boot-test", "--kernel", str(tmp_path / "k"),
+                             "--initramfs", str(tmp_path / "k"), "--accel", "tcg", "--timeout", "300"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        while not (pids.exists() and pids.read_text().split()):
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM
     assert_all_gone(pids)
 
 

@@ -320,6 +320,22 @@ def test_ipa_install_fails_clearly_without_sources(target: Target) -> None:
     assert "were not cloned" in target.output
 
 
+def test_ipa_install_refuses_a_python_the_agent_does_not_support(target: Target) -> None:
+    # IPA 12+ says requires-python >=3.11; SP4's python3.10 must get a clear message, not pip's.
+    pyproject = ('[build-system]\nrequires = []\nbuild-backend = "fakebackend"\nbackend-path = ["."]\n'
+                 '[project]\nname = "ironic-python-agent"\nrequires-python = ">=3.99"\n')
+    setup = "\n".join([
+        _fake_package("$ROOT/tmp/ironic-python-agent", "ironic-python-agent", ["ironic-python-agent"],
+                      {"pyproject.toml": pyproject}),
+        "mkdir -p $ROOT/tmp/requirements && echo 'pbr===6.0.0' > $ROOT/tmp/requirements/upper-constraints.txt",
+    ])
+    result = target.run(["sles-ipa-install"], ["install.d"], env={"PIP_NO_INDEX": "1"}, setup=setup, check=False)
+    assert result.returncode != 0
+    assert "requires Python >=3.99, but" in target.output
+    assert "DIB_SLES_SERVICE_PACK" in target.output
+    assert not target.exists("opt/ironic-python-agent/bin/python")
+
+
 def _post_install_only(target: Target, env: Mapping[str, str], extra_setup: str = "") -> None:
     unit = AGENT_UNIT
     setup = textwrap.dedent(f"""\

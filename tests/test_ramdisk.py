@@ -149,7 +149,7 @@ def test_kernel_config_refusal(tmp_path: Path) -> None:
     ramdisk.pack(tree, tmp_path / "i", Compression.parse("gzip"), progress=False)
 
 
-def test_find_kernel(tmp_path: Path) -> None:
+def test_find_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tree = make_root(tmp_path / "root")
     k = ramdisk.find_kernel(tree)
     assert k.path == tree / f"boot/vmlinuz-{KVER}" and k.version == KVER and k.config is not None
@@ -159,6 +159,11 @@ def test_find_kernel(tmp_path: Path) -> None:
     (tree / "boot/vmlinuz").unlink()
     (tree / "boot/vmlinuz").symlink_to("vmlinuz-5.3.18-57-default")
     assert ramdisk.find_kernel(tree).version == "5.3.18-57-default"
+    # a relative tree path, and one through a symlinked directory, find the same (pack rootfs -o x)
+    (tmp_path / "via-link").symlink_to(tree)
+    monkeypatch.chdir(tmp_path)
+    for given in (Path("root"), Path("via-link"), tmp_path / "via-link"):
+        assert ramdisk.find_kernel(given).version == "5.3.18-57-default", given
     for p in (tree / "boot").iterdir():
         p.unlink()
     with pytest.raises(InputError, match="no kernel"):
