@@ -240,6 +240,8 @@ class HookTree:
 def _merge_dir(tree: HookTree, element: str, src: Path, rel: str, top_level: bool) -> None:
     tree.dirs.add(rel)
     for entry in sorted(src.iterdir()):
+        if top_level and entry.name.startswith("."):
+            continue  # DIB copies `<dir>/*`: a .gitkeep or an editor's swap file is not a hook
         r = f"{rel}/{entry.name}"
         if entry.is_dir() and not entry.is_symlink():
             _merge_dir(tree, element, entry, r, False)
@@ -291,7 +293,9 @@ def _install_types(tree: HookTree, env: Mapping[str, str], default: str) -> None
         if d.count("/") == 1 and d.startswith("install.d/") and d.endswith("-install")
     )
     for name in type_dirs:
-        covered = [p for p in chosen if name.startswith(p + "-")]
+        # <prefix>-<type>-install: DIB_INSTALLTYPE_<prefix> covers exactly that prefix, not longer ones
+        prefix = name[: -len("-install")].rsplit("-", 1)[0]
+        covered = [p for p in chosen if p == prefix]
         if covered:
             wanted = any(name == f"{p}-{chosen[p]}-install" for p in covered)
         else:

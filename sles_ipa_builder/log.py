@@ -47,9 +47,9 @@ def setup(verbosity: int = 0, debug: bool = False) -> None:
 
 
 def attach_file(path: Path) -> None:
-    """Also write everything at debug level to `path` (appended)."""
+    """Also write everything at debug level to `path` (this build's only: an old log is replaced)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fh = logging.FileHandler(path, encoding="utf-8")
+    fh = logging.FileHandler(path, mode="w", encoding="utf-8")
     fh.setLevel(logging.DEBUG)
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     logging.getLogger().addHandler(fh)

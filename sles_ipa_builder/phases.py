@@ -90,7 +90,8 @@ def phase_env(ctx: BuildContext) -> dict[str, str]:
         except CommandError as e:
             raise ConfigError(
                 "sourcing the elements' environment.d files failed",
-                "fix the environment.d file named in the output",
+                "fix the environment.d file named in the output above",
+                tail=list(e.tail),
             ) from e
     env = dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
     ctx.phase_env_cache = env
@@ -291,7 +292,7 @@ def _remove(path: Path) -> None:
 
 
 def finish_workspace(ctx: BuildContext) -> None:
-    """Remove the build dir unless --keep-workspace."""
+    """Remove the build dir, after success or failure, unless --keep-workspace."""
     if ctx.cfg.keep_workspace:
         log.info("build tree kept in %s", ctx.build_dir)
         return
@@ -307,8 +308,10 @@ def copy_base_tree(ctx: BuildContext) -> None:
 def build_tree_only(ctx: BuildContext) -> None:
     """The engine alone: workspace, (base tree), all phases; the outputs are the lead's steps."""
     prepare_workspace(ctx)
-    with ctx.stack:
-        if ctx.cfg.base_tree:
-            add_step(ctx, "root", "00-base-tree", "(base-tree)", copy_base_tree)
-        run_phases(ctx)
-    finish_workspace(ctx)
+    try:
+        with ctx.stack:
+            if ctx.cfg.base_tree:
+                add_step(ctx, "root", "00-base-tree", "(base-tree)", copy_base_tree)
+            run_phases(ctx)
+    finally:
+        finish_workspace(ctx)

@@ -165,7 +165,7 @@ def build(cfg: Config) -> ramdisk.Artifacts:
         logmod.console.print(ctx.timings.table())
         logmod.console.print(ctx.timings.steps_table())
         write_report(ctx)
-    phases.finish_workspace(ctx)
+        phases.finish_workspace(ctx)  # failed or not: the tree is gigabytes (--keep-workspace keeps it)
     report_artifacts(arts)
     if cfg.boot_test:
         boot(cfg, arts)

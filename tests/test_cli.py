@@ -121,3 +121,16 @@ def test_summary_json_without_side_effects(tmp_path):
     assert scripts.index("01-package-installs") < scripts.index("60-ironic-python-agent-ramdisk-install")
     assert "hunter2-secret" not in res.stdout + res.stderr
     assert not (tmp_path / "ws").exists()
+
+
+def test_broken_environment_d_shows_its_error(tmp_path):
+    el = tmp_path / "els" / "my-os"
+    (el / "environment.d").mkdir(parents=True)
+    (el / "element-provides").write_text("operating-system\n")
+    (el / "environment.d" / "10-broken").write_text("export OK=1\nno_such_command_in_env_d\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIB_", "IPA_", "IRONIC_", "SIB_"))}
+    res = run.run([sys.executable, "-m", "sles_ipa_builder", "summary", "--elements", "my-os",
+                   "--elements-path", str(tmp_path / "els")], env=env, check=False, capture=True)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "no_such_command_in_env_d" in res.stdout + res.stderr  # the shell's own words, not just "failed"
+    assert "error: sourcing the elements' environment.d files failed" in res.stdout + res.stderr

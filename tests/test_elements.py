@@ -142,8 +142,7 @@ def test_environment_d_order_allows_dots(tmp_path: Path) -> None:
     )
     tree = merge(resolve(["os"], [tmp_path]), {})
     rels = [r for r, _ in tree.env_files()]
-    assert rels == [
-        "environment.d/.hid",
+    assert rels == [  # .hid: DIB merges `$(ls dir)`, which lists no dotfiles
         "environment.d/10-b",
         "environment.d/10-os.bash",
         "environment.d/11-dib-install-type.bash",
@@ -187,6 +186,28 @@ def test_install_types_default_source(tmp_path: Path) -> None:
     tree.materialise(out)
     assert os.readlink(out / "install.d/60-app-pkg") == "app-package-install/60-app-pkg"
     assert os.access(out / "install.d/60-app-pkg", os.X_OK)
+
+
+def test_install_type_variable_covers_its_exact_prefix_only(tmp_path: Path) -> None:
+    # DIB_INSTALLTYPE_app picks app-<type>-install; app-agent-source-install has its own prefix.
+    make_element(tmp_path, "os", **OS, files={
+        "install.d/app-agent-source-install/60-agent": "#!/bin/sh\n",
+        "install.d/app-package-install/60-app-pkg": "#!/bin/sh\n",
+        "install.d/app-source-install/60-app-src": "#!/bin/sh\n",
+    })
+    tree = merge(resolve(["os"], [tmp_path]), {"DIB_INSTALLTYPE_app": "package"})
+    assert [s.name for s in tree.scripts("install.d")] == ["60-agent", "60-app-pkg"]
+
+
+def test_hidden_files_are_not_hooks(tmp_path: Path) -> None:
+    # DIB copies <dir>/*: two elements' .gitkeep do not clash, a swap file is not sourced.
+    make_element(tmp_path, "os", **OS, deps=["b"], files={"install.d/.gitkeep": "", "static/.gitkeep": "",
+                                                         "environment.d/.10-x.swp": "garbage("})
+    make_element(tmp_path, "b", files={"install.d/.gitkeep": "", "static/etc/.hidden-conf": "kept"})
+    tree = merge(resolve(["os"], [tmp_path]), {})
+    assert not [r for r in tree.files if r.rsplit("/", 1)[-1] in (".gitkeep", ".10-x.swp")]
+    assert set(tree.subtree("static")) == {"etc/.hidden-conf"}  # deeper down, cp -a copies all
+    assert [r for r, _ in tree.env_files()] == ["environment.d/11-dib-install-type.bash"]  # generated
 
 
 def test_native_element_hooks_do_not_run(tmp_path: Path) -> None:

@@ -63,7 +63,8 @@ def test_signal_during_chroot_phase_leaves_nothing(
     before = {p.name: (p.stat().st_mtime_ns, p.read_text()) for p in out.iterdir()}
     argv = [sys.executable, "-m", "sles_ipa_builder", "build", "--workspace", str(ws), "--output", str(out),
             "--elements", "bb-os", "--elements-path", str(els), "--base-tree", str(base),
-            "--iso", str(fixture_media.iso)]  # type: ignore[attr-defined]
+            "--iso", str(fixture_media.iso),  # type: ignore[attr-defined]
+            "--keep-workspace"]  # so the unwinding below can be checked in the tree
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DIB_", "SIB_"))}
     env.update(PYTHONPATH=str(REPO), DIB_SLEEP_IN=phase)
     p = subprocess.Popen(

@@ -231,7 +231,8 @@ def test_failing_hook_names_script_element_and_tail(tmp_path: Path) -> None:
         "  | the last words" in r.stderr and "noise line 11" in r.stderr and "noise line 10\n" not in r.stderr
     )
     assert "--break after-error" in r.stderr and "build.log" in r.stderr
-    assert not (tmp_path / "ws" / "build" / "root" / "tmp" / "in_target.d").exists()
+    assert not (tmp_path / "ws" / "build").exists()  # a failed build's tree is removed too
+    assert "the last words" in (tmp_path / "ws" / "build.log").read_text()
 
 
 @pytest.mark.root
