@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
-from . import namespace, run
+from . import namespace, run, zypper
+from .cache import cache_dir, locked
 from .context import TARGET_CA, BuildContext
 from .errors import BuildError, CommandError
 from .log import step
@@ -186,6 +187,20 @@ def run_in_target(
         env=env,
         on_line=lambda line: clog.debug("%s: %s", label or argv[0], line),
     )
+
+
+def run_zypper(ctx: BuildContext, argv: list[str], *, refresh_first: bool = True) -> None:
+    """zypper in the target while holding the host's shared zypper cache (/var/cache/zypp of every
+    build). The media repositories of all builds have the same aliases, perhaps from different ISOs:
+    unlocked, one build's refresh would replace the metadata another is installing from, and its
+    clean-up of downloaded packages would delete the other's. Under the lock each call first
+    refreshes this build's repositories, so it always installs from its own ISO's metadata."""
+    env = zypper.target_env_extra()
+    with locked(cache_dir("zypper")):
+        if refresh_first:
+            run_in_target(ctx, zypper.refresh_argv(ctx.state.get("refresh_aliases")), extra_env=env,
+                          label="zypper")
+        run_in_target(ctx, argv, extra_env=env, label="zypper")
 
 
 def shell(ctx: BuildContext, where: str, chroot: bool) -> None:

@@ -228,15 +228,14 @@ def package_step(phase_dir: str, uninstall: bool) -> Callable[[Any], None]:
     """The native step that replaces <phase>.d/NN-package-(un)installs: one zypper call."""
 
     def run_packages(ctx: Any) -> None:
-        from . import hooks, zypper
+        from . import hooks
 
         lists: PackageLists = ctx.state["packages"]
         names = lists.get(phase_dir, uninstall)
         log.info(
             "%s %d package(s): %s", "removing" if uninstall else "installing", len(names), " ".join(names)
         )
-        extra = zypper.target_env_extra() if hasattr(zypper, "target_env_extra") else {}
-        hooks.run_in_target(ctx, install_argv(names, uninstall=uninstall), extra_env=extra, label="zypper")
+        hooks.run_zypper(ctx, install_argv(names, uninstall=uninstall))
         ctx.manifest.setdefault("packages", {})[f"{phase_dir}:{'uninstall' if uninstall else 'install'}"] = (
             names
         )

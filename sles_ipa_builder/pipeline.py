@@ -22,7 +22,7 @@ from .compress import Compression
 from .config import Config
 from .context import BuildContext, make_context
 from .errors import InputError
-from .hooks import run_in_target
+from .hooks import run_zypper
 from .settings import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,8 @@ def media_step(ctx: BuildContext) -> None:
     zypper.write_repos(ctx.root, repos)
     zypper.zypp_conf(ctx.root)
     ctx.zypper_repos = repos
-    ctx.state["media_aliases"] = [alias for alias, _ in local]
+    # offline, only the media's repositories are refreshed: remote ones keep what was cached
+    ctx.state["refresh_aliases"] = [alias for alias, _ in local] if ctx.cfg.offline else None
     ctx.env["SIB_MEDIA_IDENTITY"] = m.identity
     ctx.manifest.setdefault("inputs", {})["media"] = {
         "iso": str(iso_path(ctx.cfg)),
@@ -61,12 +62,8 @@ def media_step(ctx: BuildContext) -> None:
 
 
 def refresh_step(ctx: BuildContext) -> None:
-    """Fresh metadata once per build: the loopback port changes, and the ISO may have.
-
-    Offline, only the media's repositories: remote ones keep what the last online build cached.
-    """
-    only = ctx.state["media_aliases"] if ctx.cfg.offline else None
-    run_in_target(ctx, zypper.refresh_argv(only), extra_env=zypper.target_env_extra(), label="zypper")
+    """Fresh metadata once per build: the loopback port changes, and the ISO may have."""
+    run_zypper(ctx, zypper.refresh_argv(ctx.state["refresh_aliases"]), refresh_first=False)
 
 
 def sources_step(ctx: BuildContext) -> None:

@@ -19,6 +19,7 @@ every repository on every call.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -87,8 +88,9 @@ def write_repos(root: Path, repos: list[tuple[str, str]], *, keep_packages: bool
 
 
 def remote_aliases(urls: list[str]) -> list[tuple[str, str]]:
-    """Stable aliases for the user's extra repositories (`repos` setting): user-1, user-2... by position."""
-    return [(f"user-{i}", url) for i, url in enumerate(urls, 1)]
+    """Aliases for the user's extra repositories (`repos` setting), named by their URL: the zypper cache
+    (metadata, kept packages) of one URL is never taken for another when the --repo list changes."""
+    return [(f"user-{hashlib.sha256(url.encode()).hexdigest()[:12]}", url) for url in urls]
 
 
 def remove_repos(root: Path, aliases: list[str]) -> None:

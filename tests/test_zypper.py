@@ -14,19 +14,22 @@ def test_repo_files_local_and_remote(tmp_path: Path, monkeypatch: pytest.MonkeyP
     repos = [("sle-Module-Basesystem", "http://127.0.0.1:4242/Module-Basesystem"),
              *zypper.remote_aliases(["https://download.example.com/repo/oss"])]
     written = zypper.write_repos(tmp_path, repos)
-    assert [p.name for p in written] == ["sle-Module-Basesystem.repo", "user-1.repo"]
+    user = repos[1][0]
+    assert user.startswith("user-") and zypper.remote_aliases(["https://b", "https://download.example.com/repo/oss"])[
+        1][0] == user  # named by the URL, not by its position in the list
+    assert [p.name for p in written] == ["sle-Module-Basesystem.repo", f"{user}.repo"]
     local = (tmp_path / "etc/zypp/repos.d/sle-Module-Basesystem.repo").read_text()
     assert local.splitlines() == [
         "[sle-Module-Basesystem]", "name=sle-Module-Basesystem", "enabled=1", "autorefresh=0",
         "baseurl=http://127.0.0.1:4242/Module-Basesystem?proxy=_none_", "type=rpm-md", "priority=99",
         "gpgcheck=0", "keeppackages=0"]
-    remote = (tmp_path / "etc/zypp/repos.d/user-1.repo").read_text()
+    remote = (tmp_path / f"etc/zypp/repos.d/{user}.repo").read_text()
     assert "baseurl=https://download.example.com/repo/oss\n" in remote
     assert "keeppackages=1" in remote and "gpgcheck=1" in remote
     # explicit keep_packages wins
     zypper.write_repos(tmp_path, [("x", "http://127.0.0.1:1/x")], keep_packages=True)
     assert "keeppackages=1" in (tmp_path / "etc/zypp/repos.d/x.repo").read_text()
-    zypper.remove_repos(tmp_path, ["sle-Module-Basesystem", "user-1", "x", "never-written"])
+    zypper.remove_repos(tmp_path, ["sle-Module-Basesystem", user, "x", "never-written"])
     assert list((tmp_path / "etc/zypp/repos.d").iterdir()) == []
 
 
@@ -83,3 +86,31 @@ def test_cache_mounts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     [(host, target)] = zypper.cache_mounts()
     assert host == tmp_path / "sles-ipa-builder/zypper" and host.is_dir() and target == "/var/cache/zypp"
+
+
+def test_zypper_runs_refresh_then_command_under_the_cache_lock(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from filelock import FileLock, Timeout
+
+    from sles_ipa_builder import hooks
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls: list[tuple[list[str], bool]] = []
+
+    def fake_run_in_target(ctx: object, argv: list[str], **kw: object) -> None:
+        other = FileLock(f"{tmp_path / 'sles-ipa-builder/zypper'}.lock")  # another build's attempt
+        try:
+            other.acquire(timeout=0)
+            other.release()
+            held = False
+        except Timeout:
+            held = True
+        calls.append((argv, held))
+
+    monkeypatch.setattr(hooks, "run_in_target", fake_run_in_target)
+    ctx = SimpleNamespace(state={"refresh_aliases": ["sle-Module-Basesystem"]})
+    hooks.run_zypper(ctx, zypper.install_argv(["lshw"]))  # type: ignore[arg-type]
+    assert [(argv[-2:], held) for argv, held in calls] == [
+        (["refresh", "sle-Module-Basesystem"], True), (["--no-recommends", "lshw"], True)]
