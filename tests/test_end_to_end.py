@@ -92,6 +92,7 @@ def test_tree_holds_what_the_elements_promise(built):
     assert not list((t / "etc/ssh").glob("ssh_host_*"))
     assert (t / "etc/ironic-python-agent.d/agent.key").stat().st_mode & 0o077 == 0
     assert (t / "buildinfo.txt").is_file()
+    assert (t / "usr/bin/sysbench").is_file()  # the test media has it: 60-sysbench-if-available installed it
     assert not (t / "etc/zypp/repos.d").exists() or not any(
         "127.0.0.1" in p.read_text() for p in (t / "etc/zypp/repos.d").glob("*.repo"))
     assert not (t / "tmp/ironic-python-agent").exists()

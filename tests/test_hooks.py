@@ -442,8 +442,11 @@ def test_extra_hardware_into_the_venv_with_constraints(target: Target) -> None:
                             "hardware"]
     link = target.upper / "usr/local/bin/hardware-detect"
     assert os.readlink(link) == "/opt/ironic-python-agent/bin/hardware-detect"
-    # nothing dropped at the top of the tree (the seed left /lldpad-1.1 behind)
-    assert not [r for r in target.changed() if "/" not in r and r not in ("usr", "opt", "tmp", "var")]
+    # no repository here has sysbench (as on SLE media without it): a warning, not a failed build
+    assert "warning: no configured repository provides sysbench" in target.output
+    assert not target.exists("usr/bin/sysbench")
+    # nothing dropped at the top of the tree (the seed left /lldpad-1.1 behind); zypper keeps its lock in /run
+    assert not [r for r in target.changed() if "/" not in r and r not in ("usr", "opt", "tmp", "var", "run")]
 
 
 def test_extra_hardware_version_and_package(target: Target) -> None:
