@@ -136,6 +136,11 @@ def open_media(iso_path: Path) -> Media:
         index, links = _index(iso)
     finally:
         iso.close()
+    size = iso_path.stat().st_size
+    cut = sorted(path for path, (offset, length) in index.items() if length < 0 or offset + length > size)
+    if cut:  # a partial download: pycdlib reads the directories, the files are past the end
+        raise InputError(f"{iso_path} is truncated or damaged: {len(cut)} file(s) lie past its end "
+                         f"({cut[0]}...)", "download the ISO again and compare its checksum with SUSE's")
     media = Media(iso_path, volume_id, [], [], "", index, links)
     media.info = _text(media, "/media.1/media").splitlines() if media.resolve("/media.1/media") else []
     if media.resolve("/media.1/products") is None:

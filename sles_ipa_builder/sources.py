@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import git
 
 from . import cache
-from .errors import BuildError, InputError
+from .errors import BuildError, ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,17 @@ def mirror_path(name: str, location: str) -> Path:
     return cache.cache_dir("git") / f"{override_key(name)}-{cache.url_key(location)}.git"
 
 
+def _git_reason(e: git.GitCommandError) -> str:
+    """git's own reason: its first `fatal:` line (the last line is often only a follow-up remark)."""
+    lines = [line.strip().removeprefix("stderr: ").strip("'") for line in str(e.stderr or "").splitlines()
+             if line.strip()]
+    fatal = [line for line in lines if "fatal:" in line]
+    return (fatal[0] if fatal else lines[-1] if lines else str(e))[:200]
+
+
 def _git_error(repo: str, ref: str, location: str, e: git.GitCommandError) -> InputError:
-    lines = [line.strip() for line in str(e.stderr or "").splitlines() if line.strip()]
-    detail = lines[-1].strip("'") if lines else str(e)
-    return InputError(f"source {repo}: cannot fetch {location} (ref {ref}): {detail[:200]}",
+    detail = _git_reason(e)
+    return InputError(f"source {repo}: cannot fetch {location} (ref {ref}): {detail}",
                       f"check the URL and ref (DIB_REPOLOCATION_{override_key(repo)} / "
                       f"DIB_REPOREF_{override_key(repo)}), the network and proxy settings")
 
@@ -170,8 +177,15 @@ def fetch_sources(
         if previous and previous != sha:
             log.info("source %s: %s moved %s → %s", repo.name, ref, str(previous)[:12], sha[:12])
         cache.remember("git", subject, sha)
-        dest = "/" + repo.dest.strip("/")
-        checkout(mirror, sha, root / dest.lstrip("/"), location)
+        dest = "/" + (repo.dest or "").strip("/")
+        if dest == "/":  # checkout() empties its target first: never the whole image
+            raise ConfigError(f"source {repo.name} (element {repo.element}): no destination directory",
+                              "give the line as: <name> git <destination> <location> [<ref>]")
+        try:
+            checkout(mirror, sha, root / dest.lstrip("/"), location)
+        except git.GitCommandError as e:
+            raise BuildError(f"source {repo.name}: checking out {sha[:12]} ({ref}) into {dest} failed: "
+                             f"{_git_reason(e)}", f"the mirror is in {mirror}; `clean -ff` re-creates it") from None
         log.info("source %s %s @ %s → %s", repo.name, ref, sha[:12], dest)
         rows.append({"name": repo.name, "location": location, "ref": ref, "commit": sha, "dest": dest,
                      "element": repo.element})

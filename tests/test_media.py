@@ -115,6 +115,14 @@ def test_not_an_iso(tmp_path: Path) -> None:
         media.open_media(f)
 
 
+def test_truncated_iso(good_iso: Path, tmp_path: Path) -> None:
+    # a partial download: the directories are there, the last files are not
+    cut = tmp_path / "cut.iso"
+    cut.write_bytes(good_iso.read_bytes()[: good_iso.stat().st_size - (600 << 10)])
+    with pytest.raises(InputError, match=r"is truncated or damaged: \d+ file\(s\) lie past its end"):
+        media.open_media(cut)
+
+
 def test_missing_iso(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not found"):
         media.open_media(tmp_path / "nope.iso")

@@ -112,8 +112,22 @@ def test_missing_ref_and_unreachable_url(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="source ipa: ref no-such-branch not found in"):
         sources.fetch_sources([repo], tmp_path / "r", cfg=cfg(), offline=False)
     gone = SourceRepo("lib", "git", "/tmp/lib", str(tmp_path / "nowhere"), "master")
-    with pytest.raises(InputError, match=r"source lib: cannot fetch .*nowhere \(ref master\)"):
+    with pytest.raises(InputError, match=r"source lib: cannot fetch .*nowhere \(ref master\): fatal: "):
         sources.fetch_sources([gone], tmp_path / "r", cfg=cfg(), offline=False)
+
+
+def test_a_source_without_destination_never_empties_the_image(tmp_path: Path) -> None:
+    from sles_ipa_builder.errors import ConfigError
+
+    make_upstream(tmp_path / "up")
+    root = tmp_path / "r"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/os-release").write_text("the image\n")
+    for dest in ("", "/", "//"):
+        with pytest.raises(ConfigError, match="no destination directory"):
+            sources.fetch_sources([SourceRepo("x", "git", dest, str(tmp_path / "up"), "master")], root,
+                                  cfg=cfg(), offline=False)
+    assert (root / "etc/os-release").read_text() == "the image\n"
 
 
 def test_unsupported_type(tmp_path: Path) -> None:
