@@ -32,7 +32,8 @@ def _handle(image: Path, fmt: str, tcg: bool) -> Any:
     if tcg:
         settings = [s for s in g.get_backend_settings() if s != "force_kvm"]
         g.set_backend_settings([*settings, "force_tcg"] if "force_tcg" not in settings else settings)
-    g.set_memsize(APPLIANCE_MEMORY)
+    if not os.environ.get("LIBGUESTFS_MEMSIZE"):  # the user's own setting wins
+        g.set_memsize(APPLIANCE_MEMORY)
     g.set_smp(max(1, min(2, os.cpu_count() or 1)))
     g.add_drive_opts(os.fspath(image), readonly=1, format=fmt)
     return g

@@ -93,6 +93,8 @@ def test_tree_holds_what_the_elements_promise(built):
     assert (t / "etc/ironic-python-agent.d/agent.key").stat().st_mode & 0o077 == 0
     assert (t / "buildinfo.txt").is_file()
     assert (t / "usr/bin/sysbench").is_file()  # the test media has it: 60-sysbench-if-available installed it
+    for cmd in ("install-packages", "pkg-map"):  # for users' DIB elements, as DIB's install-bin leaves them
+        assert os.access(t / "usr/local/bin" / cmd, os.X_OK), cmd
     assert not (t / "etc/zypp/repos.d").exists() or not any(
         "127.0.0.1" in p.read_text() for p in (t / "etc/zypp/repos.d").glob("*.repo"))
     assert not (t / "tmp/ironic-python-agent").exists()
