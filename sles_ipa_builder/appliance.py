@@ -20,7 +20,8 @@ from .errors import BuildError
 
 log = logging.getLogger(__name__)
 
-LAUNCH_TIMEOUT = 60.0  # a healthy KVM appliance is up in seconds; a hung one never comes up
+LAUNCH_TIMEOUT = 60.0  # from qemu's start: a healthy KVM appliance is up in seconds; a hung one never
+SUPERMIN_TIMEOUT = 600.0  # building the appliance before qemu starts (first run, busy host)
 APPLIANCE_MEMORY = 2048
 USER_GUESTFS_VARS = ("LIBGUESTFS_BACKEND", "LIBGUESTFS_BACKEND_SETTINGS", "LIBGUESTFS_HV")
 
@@ -56,8 +57,13 @@ def _qemu_children() -> list[int]:
     return found
 
 
-def _launch_bounded(g: Any, timeout: float) -> str:
-    """launch() in a thread: '' when up, else why not (timed out: the hung qemu is killed; or failed)."""
+def _launch_bounded(g: Any, timeout: float) -> tuple[str, bool]:
+    """launch() in a thread: ('', True) when up, else (why not, whether the handle may be closed).
+
+    The clock starts when qemu does: building the appliance first (supermin) may take a while on a
+    busy host and is not a hang. A qemu that does not come up in time is killed. A handle whose
+    launch is still running after that must not be closed from this thread: it is left alone.
+    """
     error: list[BaseException] = []
 
     def target() -> None:
@@ -69,15 +75,23 @@ def _launch_bounded(g: Any, timeout: float) -> str:
     before = set(_qemu_children())
     t = threading.Thread(target=target, name="guestfs-launch", daemon=True)
     t.start()
-    t.join(timeout)
+    begun = time.monotonic()
+    qemu_seen: float | None = None
+    while t.is_alive():
+        t.join(0.5)
+        now = time.monotonic()
+        if qemu_seen is None and set(_qemu_children()) - before:
+            qemu_seen = now
+        if (qemu_seen is not None and now - qemu_seen > timeout) or now - begun > SUPERMIN_TIMEOUT + timeout:
+            break
     if t.is_alive():
         for pid in set(_qemu_children()) - before:
             os.kill(pid, signal.SIGKILL)
         t.join(30)
-        return f"did not come up within {timeout:.0f}s"
+        return f"did not come up within {timeout:.0f}s", not t.is_alive()
     if error:
-        return f"failed ({str(error[0]).splitlines()[0][:120]})"
-    return ""
+        return f"failed ({str(error[0]).splitlines()[0][:120]})", True
+    return "", True
 
 
 def launch(image: Path, fmt: str, accel: str = "auto") -> tuple[Any, str]:
@@ -93,10 +107,11 @@ def launch(image: Path, fmt: str, accel: str = "auto") -> tuple[Any, str]:
             g.launch()
             return g, "user" if user_set else "kvm"
         g = _handle(image, fmt, tcg=False)
-        why = _launch_bounded(g, LAUNCH_TIMEOUT)
+        why, closable = _launch_bounded(g, LAUNCH_TIMEOUT)
         if not why:
             return g, "kvm"
-        g.close()
+        if closable:
+            g.close()
         # Some hosts have /dev/kvm but guests hang or qemu aborts: TCG is slower but works.
         log.warning("libguestfs appliance under KVM %s: retrying under TCG (slower)", why)
         g = _handle(image, fmt, tcg=True)

@@ -325,7 +325,8 @@ def test_hung_launch_is_abandoned(images: dict[str, Path], tmp_path: Path) -> No
     fake.chmod(0o755)
     g = appliance._handle(images["ext4"], "qcow2", tcg=False)
     g.set_hv(str(fake))
-    why = appliance._launch_bounded(g, 5.0)
+    why, closable = appliance._launch_bounded(g, 5.0)
+    assert closable  # its launch thread ended once the hung qemu was killed
     g.close()
     assert why == "did not come up within 5s"
     assert appliance._qemu_children() == []
