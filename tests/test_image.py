@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from sles_ipa_builder import appliance, image
+from sles_ipa_builder import appliance, image, run
 from sles_ipa_builder.errors import InputError
 
 IMAGES_VERSION = "v3"
@@ -233,6 +233,18 @@ def test_not_a_disk_image(tmp_path: Path) -> None:
     f = tmp_path / "SLES15-SP4-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2"
     f.write_bytes(b"<html>not found</html>" * 100)
     with pytest.raises(InputError, match="is not a disk image"):
+        image.prepare_root(cfg(images_dir=str(tmp_path)), tmp_path / "root")
+
+
+def test_truncated_qcow2(tmp_path: Path) -> None:
+    # an interrupted download keeps the qcow2 magic; it must not reach the appliance
+    whole = tmp_path / "whole.qcow2"
+    run.run(["qemu-img", "create", "-q", "-f", "qcow2", whole, "64M"])
+    run.run(["qemu-io", "-c", "write -P 0x5a 0 32M", whole], capture=True)
+    cut = tmp_path / "SLES15-SP4-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2"
+    cut.write_bytes(whole.read_bytes()[: 16 << 20])
+    assert image.sniff(whole) == "qcow2"
+    with pytest.raises(InputError, match="is a damaged qcow2"):
         image.prepare_root(cfg(images_dir=str(tmp_path)), tmp_path / "root")
 
 
