@@ -142,7 +142,7 @@ def _classified(g: Any, image: Path) -> list[tuple[str, str]]:
             fstype = g.vfs_type(dev)
         except RuntimeError:
             continue
-        if not fstype or fstype == "swap":
+        if not fstype or fstype in NOT_A_FILESYSTEM:  # LVM/RAID/LUKS roots: found by inspection
             continue
         try:
             guid = g.part_get_gpt_type(g.part_to_dev(dev), g.part_to_partnum(dev)).upper()
@@ -181,6 +181,7 @@ def _is_root(g: Any) -> bool:
     return bool(g.is_dir("/etc") and (g.is_dir("/usr") or g.is_dir("/bin")))
 
 
+NOT_A_FILESYSTEM = {"swap", "LVM2_member", "linux_raid_member", "crypto_LUKS", "zfs_member"}
 NOT_MOUNTED = {"swap", "proc", "sysfs", "tmpfs", "devpts", "devtmpfs", "nfs", "nfs4", "cifs", "none"}
 
 
@@ -241,14 +242,17 @@ def _mount_layout(g: Any, image: Path) -> tuple[str, list[tuple[str, str, str]]]
     Fast path first (the seed's partition rule, then the image's fstab): a few appliance calls.
     libguestfs inspection (~13 s more under TCG, it loads augeas) only when that finds no root.
     """
-    pairs = _classified(g, image)
-    _mount_root(g, pairs[0][1])
-    if _is_root(g):
-        mounts = _fstab_mounts(g)
-        have = {mp for mp, _, _ in mounts}
-        # the seed mounted /boot and the ESP by partition type even without fstab lines
-        mounts += [(mp, dev, _opts(g, dev)) for mp, dev in pairs[1:] if mp not in have]
-        return "", mounts
+    try:
+        pairs = _classified(g, image)
+        _mount_root(g, pairs[0][1])
+        if _is_root(g):
+            mounts = _fstab_mounts(g)
+            have = {mp for mp, _, _ in mounts}
+            # the seed mounted /boot and the ESP by partition type even without fstab lines
+            mounts += [(mp, dev, _opts(g, dev)) for mp, dev in pairs[1:] if mp not in have]
+            return "", mounts
+    except (InputError, RuntimeError) as e:  # no plain root partition, or it would not mount
+        log.debug("%s: the partition rule found no root (%s); inspecting", image.name, str(e).splitlines()[0])
     g.umount_all()
     found = _inspected(g)
     if not found:

@@ -21,7 +21,8 @@ import pytest
 from sles_ipa_builder import appliance, image, run
 from sles_ipa_builder.errors import InputError
 
-IMAGES_VERSION = "v3"
+IMAGES_VERSION = "v4"
+VARIANTS = ("ext4", "btrfs", "aarch64", "noroot", "lvm")
 BIOS_BOOT = "21686148-6449-6E6F-744E-656564454649"
 LINUX_FS = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
 FSTAB = {
@@ -68,7 +69,7 @@ def _tar(src: Path, out: Path) -> None:
 def build_images(dest: Path, work: Path) -> dict[str, Path]:
     import guestfs
 
-    disks = {n: dest / f"{n}.qcow2" for n in ("ext4", "btrfs", "aarch64", "noroot")}
+    disks = {n: dest / f"{n}.qcow2" for n in VARIANTS}
     tars = {}
     for kind in ("ext4", "btrfs"):
         make_tree(work / kind, FSTAB[kind])
@@ -76,6 +77,8 @@ def build_images(dest: Path, work: Path) -> dict[str, Path]:
         tars[kind] = work / f"{kind}.tar"
     make_tree(work / "arm", "/dev/sda1 / ext4 defaults 0 1\n", arch_patch=True)
     _tar(work / "arm", work / "arm.tar")
+    make_tree(work / "lvm", "/dev/system/root / ext4 defaults 0 1\n")
+    _tar(work / "lvm", work / "lvm.tar")
     g = guestfs.GuestFS(python_return_dict=True)
     for path in disks.values():
         g.disk_create(str(path) + ".tmp", "qcow2", 256 * 1024 * 1024)
@@ -127,6 +130,16 @@ def build_images(dest: Path, work: Path) -> dict[str, Path]:
     g.mount("/dev/sdd1", "/")
     g.write("/just-data.txt", b"no operating system here\n")
     g.umount_all()
+    # root on LVM: the partition is an LVM2_member; only inspection finds the logical volume
+    g.part_disk("/dev/sde", "gpt")
+    g.pvcreate("/dev/sde1")
+    g.vgcreate("system", ["/dev/sde1"])
+    g.lvcreate("root", "system", 200)
+    g.mkfs("ext4", "/dev/system/root")
+    g.mount("/dev/system/root", "/")
+    g.tar_in(str(work / "lvm.tar"), "/", xattrs=True, acls=True)
+    g.umount_all()
+    g.vg_activate(False, ["system"])
     g.shutdown()
     g.close()
     for path in disks.values():
@@ -140,7 +153,7 @@ def images(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
     dest = cache_dir("test-images") / IMAGES_VERSION  # kept between runs; `clean -ff` drops it
     dest.mkdir(parents=True, exist_ok=True)
-    disks = {n: dest / f"{n}.qcow2" for n in ("ext4", "btrfs", "aarch64", "noroot")}
+    disks = {n: dest / f"{n}.qcow2" for n in VARIANTS}
     if not all(p.exists() for p in disks.values()):
         build_images(dest, tmp_path_factory.mktemp("trees"))
     return disks
@@ -203,6 +216,16 @@ def test_root_from_qcow2_then_cache_hit(images: dict[str, Path], tmp_path: Path,
     if kind == "ext4":
         facts3 = image.prepare_root(c, tmp_path / "r3", force=True)
         assert facts3["cache"] == "miss" and facts3["cache_reason"] == "--force"
+
+
+@pytest.mark.guestfs
+@pytest.mark.slow
+def test_root_on_lvm_is_found_by_inspection(images: dict[str, Path], tmp_path: Path) -> None:
+    # the partition is an LVM2_member, not a filesystem: the seed's rule has no root, inspection does
+    facts = image.prepare_root(cfg(base_image=images["lvm"]), tmp_path / "r")
+    assert facts["arch"] == "x86_64"
+    assert "SLES" in (tmp_path / "r/etc/os-release").read_text()
+    assert (tmp_path / "r/usr/bin/ls").stat().st_ino == (tmp_path / "r/usr/bin/dir").stat().st_ino
 
 
 def test_base_tree_is_copied(tmp_path: Path) -> None:
