@@ -108,39 +108,51 @@ def update_mirror(name: str, location: str, ref: str, *, offline: bool) -> tuple
     """Make sure the mirror of `location` holds `ref`; return (mirror path, commit sha)."""
     path = mirror_path(name, location)
     with cache.locked(path):
-        if offline:
-            if not path.is_dir():
-                raise InputError(f"source {name}: {location} is not in the cache and --offline is set",
-                                 "run one build online first, or drop --offline")
-            sha = _resolve(git.Repo(path), ref)
-            if sha is None:
-                raise InputError(f"source {name}: ref {ref} is not in the cached mirror of {location} "
-                                 "(--offline)",
-                                 "run online once to fetch it, or pick a ref the cache has")
-            return path, sha
-        try:
-            if not path.is_dir():
-                with cache.atomic_path(path) as tmp:
-                    created = git.Repo.init(tmp, bare=True)
-                    created.create_remote("origin", location)
-                    _fetch(created)
-                mirror = git.Repo(path)
-            else:
-                mirror = git.Repo(path)
-                mirror.remotes.origin.set_url(location)
-                _fetch(mirror)
-            sha = _resolve(mirror, ref)
-            if sha is None and (ref.startswith("refs/") or re.fullmatch(r"[0-9a-f]{7,40}", ref)):
-                # Gerrit changes and bare commits are not under heads/tags: fetch that one ref.
-                target = f"+{ref}:{ref}" if ref.startswith("refs/") else ref
-                mirror.git.fetch("--quiet", "origin", target, env=GIT_ENV)
-                sha = _resolve(mirror, ref)
-        except git.GitCommandError as e:
-            raise _git_error(name, ref, location, e) from None
+        return _update_mirror(path, name, location, ref, offline=offline)
+
+
+def _other_ref(ref: str) -> bool:
+    """Gerrit changes, pull requests...: refs the mirror's fetch specs (heads, tags) do not bring."""
+    return ref.startswith("refs/") and not ref.startswith(("refs/heads/", "refs/tags/"))
+
+
+def _update_mirror(path: Path, name: str, location: str, ref: str, *, offline: bool) -> tuple[Path, str]:
+    """update_mirror() with the mirror's lock already held."""
+    if offline:
+        if not path.is_dir():
+            raise InputError(f"source {name}: {location} is not in the cache and --offline is set",
+                             "run one build online first, or drop --offline")
+        sha = _resolve(git.Repo(path), ref)
         if sha is None:
-            raise InputError(f"source {name}: ref {ref} not found in {location}",
-                             f"give an existing branch, tag or commit (DIB_REPOREF_{override_key(name)})")
+            raise InputError(f"source {name}: ref {ref} is not in the cached mirror of {location} "
+                             "(--offline)",
+                             "run online once to fetch it, or pick a ref the cache has")
         return path, sha
+    try:
+        if not path.is_dir():
+            with cache.atomic_path(path) as tmp:
+                created = git.Repo.init(tmp, bare=True)
+                created.create_remote("origin", location)
+                _fetch(created)
+            mirror = git.Repo(path)
+        else:
+            mirror = git.Repo(path)
+            mirror.remotes.origin.set_url(location)
+            _fetch(mirror)
+        if _other_ref(ref):  # fetched by name on every online build: it may have moved too
+            mirror.git.fetch("--quiet", "origin", f"+{ref}:{ref}", env=GIT_ENV)
+        sha = _resolve(mirror, ref)
+        if sha is None and (ref.startswith("refs/") or re.fullmatch(r"[0-9a-f]{7,40}", ref)):
+            # a bare commit is not under heads/tags: fetch that one object
+            target = f"+{ref}:{ref}" if ref.startswith("refs/") else ref
+            mirror.git.fetch("--quiet", "origin", target, env=GIT_ENV)
+            sha = _resolve(mirror, ref)
+    except git.GitCommandError as e:
+        raise _git_error(name, ref, location, e) from None
+    if sha is None:
+        raise InputError(f"source {name}: ref {ref} not found in {location}",
+                         f"give an existing branch, tag or commit (DIB_REPOREF_{override_key(name)})")
+    return path, sha
 
 
 def _fetch(mirror: git.Repo) -> None:
@@ -158,6 +170,19 @@ def checkout(mirror: Path, sha: str, target: Path, location: str) -> None:
     repo.remotes.origin.set_url(location)
 
 
+def _checkout_into(root: Path, repo: SourceRepoLike, mirror: Path, sha: str, ref: str, location: str) -> str:
+    dest = "/" + (repo.dest or "").strip("/")
+    if dest == "/":  # checkout() empties its target first: never the whole image
+        raise ConfigError(f"source {repo.name} (element {repo.element}): no destination directory",
+                          "give the line as: <name> git <destination> <location> [<ref>]")
+    try:
+        checkout(mirror, sha, root / dest.lstrip("/"), location)
+    except git.GitCommandError as e:
+        raise BuildError(f"source {repo.name}: checking out {sha[:12]} ({ref}) into {dest} failed: "
+                         f"{_git_reason(e)}", f"the mirror is in {mirror}; `clean -ff` re-creates it") from None
+    return dest
+
+
 def fetch_sources(
     repos: list[SourceRepoLike], root: Path, *, cfg: Any, offline: bool
 ) -> list[dict[str, str]]:
@@ -171,21 +196,15 @@ def fetch_sources(
                              "supported",
                              "only git source repositories are supported; use a git URL")
         location, ref = effective(repo, cfg)
-        mirror, sha = update_mirror(repo.name, location, ref, offline=offline)
+        mirror = mirror_path(repo.name, location)
+        with cache.locked(mirror):  # held through the clone: another build's fetch may prune packs
+            _, sha = _update_mirror(mirror, repo.name, location, ref, offline=offline)
+            dest = _checkout_into(root, repo, mirror, sha, ref, location)
         subject = f"{location}#{ref}"
         previous = cache.last_key("git", subject)
         if previous and previous != sha:
             log.info("source %s: %s moved %s → %s", repo.name, ref, str(previous)[:12], sha[:12])
         cache.remember("git", subject, sha)
-        dest = "/" + (repo.dest or "").strip("/")
-        if dest == "/":  # checkout() empties its target first: never the whole image
-            raise ConfigError(f"source {repo.name} (element {repo.element}): no destination directory",
-                              "give the line as: <name> git <destination> <location> [<ref>]")
-        try:
-            checkout(mirror, sha, root / dest.lstrip("/"), location)
-        except git.GitCommandError as e:
-            raise BuildError(f"source {repo.name}: checking out {sha[:12]} ({ref}) into {dest} failed: "
-                             f"{_git_reason(e)}", f"the mirror is in {mirror}; `clean -ff` re-creates it") from None
         log.info("source %s %s @ %s → %s", repo.name, ref, sha[:12], dest)
         rows.append({"name": repo.name, "location": location, "ref": ref, "commit": sha, "dest": dest,
                      "element": repo.element})

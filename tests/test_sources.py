@@ -95,6 +95,17 @@ def test_refresh_online_not_offline(tmp_path: Path, caplog: pytest.LogCaptureFix
     assert f"master moved {old[:12]} → {new[:12]}" in caplog.text
 
 
+def test_a_moved_change_ref_is_refetched(tmp_path: Path) -> None:
+    # refs/changes/... are outside the mirror's fetch specs: once cached they must still follow upstream
+    up = make_upstream(tmp_path / "up")
+    up.git.update_ref("refs/changes/01/1/1", "HEAD~1")
+    repo = SourceRepo("ipa", "git", "/tmp/ipa", str(tmp_path / "up"), "refs/changes/01/1/1")
+    first = sources.fetch_sources([repo], tmp_path / "a", cfg=cfg(), offline=False)[0]["commit"]
+    up.git.update_ref("refs/changes/01/1/1", "HEAD")
+    moved = sources.fetch_sources([repo], tmp_path / "b", cfg=cfg(), offline=False)[0]["commit"]
+    assert first == up.head.commit.parents[0].hexsha and moved == up.head.commit.hexsha
+
+
 def test_offline_errors(tmp_path: Path) -> None:
     make_upstream(tmp_path / "up")
     repo = SourceRepo("ipa", "git", "/tmp/ipa", str(tmp_path / "up"), "master")
