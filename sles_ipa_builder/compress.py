@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import lzma
 import os
+import re
 import shlex
 import struct
 import types
@@ -91,7 +92,22 @@ class Compression:
             raise ConfigError("empty compression command", "use zstd, gzip, xz, none or a command line")
         if level is not None:
             raise ConfigError(f"a level cannot go with the command {spec!r}", "put the level in the command")
-        return cls("command", None, argv)
+        made = cls("command", None, argv)
+        made._check_kernel_format()
+        return made
+
+    def _check_kernel_format(self) -> None:
+        """Formats the kernel's decoders refuse whatever its config: xz with a CRC64 or SHA-256 check
+        (xz's default; the kernel decodes CRC32 or none), lz4's frame format (only legacy, -l)."""
+        args = self.command[1:]
+        joined = " ".join(args)
+        if self.family == "xz" and not re.search(r"(--check[= ]|-C ?)(crc32|none)\b", joined):
+            raise ConfigError(f"{shlex.join(self.command)}: the kernel's xz decoder accepts only CRC32 checks "
+                              "(xz's default is CRC64)", f"add --check=crc32: '{shlex.join(self.command)} "
+                              "--check=crc32', or use --compress xz")
+        if self.family == "lz4" and "-l" not in args:
+            raise ConfigError(f"{shlex.join(self.command)}: the kernel reads only lz4's legacy format",
+                              f"add -l: '{shlex.join(self.command)} -l'")
 
     @classmethod
     def release(cls) -> Compression:

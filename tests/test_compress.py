@@ -102,6 +102,15 @@ def test_external_command(tmp_path: Path) -> None:
     assert run.run(["gzip", "-dc", out], capture=True).stdout.encode() == DATA
 
 
+def test_external_formats_the_kernel_refuses() -> None:
+    with pytest.raises(ConfigError, match="only CRC32"):
+        Compression.parse("xz -9 -T0")  # CRC64 by default
+    with pytest.raises(ConfigError, match="legacy format"):
+        Compression.parse("lz4 -9")
+    for ok in ("xz -9 --check=crc32", "xz -C crc32", "lz4 -l -9", "zstd -19 -T0"):
+        assert Compression.parse(ok).kind == "command"
+
+
 def test_failing_external_command(tmp_path: Path) -> None:
     with (tmp_path / "out").open("wb") as f, pytest.raises(CommandError):
         c = Compression.parse("sh -c 'head -c 10 >/dev/null; exit 3'").open(f)
