@@ -15,6 +15,7 @@ import os
 import shutil
 import stat
 import tempfile
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -60,6 +61,9 @@ def _decompressor(kind: str, raw: IO[bytes]) -> IO[bytes]:
     return raw
 
 
+TRUNCATED_HINT = "the initramfs is damaged or incomplete: rebuild it, or copy it again"
+
+
 class _Reader:
     """Exact reads from a stream, counting the offset (cpio padding is relative to it)."""
 
@@ -81,7 +85,7 @@ class _Reader:
         while n > 0:
             data = self.read(min(n, CHUNK))
             if not data:
-                raise InputError("truncated cpio archive", "the initramfs is damaged or incomplete")
+                raise InputError("truncated cpio archive", TRUNCATED_HINT)
             if sink is not None:
                 sink.write(data)
             n -= len(data)
@@ -103,23 +107,43 @@ def members(
 ) -> Iterator[Member]:
     """Members of the newc archives on `r` (only the first one if `one`), up to the end of the stream.
 
-    Regular files for which `keep(name)` gives a path are extracted there.
+    Regular files for which `keep(name)` gives a path are extracted there. A stream that ends before
+    an archive's TRAILER!!!, or that its decompressor finds corrupt, is an InputError.
     """
+    try:
+        yield from _members(r, keep, one)
+    except (EOFError, lzma.LZMAError, zstandard.ZstdError, gzip.BadGzipFile, zlib.error) as e:
+        raise InputError(f"the initramfs is truncated or corrupt ({e or type(e).__name__})",
+                         "rebuild it, or copy it again") from None
+
+
+def _members(r: _Reader, keep: Callable[[str], Path | None] | None, one: bool) -> Iterator[Member]:
+    trailer = False  # an archive (or the stream) must end with TRAILER!!!, else it was cut short
     while True:
         head = r.read(4)
         if not head:
+            if not trailer:
+                raise InputError("truncated cpio archive: no TRAILER!!! at the end", TRUNCATED_HINT)
             return
         if head == b"\0\0\0\0":
             continue  # padding between concatenated archives (records are 4-aligned)
         head += r.read(2)
+        if len(head) < 6:
+            raise InputError("truncated cpio archive: the stream ends inside a header", TRUNCATED_HINT)
         if head not in (b"070701", b"070702"):
             raise InputError(f"bad cpio header magic {head!r} at offset {r.pos - 6}", "not a newc archive")
         hdr = r.read(104)
-        fields = [int(hdr[i : i + 8], 16) for i in range(0, 104, 8)]
+        try:
+            fields = [int(hdr[i : i + 8], 16) for i in range(0, 104, 8)]
+        except ValueError:
+            fields = []
+        if len(hdr) < 104 or len(fields) != 13:
+            raise InputError(f"truncated or damaged cpio header at offset {r.pos - len(hdr) - 6}", TRUNCATED_HINT)
         mode, nlink, size, namesize = fields[1], fields[4], fields[6], fields[11]
         name = r.read(namesize)[:-1].decode(errors="surrogateescape")
         r.align()
-        if name == "TRAILER!!!":
+        trailer = name == "TRAILER!!!"
+        if trailer:
             if one:
                 return
             continue

@@ -82,3 +82,17 @@ def test_not_an_initramfs(tmp_path: Path) -> None:
         sizereport.analyze(p)
     with pytest.raises(InputError):
         sizereport.analyze(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("spec", ["zstd", "gzip", "xz", "none"])
+def test_truncated_initramfs_is_an_input_error(tmp_path: Path, spec: str) -> None:
+    tree = make_root(tmp_path / "root")
+    (tree / "big").write_bytes(os.urandom(200_000))
+    out = tmp_path / "initrd"
+    ramdisk.pack(tree, out, Compression.parse(spec), progress=False, check_kernel=False)
+    whole = out.read_bytes()
+    for cut in (150, len(whole) // 2, len(whole) - 600):  # inside the first header, mid-file, near the end
+        part = tmp_path / f"cut-{cut}"
+        part.write_bytes(whole[:cut])
+        with pytest.raises(InputError, match="truncated|corrupt|damaged"):
+            sizereport.analyze(part)
