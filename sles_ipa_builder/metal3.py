@@ -61,9 +61,17 @@ def checkout(
         url, dest = str(location_or_url), workspace / "metal3-dev-env"
     else:
         dest = Path(location_or_url)
+    ours = dest == workspace / "metal3-dev-env"  # the builder's own clone, not the user's checkout
     try:
-        if dest.is_dir() and any(dest.iterdir()):
-            log.info("using the metal3-dev-env checkout in %s", dest)
+        if dest.is_dir() and any(dest.iterdir()) and ours:
+            # kept from an earlier build: follow the branch as a fresh clone would (the seed's was fresh)
+            with step(f"update {dest} to {branch}"):
+                repo = git.Repo(dest)
+                repo.remotes.origin.set_url(url)
+                repo.git.fetch("--quiet", "origin", branch)
+                repo.git.checkout("--quiet", "--force", "--detach", "FETCH_HEAD")
+        elif dest.is_dir() and any(dest.iterdir()):
+            log.info("using the metal3-dev-env checkout in %s as it is", dest)
             repo = git.Repo(dest)
         else:
             with step(f"clone {url} ({branch}) into {dest}"):
@@ -98,7 +106,7 @@ def local_ipa_dir(tar_path: Path, workspace: Path) -> Path:
     except OSError:
         shutil.copy2(tar_path, target)
     log.info("metal3-dev-env reads %s: staged %s there", IPA_TAR_NAME, tar_path.name)
-    return staging
+    return staging.resolve()  # make runs in the checkout: a relative path would point elsewhere
 
 
 def _make(target: str, cwd: Path, env: dict[str, str], *, quiet: bool = False) -> None:

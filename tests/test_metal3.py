@@ -137,6 +137,30 @@ def test_existing_checkout_is_used_in_place_and_odd_tar_names_are_staged(
     assert all(f"LOCAL_IPA_PATH={staged}" in c and "tar=yes" in c for c in calls(record))
 
 
+def test_the_builders_own_clone_follows_the_branch_on_the_next_run(
+    devenv: dict[str, str], record: Path, tar: Path, tmp_path: Path
+) -> None:
+    ws = tmp_path / "ws"
+    first = run_metal3_dev_env(devenv["url"], tar, branch="main", commit="HEAD", quiet_cleanup=True, workspace=ws)
+    origin = git.Repo(tmp_path / "origin")
+    v4 = commit_makefile(origin, "v4")  # upstream moves on between two builds
+    again = run_metal3_dev_env(devenv["url"], tar, branch="main", commit="HEAD", quiet_cleanup=True, workspace=ws)
+    assert (first.commit, again.commit) == (devenv["v2"], v4)
+    with pytest.raises(BuildError, match="make test failed"):  # and a changed branch is honoured
+        run_metal3_dev_env(devenv["url"], tar, branch="broken", commit="HEAD", quiet_cleanup=True, workspace=ws)
+
+
+def test_relative_workspace_gives_an_absolute_local_ipa_path(
+    devenv: dict[str, str], record: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    odd = tmp_path / "custom.tar"
+    odd.write_bytes(b"tar")
+    run_metal3_dev_env(devenv["url"], odd, branch="main", commit="HEAD", quiet_cleanup=True, workspace=Path("ws"))
+    assert all(f"LOCAL_IPA_PATH={tmp_path / 'ws' / 'metal3-local-ipa'}" in c and "tar=yes" in c
+               for c in calls(record))
+
+
 def test_bad_inputs(devenv: dict[str, str], tar: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not found"):
         run_metal3_dev_env(devenv["url"], tmp_path / "missing.tar", workspace=tmp_path / "ws")
