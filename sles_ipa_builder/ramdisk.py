@@ -7,6 +7,7 @@ needs no mknod privilege and a tree can be packed twice with the same result.
 
 from __future__ import annotations
 
+import fcntl
 import fnmatch
 import hashlib
 import json
@@ -299,8 +300,11 @@ def write_artifacts(
     kernel = find_kernel(tree)
     check_kernel_support(compression, kernel.config)
     output_dir.mkdir(parents=True, exist_ok=True)
+    _sweep_stale(output_dir, name)
     work = Path(tempfile.mkdtemp(dir=output_dir, prefix=f".{name}.tmp-"))
     final = {s: output_dir / f"{name}.{s}" for s in ARTIFACT_SUFFIXES}
+    busy = (work / ".busy").open("w")  # flock'ed while this build writes; a killed build's lock is gone
+    fcntl.flock(busy, fcntl.LOCK_EX)
     try:
         staged = {s: work / p.name for s, p in final.items()}
         sha = {"kernel": _copy_hashed(kernel.path, staged["kernel"])}
@@ -328,16 +332,33 @@ def write_artifacts(
             "artifacts": {final[s].name: {"size": sizes[s], "sha256": sha[s]} for s in sizes},
         }
         staged["manifest.json"].write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
-        for s, dst in final.items():
-            os.replace(staged[s], dst)
+        # sha256 last: a set cut short by a kill between two renames fails `sha256sum -c`
+        for s in sorted(final, key=lambda s: s == "sha256"):
+            os.replace(staged[s], final[s])
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        busy.close()
     arts = Artifacts(
         final["kernel"], final["initramfs"], final["tar"], final["sha256"], final["packages"],
         final["manifest.json"], {final[s].name: sha[s] for s in sha}, sizes, result,
     )  # fmt: skip
     check_size(arts.tar, size_limit_mb, arts.initramfs)
     return arts
+
+
+def _sweep_stale(output_dir: Path, name: str) -> None:
+    """Remove the temp dirs of builds killed while writing artifacts (SIGKILL runs no clean-up)."""
+    for d in output_dir.glob(f".{name}.tmp-*"):
+        try:
+            with (d / ".busy").open("r") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: another build is writing there
+        except BlockingIOError:
+            continue
+        except FileNotFoundError:  # no lock yet: a build may be just starting there
+            if time.time() - d.stat().st_mtime < 600:
+                continue
+        logger.info("removing %s, left by an interrupted build", d)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def check_size(tar: Path, limit_mb: int | None, initramfs: Path | None = None) -> int:

@@ -377,3 +377,22 @@ def test_packages_fall_back_to_the_trees_rpm(tmp_path: Path) -> None:
     (tree / "usr/bin/rpm").chmod(0o755)
     lines = sizereport.list_packages(tree).splitlines()
     assert lines[:3] == ["# rpm -qa", "bash-4.4-9.x86_64", "zlib-1.2.11-3.1.x86_64"]
+
+
+def test_temp_dirs_of_killed_builds_are_swept_not_busy_ones(tmp_path: Path) -> None:
+    import fcntl
+
+    tree = make_root(tmp_path / "root")
+    out = tmp_path / "out"
+    killed = out / ".ironic-python-agent.tmp-killed"  # what a SIGKILL leaves: its lock died with it
+    killed.mkdir(parents=True)
+    (killed / ".busy").touch()
+    (killed / "ironic-python-agent.initramfs").write_bytes(b"half")
+    busy = out / ".ironic-python-agent.tmp-busy"  # another build, writing right now
+    busy.mkdir()
+    with (busy / ".busy").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        ramdisk.write_artifacts(tree, out, "ironic-python-agent", Compression.parse("zstd"), size_limit_mb=500,
+                                progress=False)
+        assert not killed.exists() and busy.exists()
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [busy.name]
