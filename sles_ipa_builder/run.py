@@ -7,10 +7,12 @@ host's environment names files (CA bundles, virtualenvs) that mean something els
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import selectors
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 
 # What a command run inside a target may inherit from the host: proxies only.
 PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+PR_SET_PDEATHSIG = 1
 DRAIN_GRACE = 2.0  # seconds of quiet after the command exited before its output counts as done
 TARGET_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -114,12 +117,21 @@ def popen(
     stdout: IO[Any] | int | None = None,
     stderr: IO[Any] | int | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start a long-lived child (qemu, a compressor, a streaming hook). The caller must wait for it."""
+    """Start a long-lived child (qemu, a compressor, a streaming hook). The caller must wait for it.
+
+    The child gets SIGKILL when this process dies, even by SIGKILL (which runs no clean-up): a VM
+    or a compressor never outlives the builder.
+    """
     args = _argv(argv)
     log.debug("popen: %s", " ".join(args))
     return subprocess.Popen(
-        args, env=dict(env) if env is not None else None, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr
+        args, env=dict(env) if env is not None else None, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr,
+        preexec_fn=_die_with_parent,
     )
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def stream(

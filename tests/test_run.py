@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
 from sles_ipa_builder import run
 from sles_ipa_builder.errors import CommandError
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_stream_waits_for_the_command_not_for_what_it_left_running() -> None:
@@ -30,3 +33,31 @@ def test_stream_raises_with_the_tail() -> None:
         run.stream(["bash", "-c", "seq 1 50; exit 3"], tail_lines=5)
     assert exc.value.returncode == 3
     assert exc.value.tail == ["46", "47", "48", "49", "50"]
+
+
+def test_popen_children_die_with_the_builder() -> None:
+    # SIGKILL runs no clean-up: a qemu started by boot-test must still not outlive it
+    import subprocess
+    import sys
+    import time
+
+    code = ("import time; from sles_ipa_builder import run; "
+            "p = run.popen(['sleep', '300']); print(p.pid, flush=True); time.sleep(300)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    for _ in range(100):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{child}/stat") as f:
+            if f.read().split()[2] == "Z":  # reaped by init soon; already dead
+                break
+        time.sleep(0.05)
+    else:
+        os.kill(child, signal.SIGKILL)
+        raise AssertionError("the child outlived its parent")
