@@ -6,8 +6,8 @@ Follows diskimage-builder 3.31 (`element_dependencies.py`, `generate_hooks`, `di
   search path, because the built-in set need not ship one.
 - The generic DIB elements in NATIVE are done by the engine in Python: their directories (stubs in
   hooks/, or a user's copy of DIB's own) only let element-deps on them resolve; their hooks never run.
-- The install-types links are made from the environment at plan time (not in extra-data.d), so that
-  `summary` shows the same scripts as the build.
+- The install-types links are made at plan time from the environment after environment.d (DIB
+  makes them in extra-data.d with that environment), so that `summary` shows the build's scripts.
 """
 
 from __future__ import annotations
@@ -280,6 +280,13 @@ def merge(elements: Iterable[Element], env: Mapping[str, str]) -> HookTree:
     return tree
 
 
+def apply_install_types(tree: HookTree, env: Mapping[str, str]) -> None:
+    """Redo the install-types links for `env`: the environment after environment.d, as DIB links them
+    in extra-data.d (an element may export DIB_INSTALLTYPE_<x> from its environment.d)."""
+    tree.links.clear()
+    _install_types(tree, env, env.get("DIB_DEFAULT_INSTALLTYPE", "source"))
+
+
 def _install_types(tree: HookTree, env: Mapping[str, str], default: str) -> None:
     """Expose install.d/<x>-<type>-install/* in install.d as relative symlinks (99-enable-install-types)."""
     chosen = {
@@ -342,7 +349,7 @@ def source_repos(elements: Iterable[Element], env: Mapping[str, str]) -> list[So
     for fname in sorted(files):
         element, path = files[fname]
         for raw in path.read_text().splitlines():
-            line = expand(raw, env).strip()
+            line = " ".join(expand(raw, env).split())  # `eval echo $line` in DIB: tabs, runs of spaces
             if not line or line.startswith("#"):
                 continue
             m = REPO_LINE.match(line)

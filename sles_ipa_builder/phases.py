@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import hooks, namespace, packages, run
+from . import elements, hooks, namespace, packages, run
 from .cache import cache_root
 from .config import Config
 from .context import BuildContext, make_context
@@ -149,6 +149,7 @@ def plan(ctx: BuildContext) -> dict[Phase, list[Step]]:
     if "plan" in ctx.state:
         cached: dict[Phase, list[Step]] = ctx.state["plan"]
         return cached
+    elements.apply_install_types(ctx.tree, phase_env(ctx))
     result: dict[Phase, list[Step]] = {}
     for phase in Phase:
         items = {s.name: Step(phase, s.name, s.element) for s in ctx.tree.scripts(phase.dir)}
@@ -237,6 +238,7 @@ def run_phase(ctx: BuildContext, phase: Phase) -> None:
 
 def run_phases(ctx: BuildContext, which: Iterable[Phase] = tuple(Phase)) -> None:
     """Run phases in order. resolv.conf is swapped for the host's after root and put back after cleanup."""
+    plan(ctx)  # the install-types links are part of the hooks dir written next
     hooks.materialise(ctx)
     ctx.root.mkdir(parents=True, exist_ok=True)
     for phase in which:

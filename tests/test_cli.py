@@ -134,3 +134,26 @@ def test_broken_environment_d_shows_its_error(tmp_path):
     assert res.returncode == 2, res.stdout + res.stderr
     assert "no_such_command_in_env_d" in res.stdout + res.stderr  # the shell's own words, not just "failed"
     assert "error: sourcing the elements' environment.d files failed" in res.stdout + res.stderr
+
+
+def test_install_type_chosen_in_environment_d(tmp_path):
+    # DIB links install types after environment.d: an element may pick its own type there
+    el = tmp_path / "els" / "my-os"
+    for d in ("environment.d", "install.d/app-source-install", "install.d/app-package-install"):
+        (el / d).mkdir(parents=True)
+    (el / "element-provides").write_text("operating-system\n")
+    (el / "environment.d" / "10-app").write_text("export DIB_INSTALLTYPE_app=package\n")
+    for kind in ("source", "package"):
+        script = el / f"install.d/app-{kind}-install/50-app-{kind}"
+        script.write_text("#!/bin/sh\n")
+        script.chmod(0o755)
+    (el / "source-repository-app").write_text("app git /tmp/app https://example.com/app\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIB_", "IPA_", "IRONIC_", "SIB_"))}
+    res = run.run([sys.executable, "-m", "sles_ipa_builder", "summary", "--json", "--elements", "my-os",
+                   "--elements-path", str(tmp_path / "els")], env=env, capture=True)
+    import json
+
+    doc = json.loads(res.stdout)
+    install = next(p for p in doc["phases"] if p["name"] == "install")
+    assert [s["script"] for s in install["steps"]] == ["50-app-package"]
+    assert doc["source_repositories"] == []  # a package install type fetches no source

@@ -226,7 +226,7 @@ def test_source_repositories_expand_and_override(tmp_path: Path) -> None:
         files={
             "source-repository-ipa": "ironic-python-agent git /tmp/ironic-python-agent "
             "${IPA_URL} ${IPA_REF:-main}\n",
-            "source-repository-lib": "# comment\nironic-lib git /tmp/ironic-lib https://x/lib\n",
+            "source-repository-lib": "# comment\nironic-lib\tgit  /tmp/ironic-lib   https://x/lib \n",
             "source-repository-old~": "ignored git /x http://y\n",
         },
     )
