@@ -9,7 +9,7 @@ SIB := $(VENV)/bin/sles-ipa-builder
 STAMP := $(VENV)/.setup-done
 APT_PACKAGES := python3 python3-venv python3-guestfs libguestfs-tools linux-image-amd64 qemu-system-x86 \
 	qemu-utils debootstrap rpm createrepo-c zypper cpio zstd git openssl shellcheck busybox-static \
-	gdisk dosfstools btrfs-progs e2fsprogs ca-certificates acl xz-utils fdisk
+	gdisk dosfstools btrfs-progs e2fsprogs ca-certificates acl xz-utils fdisk iproute2
 # libguestfs and qemu guests hang under KVM on some hosts; the tool falls back by itself,
 # tests and demo go straight to TCG unless the caller says otherwise.
 export LIBGUESTFS_BACKEND_SETTINGS ?= force_tcg

@@ -22,6 +22,11 @@ def api() -> Iterator[FakeIronic]:
         yield server
 
 
+def settled(api: FakeIronic, n: int) -> None:
+    """The server records a request just after answering it: wait until the last one is in."""
+    assert api.wait_for(lambda reqs: len(reqs) >= n, 10), api.summary()
+
+
 def call(url: str, method: str = "GET", body: Any = None, version: str | None = None) -> tuple[int, Any, Any]:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method)
@@ -70,6 +75,7 @@ def test_lookup_then_heartbeat_is_recorded(api: FakeIronic) -> None:
     status, _, body = call(f"{api.url}/v1/heartbeat/{node['uuid']}", "POST", hb, version="1.68")
     assert status == 202 and body is None
 
+    settled(api, 2)
     lookups, beats = api.lookups(), api.heartbeats()
     assert [r.addresses for r in lookups] == [[MAC, "52:54:00:aa:bb:cc"]]
     assert lookups[0].headers["x-openstack-ironic-api-version"] == "1.62"
@@ -87,6 +93,7 @@ def test_unknown_paths_and_nodes_are_refused(api: FakeIronic) -> None:
     assert status == 404
     status, _, _ = call(api.url + "/v1/lookup")
     assert status == 400
+    settled(api, 3)
     assert api.heartbeats()[0].path == "/v1/heartbeat/not-our-node"  # failures are recorded too
     assert len(api.requests()) == 3
 
