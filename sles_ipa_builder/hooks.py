@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -189,18 +190,24 @@ def run_in_target(
     )
 
 
-def run_zypper(ctx: BuildContext, argv: list[str], *, refresh_first: bool = True) -> None:
+def run_zypper(ctx: BuildContext, argv: list[str] | None = None) -> None:
     """zypper in the target while holding the host's shared zypper cache (/var/cache/zypp of every
     build). The media repositories of all builds have the same aliases, perhaps from different ISOs:
     unlocked, one build's refresh would replace the metadata another is installing from, and its
-    clean-up of downloaded packages would delete the other's. Under the lock each call first
-    refreshes this build's repositories, so it always installs from its own ISO's metadata."""
+    clean-up of downloaded packages would delete the other's. So under the lock the build refreshes
+    its repositories first whenever the metadata was last refreshed by someone else (a stamp in the
+    cache names the last build to refresh); alone, it refreshes once. argv None: only that."""
     env = zypper.target_env_extra()
-    with locked(cache_dir("zypper")):
-        if refresh_first:
+    cache = cache_dir("zypper")
+    stamp = cache / ".refreshed-by"
+    mine = ctx.state.setdefault("zypper_token", uuid.uuid4().hex)
+    with locked(cache):
+        if not stamp.is_file() or stamp.read_text() != mine:
             run_in_target(ctx, zypper.refresh_argv(ctx.state.get("refresh_aliases")), extra_env=env,
                           label="zypper")
-        run_in_target(ctx, argv, extra_env=env, label="zypper")
+            stamp.write_text(mine)
+        if argv:
+            run_in_target(ctx, argv, extra_env=env, label="zypper")
 
 
 def shell(ctx: BuildContext, where: str, chroot: bool) -> None:

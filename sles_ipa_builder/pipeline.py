@@ -63,7 +63,7 @@ def media_step(ctx: BuildContext) -> None:
 
 def refresh_step(ctx: BuildContext) -> None:
     """Fresh metadata once per build: the loopback port changes, and the ISO may have."""
-    run_zypper(ctx, zypper.refresh_argv(ctx.state["refresh_aliases"]), refresh_first=False)
+    run_zypper(ctx)
 
 
 def sources_step(ctx: BuildContext) -> None:

@@ -88,7 +88,7 @@ def test_cache_mounts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert host == tmp_path / "sles-ipa-builder/zypper" and host.is_dir() and target == "/var/cache/zypp"
 
 
-def test_zypper_runs_refresh_then_command_under_the_cache_lock(tmp_path: Path,
+def test_zypper_refreshes_when_another_build_did_and_runs_under_the_cache_lock(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 
@@ -111,6 +111,13 @@ def test_zypper_runs_refresh_then_command_under_the_cache_lock(tmp_path: Path,
 
     monkeypatch.setattr(hooks, "run_in_target", fake_run_in_target)
     ctx = SimpleNamespace(state={"refresh_aliases": ["sle-Module-Basesystem"]})
+    other = SimpleNamespace(state={})  # a second build sharing the cache, with another ISO perhaps
     hooks.run_zypper(ctx, zypper.install_argv(["lshw"]))  # type: ignore[arg-type]
+    hooks.run_zypper(ctx, zypper.install_argv(["mdadm"]))  # type: ignore[arg-type]  # metadata still ours
+    hooks.run_zypper(other)  # type: ignore[arg-type]  # the other build refreshes
+    hooks.run_zypper(ctx, zypper.install_argv(["fio"]))  # type: ignore[arg-type]  # so ours again first
     assert [(argv[-2:], held) for argv, held in calls] == [
-        (["refresh", "sle-Module-Basesystem"], True), (["--no-recommends", "lshw"], True)]
+        (["refresh", "sle-Module-Basesystem"], True), (["--no-recommends", "lshw"], True),
+        (["--no-recommends", "mdadm"], True),
+        (["--gpg-auto-import-keys", "refresh"], True),
+        (["refresh", "sle-Module-Basesystem"], True), (["--no-recommends", "fio"], True)]
