@@ -292,7 +292,8 @@ class _Handler(BaseHTTPRequestHandler):
         left = length
         while left > 0:
             chunk = os.pread(self.fd, min(CHUNK, left), pos)  # pread: no shared file position between threads
-            if not chunk:
+            if not chunk:  # the ISO shrank under us: a client waiting for the rest would hang
+                self.close_connection = True
                 break
             self.wfile.write(chunk)
             pos += len(chunk)

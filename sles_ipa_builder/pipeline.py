@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from .cache import cache_dir
 from .compress import Compression
 from .config import Config
 from .context import BuildContext, make_context
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .hooks import run_zypper
 from .settings import SETTINGS
 
@@ -71,6 +72,31 @@ def sources_step(ctx: BuildContext) -> None:
     ctx.manifest["sources"] = rows
 
 
+def python_floor(src: Path) -> tuple[tuple[int, int], str] | None:
+    """The `>=X.Y` of a Python project's requires-python (pyproject.toml, else setup.cfg), if any."""
+    for name, pattern in (("pyproject.toml", r"^\s*requires-python\s*=\s*[\"']([^\"']+)"),
+                          ("setup.cfg", r"^\s*python[_-]requires\s*=\s*(\S+)")):
+        found = re.search(pattern, (src / name).read_text(), re.M) if (src / name).is_file() else None
+        floor = re.search(r">=\s*(\d+)\.(\d+)", found.group(1)) if found else None
+        if found and floor:
+            return (int(floor.group(1)), int(floor.group(2))), found.group(1)
+    return None
+
+
+def python_check_step(ctx: BuildContext) -> None:
+    """IPA 12+ needs Python 3.11 and SP4 has 3.10: say so now, not after the package installs.
+    (60-ironic-python-agent-ramdisk-install checks again in the target, for other users of the hook.)"""
+    src = ctx.root / "tmp/ironic-python-agent"
+    found = python_floor(src)
+    have = re.fullmatch(r"python(\d+)\.(\d+)", ctx.env.get("DIB_SLES_PYTHON", ""))
+    if found and have and (int(have.group(1)), int(have.group(2))) < found[0]:
+        raise ConfigError(
+            f"this ironic-python-agent requires Python {found[1]}, but service pack "
+            f"{ctx.cfg.service_pack} gives the IPA venv {have.group(0)}",
+            "build from SP5 or later media (DIB_SLES_SERVICE_PACK), or pick an IPA for this python: "
+            "IPA_REF=stable/2026.1 with OPENSTACK_REQUIREMENTS_REF=stable/2026.1")
+
+
 def unconfigure_step(ctx: BuildContext) -> None:
     """No repository pointing at a loopback port of the build is left in the image."""
     zypper.remove_repos(ctx.root, [alias for alias, _ in ctx.zypper_repos])
@@ -94,6 +120,8 @@ def register(ctx: BuildContext) -> BuildContext:
     """Put the native steps into their phases and the zypper cache into the chroot mounts."""
     phases.add_step(ctx, "root", "10-sles-image", "sles", root_step)
     phases.add_step(ctx, "extra-data", "05-media-repositories", MEDIA, media_step)
+    if any(e.name == "sles-ipa-install" for e in ctx.elements):
+        phases.add_step(ctx, "extra-data", "99-check-ipa-python", "sles-ipa-install", python_check_step)
     phases.add_step(ctx, "pre-install", "00-zypper-refresh", MEDIA, refresh_step)
     phases.add_step(ctx, "cleanup", "01-copy-manifests-dir", "manifests", manifests_step)
     phases.add_step(ctx, "cleanup", "05-remove-media-repositories", MEDIA, unconfigure_step)

@@ -157,3 +157,25 @@ def test_install_type_chosen_in_environment_d(tmp_path):
     install = next(p for p in doc["phases"] if p["name"] == "install")
     assert [s["script"] for s in install["steps"]] == ["50-app-package"]
     assert doc["source_repositories"] == []  # a package install type fetches no source
+
+
+def test_ipa_python_requirement_checked_before_the_package_installs(tmp_path):
+    from types import SimpleNamespace
+
+    from sles_ipa_builder import config, pipeline
+    from sles_ipa_builder.errors import ConfigError
+
+    src = tmp_path / "tmp/ironic-python-agent"
+    src.mkdir(parents=True)
+    (src / "setup.cfg").write_text("[metadata]\nname = ironic-python-agent\npython_requires = >=3.9\n")
+    assert pipeline.python_floor(src) == ((3, 9), ">=3.9")
+    (src / "pyproject.toml").write_text('[project]\nname = "ironic-python-agent"\nrequires-python = ">=3.11"\n')
+    assert pipeline.python_floor(src) == ((3, 11), ">=3.11")  # pyproject.toml first, as pip reads it
+    for sp, fails in (("SP4", True), ("SP5", False)):
+        cfg = config.resolve({"service_pack": sp}, environ={})
+        ctx = SimpleNamespace(root=tmp_path, cfg=cfg, env={"DIB_SLES_PYTHON": cfg.python})
+        if fails:
+            with pytest.raises(ConfigError, match=r"requires Python >=3.11, but service pack SP4 gives .*python3.10"):
+                pipeline.python_check_step(ctx)
+        else:
+            pipeline.python_check_step(ctx)
