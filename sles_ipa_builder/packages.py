@@ -63,11 +63,12 @@ class PackageLists:
         self.by.setdefault((phase_dir, uninstall), {}).setdefault(pkg, []).append(element)
 
 
-def load_file(element: Element) -> dict[str, Any]:
-    """The element's package-installs.yaml (or .json); {} when it has none."""
+def load_files(element: Element) -> list[dict[str, Any]]:
+    """The element's package-installs.json and .yaml (DIB squashes both, json first)."""
     if element.path is None:
-        return {}
-    for name, parse in (("package-installs.yaml", yaml.safe_load), ("package-installs.json", json.loads)):
+        return []
+    out = []
+    for name, parse in (("package-installs.json", json.loads), ("package-installs.yaml", yaml.safe_load)):
         f = element.path / name
         if f.is_file():
             try:
@@ -75,13 +76,13 @@ def load_file(element: Element) -> dict[str, Any]:
             except (yaml.YAMLError, json.JSONDecodeError) as e:
                 raise ConfigError(f"{f}: {e}".splitlines()[0], "fix the syntax of the package list") from None
             if data is None:
-                return {}
+                continue
             if not isinstance(data, dict):
                 raise ConfigError(
                     f"{f}: expected a mapping of package names", "see DIB's package-installs README"
                 )
-            return data
-    return {}
+            out.append(data)
+    return out
 
 
 def when(statements: Any, env: Mapping[str, str], where: str) -> bool:
@@ -127,19 +128,18 @@ def installtype(element: str, env: Mapping[str, str]) -> str:
 def entries(element: Element, env: Mapping[str, str]) -> list[tuple[str, str, bool]]:
     """(package, phase dir, uninstall?) of one element, after the squash filters."""
     out: list[tuple[str, str, bool]] = []
-    data = load_file(element)
     where = f"package-installs of element {element.name}"
-    for pkg, raw in data.items():
+    for pkg, raw in [item for data in load_files(element) for item in data.items()]:
         params: Mapping[str, Any] = raw or {}
         if not isinstance(params, Mapping):
             raise ConfigError(
                 f"{where}: the value of {pkg} must be a mapping", "e.g. `gcc: {build-only: true}`"
             )
         phase = str(params.get("phase", "install.d"))
-        if "uninstall" in params:
-            directions = [True]
-        elif "build-only" in params:
+        if "build-only" in params:  # wins over uninstall, as in DIB's squash
             directions = [False, True]
+        elif "uninstall" in params:
+            directions = [True]
         else:
             directions = [False]
         want_type = params.get("installtype")

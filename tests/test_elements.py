@@ -323,3 +323,14 @@ def test_pkg_map_precedence_and_empty_drop() -> None:
     ]
     assert packages.map_names(m, ["a", "b"], "opensuse", "15.5") == ["a-suse", "b-os"]
     assert packages.map_names(None, ["x"], "opensuse", "") == ["x"]
+
+
+def test_package_installs_json_and_yaml_both_count_and_build_only_wins(tmp_path: Path) -> None:
+    # DIB's squash reads package-installs.json, then .yaml; build-only beats uninstall
+    make_element(tmp_path, "os", **OS, files={
+        "package-installs.json": '{"from-json": null}',
+        "package-installs.yaml": "from-yaml:\nboth-flags:\n  build-only: true\n  uninstall: true\n",
+    })
+    got = packages.collect(resolve(["os"], [tmp_path]), {"ARCH": "amd64"})
+    assert got.get("install.d", False) == ["from-json", "from-yaml", "both-flags"]
+    assert got.get("install.d", True) == ["both-flags"]
