@@ -90,11 +90,12 @@ def python_check_step(ctx: BuildContext) -> None:
     found = python_floor(src)
     have = re.fullmatch(r"python(\d+)\.(\d+)", ctx.env.get("DIB_SLES_PYTHON", ""))
     if found and have and (int(have.group(1)), int(have.group(2))) < found[0]:
-        raise ConfigError(
-            f"this ironic-python-agent requires Python {found[1]}, but service pack "
-            f"{ctx.cfg.service_pack} gives the IPA venv {have.group(0)}",
-            "build from SP5 or later media (DIB_SLES_SERVICE_PACK), or pick an IPA for this python: "
-            "IPA_REF=stable/2026.1 with OPENSTACK_REQUIREMENTS_REF=stable/2026.1")
+        older_ipa = "pick an IPA release that supports it (IPA_REF and OPENSTACK_REQUIREMENTS_REF"
+        hint = (f"build from SP5 or later media (DIB_SLES_SERVICE_PACK, python3.11), or {older_ipa}, e.g. "
+                "stable/2026.1 for IPA 11.x)" if found[0] <= (3, 11) else
+                f"no SLES 15 python310/python311 satisfies it: {older_ipa} of an older OpenStack release)")
+        raise ConfigError(f"this ironic-python-agent requires Python {found[1]}, but service pack "
+                          f"{ctx.cfg.service_pack} gives the IPA venv {have.group(0)}", hint)
 
 
 def unconfigure_step(ctx: BuildContext) -> None:

@@ -179,3 +179,8 @@ def test_ipa_python_requirement_checked_before_the_package_installs(tmp_path):
                 pipeline.python_check_step(ctx)
         else:
             pipeline.python_check_step(ctx)
+    (src / "pyproject.toml").write_text('[project]\nrequires-python = ">=3.12"\n')  # beyond any SLES 15 python
+    cfg = config.resolve({"service_pack": "SP6"}, environ={})
+    with pytest.raises(ConfigError) as exc:
+        pipeline.python_check_step(SimpleNamespace(root=tmp_path, cfg=cfg, env={"DIB_SLES_PYTHON": cfg.python}))
+    assert "no SLES 15 python310/python311 satisfies it" in exc.value.hint
