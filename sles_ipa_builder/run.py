@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 # What a command run inside a target may inherit from the host: proxies only.
 PROXY_VARS = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
 PR_SET_PDEATHSIG = 1
-DRAIN_GRACE = 2.0  # seconds of quiet after the command exited before its output counts as done
+DRAIN_GRACE = 2.0  # seconds its output may stay open after a command exited (a daemon it started holds it)
 TARGET_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
