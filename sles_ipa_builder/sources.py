@@ -104,20 +104,13 @@ def _resolve(mirror: git.Repo, ref: str) -> str | None:
     return None
 
 
-def update_mirror(name: str, location: str, ref: str, *, offline: bool) -> tuple[Path, str]:
-    """Make sure the mirror of `location` holds `ref`; return (mirror path, commit sha)."""
-    path = mirror_path(name, location)
-    with cache.locked(path):
-        return _update_mirror(path, name, location, ref, offline=offline)
-
-
 def _other_ref(ref: str) -> bool:
     """Gerrit changes, pull requests...: refs the mirror's fetch specs (heads, tags) do not bring."""
     return ref.startswith("refs/") and not ref.startswith(("refs/heads/", "refs/tags/"))
 
 
-def _update_mirror(path: Path, name: str, location: str, ref: str, *, offline: bool) -> tuple[Path, str]:
-    """update_mirror() with the mirror's lock already held."""
+def update_mirror(path: Path, name: str, location: str, ref: str, *, offline: bool) -> tuple[Path, str]:
+    """Make sure the mirror at `path` holds `ref`; return (path, commit sha). The caller holds its lock."""
     if offline:
         if not path.is_dir():
             raise InputError(f"source {name}: {location} is not in the cache and --offline is set",
@@ -198,7 +191,7 @@ def fetch_sources(
         location, ref = effective(repo, cfg)
         mirror = mirror_path(repo.name, location)
         with cache.locked(mirror):  # held through the clone: another build's fetch may prune packs
-            _, sha = _update_mirror(mirror, repo.name, location, ref, offline=offline)
+            _, sha = update_mirror(mirror, repo.name, location, ref, offline=offline)
             dest = _checkout_into(root, repo, mirror, sha, ref, location)
         subject = f"{location}#{ref}"
         previous = cache.last_key("git", subject)
