@@ -14,30 +14,23 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
-import signal
 import tempfile
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from . import run
+from . import qemu, run
 from .errors import BuildError, ConfigError, InputError
 from .ironicapi import FakeIronic, Request
 from .log import progress
 
-if TYPE_CHECKING:
-    from subprocess import Popen  # the type only: processes start in run.py
-
 log = logging.getLogger(__name__)
 
-QEMU = "qemu-system-x86_64"
-MAC = "52:54:00:5e:1b:01"  # fixed, so the lookup can be matched to this VM
+QEMU = qemu.X86_64.binary
+MAC = qemu.MAC
+_Console = qemu.Console
 KVM_SILENCE_SECONDS = 20.0
-TAIL_LINES = 30
 DISK_BYTES = 8 * 2**30
 ACCEL_ENV = "SIB_ACCEL"  # auto|kvm|tcg; overrides accel='auto' (e.g. CI hosts where KVM hangs)
 # Kernel arguments IPA reads, plus a console and a panic that ends qemu instead of hanging it.
@@ -79,46 +72,6 @@ class BootResult:
         return "; ".join(parts)
 
 
-class _Console:
-    """Follows the serial console file qemu writes, keeping a tail and a few facts."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-        self.partial = ""
-        self.lines: deque[str] = deque(maxlen=200)
-        self.any_output = False
-        self.panic = ""
-
-    def poll(self) -> None:
-        try:
-            with self.path.open("rb") as f:
-                f.seek(self.offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            return
-        if not chunk:
-            return
-        self.any_output = True
-        self.offset += len(chunk)
-        text = self.partial + chunk.decode(errors="replace").replace("\r", "")
-        *complete, self.partial = text.split("\n")
-        for line in complete:
-            self.lines.append(line)
-            if not self.panic and "Kernel panic" in line:
-                self.panic = re.sub(r"^\[\s*[\d.]+\]\s*", "", line.strip())
-
-    def tail(self, n: int = TAIL_LINES) -> list[str]:
-        lines = list(self.lines) + ([self.partial] if self.partial else [])
-        return lines[-n:]
-
-    def last(self) -> str:
-        for line in reversed(self.tail(5)):
-            if line.strip():
-                return line.strip()
-        return ""
-
-
 def kvm_usable() -> bool:
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
 
@@ -149,35 +102,13 @@ def qemu_argv(
     smp: int = 2,
     disk: Path | None = None,
 ) -> list[str]:
-    cpu = "host" if accel == "kvm" else "max"
     cmdline = f"{BASE_APPEND} ipa-api-url=http://10.0.2.2:{port} {append}".strip()
     # After the lookup IPA waits up to 30 s for a root-device candidate (>= 4 GiB) before it
     # heartbeats: give it an empty sparse disk so the heartbeat is not delayed.
-    drive = ["-drive", f"file={disk},format=raw,if=virtio,cache=unsafe"] if disk else []
-    return [
-        QEMU, "-name", "sles-ipa-builder-boot-test",
-        "-machine", f"accel={accel}", "-cpu", cpu, "-m", str(memory_mb), "-smp", str(smp),
-        "-nodefaults", "-display", "none", "-monitor", "none", "-serial", f"file:{console}",
-        "-kernel", str(kernel), "-initrd", str(initramfs), "-append", cmdline,
-        "-nic", f"user,model={nic_model},mac={MAC}",
-        # IPA's Python blocks on getrandom() until the kernel's pool is ready: feed it.
-        "-device", "virtio-rng-pci",
-        "-no-reboot",
-        *drive,
-    ]  # fmt: skip
-
-
-def _stop(proc: Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after 5 s: qemu never outlives the test."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 5
-    while proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    return qemu.Machine(
+        kernel=kernel, initramfs=initramfs, append=cmdline, console=console, accel=accel, memory_mb=memory_mb,
+        smp=smp, nic_model=nic_model, disks=[disk] if disk else [], name="sles-ipa-builder-boot-test",
+    ).argv()  # fmt: skip
 
 
 class _KvmSilent(Exception):
@@ -199,8 +130,7 @@ def boot_test(
     for what, p in (("kernel", kernel), ("initramfs", initramfs)):
         if not Path(p).is_file():
             raise InputError(f"boot test: {what} {p} not found", "build first, or pass --output/--name")
-    if run.which(QEMU) is None:
-        raise ConfigError(f"{QEMU} not found", "apt-get install qemu-system-x86 (or zypper in qemu-x86)")
+    qemu.require()
     plan = accel_plan(accel)
     with tempfile.TemporaryDirectory(prefix="sib-boot-") as tmp, FakeIronic() as api:
         disk = Path(tmp) / "disk.raw"
@@ -279,10 +209,14 @@ def _attempt(
                            description=f"boot test ({accel}) {status} | {console.last()[:60]}")  # fmt: skip
                 time.sleep(0.5)
     finally:
-        _stop(proc)
+        qemu.stop(proc)
         console.poll()
     if failure or lookup is None or beat is None:
         raise _failure(failure, api, console, err_path, start, lookup, accel)
+    if console.missing:
+        raise BuildError(f"boot test failed ({accel}): {console.missing_report()}",
+                         "add the package that carries it to the element set (or, if the agent treats it as "
+                         "optional, to qemu.OPTIONAL_TOOLS with the reason)", tail=console.tail())
     return BootResult(
         kernel=kernel, initramfs=initramfs, accel=accel, fell_back=False, mac=MAC,
         node_uuid=api.node.uuid, lookup_seconds=lookup.monotonic - start,
@@ -317,10 +251,9 @@ def _failure(
     else:
         got = "no request reached the fake Ironic API (no lookup, no heartbeat)"
     tail = ["--- console (last lines):", *console.tail()]
-    qemu_err = err_path.read_text(errors="replace").splitlines() if err_path.exists() else []
-    qemu_err = [line for line in qemu_err if line.strip() and "terminating on signal" not in line]
+    qemu_err = qemu.qemu_errors(err_path)
     if qemu_err:
-        tail += ["--- qemu:", *qemu_err[-10:]]
+        tail += ["--- qemu:", *qemu_err]
     tail += ["--- fake Ironic API received:", *(r.describe() for r in reqs)] if reqs else []
     if "Unable to mount root fs" in console.panic:
         hint = "the initramfs has no working /init (the kernel fell back to mounting a root disk): repack it"
