@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 MARK = "SIB_IN_NAMESPACE"
 CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 
@@ -44,14 +45,18 @@ def inside() -> bool:
     return os.environ.get(MARK) == "1"
 
 
-def enter() -> None:
-    """Continue in a private mount+PID namespace (no-op when already inside). Needs root."""
+def enter(*, net: bool = False) -> None:
+    """Continue in a private mount+PID namespace (no-op when already inside). Needs root.
+
+    net=True adds a private network namespace with only a loopback interface (see private_loopback):
+    servers started inside are reachable by nothing outside, and no address leaks to the host's routes.
+    """
     if inside():
         return
     if os.geteuid() != 0:
         raise ConfigError("the build needs root for its private namespaces", "run it as root or with sudo")
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWNS | CLONE_NEWPID) != 0:
+    if libc.unshare(CLONE_NEWNS | CLONE_NEWPID | (CLONE_NEWNET if net else 0)) != 0:
         err = ctypes.get_errno()
         raise BuildError(
             f"cannot create private namespaces: {os.strerror(err)}",
@@ -106,6 +111,14 @@ def install_signal_handlers() -> None:
     """SIGINT -> KeyboardInterrupt (exit 130), SIGTERM/SIGHUP/SIGQUIT -> SystemExit(128+n): both unwind."""
     for s in FORWARDED:
         signal.signal(s, _on_signal)
+
+
+def private_loopback(*addresses: str) -> None:
+    """Bring up lo of a private network namespace and give it extra addresses (e.g. 10.0.2.2, which
+    a QEMU user-network guest uses for the host, so host-side services see the same URLs it does)."""
+    run.run(["ip", "link", "set", "lo", "up"], capture=True)
+    for addr in addresses:
+        run.run(["ip", "addr", "add", f"{addr}/32", "dev", "lo"], capture=True)
 
 
 # --- mounts ---------------------------------------------------------------------------------------
