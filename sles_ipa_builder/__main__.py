@@ -90,6 +90,17 @@ def parser() -> argparse.ArgumentParser:
     bt.add_argument("--accel", choices=("auto", "kvm", "tcg"), help="acceleration (auto: KVM, else TCG)")
     bt.add_argument("--metal3-dev-env", nargs="?", const="", metavar="DIR",
                     help="run metal3-dev-env's make / make test with the tar instead of QEMU")
+    bt.add_argument("--ironic", action="store_true",
+                    help="drive the ramdisk with a real OpenStack Ironic: inspect, clean, deploy (needs root)")
+    bt.add_argument("--mode", choices=("bios", "uefi", "both"), default="both", help="--ironic: boot mode(s)")
+    bt.add_argument("--deploy-image", type=Path, metavar="FILE",
+                    help="--ironic: whole-disk image to deploy (raw or qcow2; default: a small generated one)")
+    bt.add_argument("--ironic-version", metavar="X.Y.Z", help="--ironic: Ironic release from PyPI (default: "
+                    "the one matching the agent's version)")
+    bt.add_argument("--offline", action="store_true", help="--ironic: use the cached Ironic venv only")
+    bt.add_argument("--lookup-timeout", type=int, default=300, help="--ironic: seconds for the agent's first report")
+    bt.add_argument("--report", type=Path, metavar="FILE.json", help="--ironic: per-stage timings and checks")
+    bt.add_argument("--keep", type=Path, metavar="DIR", help="--ironic: keep consoles, Ironic's log and state here")
 
     sr = sub.add_parser("size-report", help="what takes the space in an initramfs")
     _common(sr, settings=False)

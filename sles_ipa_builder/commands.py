@@ -144,6 +144,8 @@ def boot_test(args: argparse.Namespace, cli: dict[str, Any]) -> int:
     for p in (kernel, initramfs):
         if not p.is_file():
             raise InputError(f"{p} not found", "build first, or give --output/--name or --kernel/--initramfs")
+    if args.ironic:
+        return _lifecycle(args, cfg, kernel, initramfs, Path(out) / f"{name}.packages")
     result = boottest.boot_test(
         kernel, initramfs,
         timeout=args.timeout or cfg.boot_timeout, memory_mb=args.memory or cfg.boot_memory,
@@ -151,6 +153,38 @@ def boot_test(args: argparse.Namespace, cli: dict[str, Any]) -> int:
     )
     console.print(result.summary())
     return 0
+
+
+def _lifecycle(args: argparse.Namespace, cfg: config_mod.Config, kernel: Path, initramfs: Path,
+               packages: Path) -> int:  # fmt: skip
+    from . import boottest, ironic, lifecycle, namespace
+
+    if os.geteuid() != 0:
+        raise ConfigError("boot-test --ironic needs root (a private network namespace)", "run it as root")
+    modes = lifecycle.MODES if args.mode == "both" else (args.mode,)
+    plan = lifecycle.prepare(
+        kernel, initramfs, modes=modes, deploy_image=args.deploy_image, ironic_version=args.ironic_version,
+        ipa_version=_ipa_version(packages), offline=args.offline,
+        accel=boottest.accel_plan(args.accel or cfg.accel)[0], memory_mb=args.memory or cfg.boot_memory,
+        append=args.append, lookup_timeout=args.lookup_timeout, keep_dir=args.keep,
+    )  # fmt: skip
+    namespace.enter(net=True)  # from here on, every process dies with us and every port is private
+    namespace.private_loopback(ironic.GUEST_HOST)
+    for result in lifecycle.run(plan, report=args.report):
+        console.print(f"lifecycle passed with Ironic {plan.ironic_version}: {result.line()}")
+    return 0
+
+
+def _ipa_version(packages: Path) -> str | None:
+    """The agent's version from <name>.packages (the build lists the IPA venv's Python packages)."""
+    if not packages.is_file():
+        return None
+    for line in packages.read_text(errors="replace").splitlines():
+        low = line.strip().lower().replace("_", "-")
+        if low.startswith("ironic-python-agent"):
+            rest = low.removeprefix("ironic-python-agent").lstrip("=@ \t")
+            return rest.split()[0] if rest else None
+    return None
 
 
 def size_report(args: argparse.Namespace, cli: dict[str, Any]) -> int:

@@ -223,10 +223,16 @@ class Ironic:
         lines: list[str] = []
         for p in (self.log_path, self.out_path):
             if p.exists():
-                lines = [line for line in p.read_text(errors="replace").splitlines() if line.strip()]
+                lines = [line for line in p.read_text(errors="replace").splitlines() if _telling(line)]
                 if lines:
                     break
         return [line[:300] for line in lines[-n:]]
+
+
+def _telling(line: str) -> bool:
+    """A log line worth showing on failure: not debug chatter, not the access log of our own polling."""
+    return bool(line.strip()) and " DEBUG " not in line and " ironic.api [" not in line and \
+        not line.startswith((" ", "\t", "_"))
 
 
 class Api:
@@ -280,13 +286,15 @@ class Api:
         data: dict[str, Any] = self.call("GET", f"/v1/nodes/{uuid}/inventory")
         return data
 
-    def wait(self, uuid: str, want: str, *, timeout: float, tick: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        """Poll until provision_state is `want`; a '... failed' state or a timeout raises StageFailed."""
+    def wait(self, uuid: str, want: str, *, timeout: float, tick: Callable[[dict[str, Any]], None],
+             settled: bool = True) -> dict[str, Any]:  # fmt: skip
+        """Poll until provision_state is `want` (and, if settled, no transition is pending); a '... failed'
+        state or a timeout raises StageFailed."""
         deadline = time.monotonic() + timeout
         while True:
             node = self.node(uuid)
             state = node.get("provision_state") or ""
-            if state == want and not node.get("target_provision_state"):
+            if state == want and not (settled and node.get("target_provision_state")):
                 return node
             if state.endswith("failed") or (state == "manageable" and want != "manageable"
                                             and node.get("last_error")):
