@@ -2,11 +2,14 @@
 
 - `old_disk()`: the machine's disk as a previous owner left it (GPT + an ext4 filesystem), so
   cleaning has something to erase and `signatures()` can tell that it did.
-- `deploy_image()`: a small whole-disk image (MBR, an EFI system partition holding
+- `deploy_image()`: a small whole-disk image (GPT, an EFI system partition holding
   EFI/BOOT/BOOTX64.EFI so the agent's efibootmgr step has a loader to register, a data partition
   of seeded random bytes) as qcow2, so the ramdisk's qemu-img must convert it while writing.
-  MBR on purpose: after writing a GPT image the agent moves the backup GPT to the end of the disk,
-  which rewrites the header and would make a byte-for-byte check of the written region meaningless.
+  GPT because the agent's UEFI set-up finds the ESP by GPT partition GUID only.
+- `written()`: the disk holds the image. After writing a GPT image the agent moves the backup GPT
+  to the end of the disk (sgdisk -e), which rewrites the protective MBR (its partition now spans the
+  disk) and the primary header (LBA 0 and 1) and nothing else of the image: every other byte of the
+  image's extent is compared, LBA 0 must still be a protective MBR and LBA 1 keep the image's disk GUID.
 - `check_image()`: a user's deploy image must be a disk image (raw with a partition table, or
   qcow2), refused before any VM starts.
 """
@@ -29,6 +32,9 @@ EXT4_MAGIC_AT = OLD_FS_OFFSET + 1024 + 0x38  # superblock s_magic
 IMAGE_MB = 24
 ESP_MB = 8
 SEED = 12
+DISK_GUID = "5eb1ade5-0000-4000-8000-000000000001"
+ESP_GUID = "5eb1ade5-0000-4000-8000-0000000000e5"
+DATA_GUID = "5eb1ade5-0000-4000-8000-0000000000da"
 
 
 @dataclass(frozen=True)
@@ -36,8 +42,7 @@ class DeployImage:
     path: Path  # the file served to Ironic (qcow2 or raw)
     format: str
     sha256: str  # of that file (Ironic's checksum)
-    raw_size: int  # virtual size: the region of the VM disk the image must fill
-    raw_sha256: str  # of the raw content: what that region must hash to after deploy
+    raw: Path  # the raw content: what the VM disk must hold after deploy
 
 
 def old_disk(path: Path, size: int) -> None:
@@ -97,13 +102,50 @@ def region_sha256(path: Path, length: int) -> str:
     return h.hexdigest()
 
 
+def _extent_sha256(path: Path, length: int, skip_gpt_header: bool) -> str:
+    """sha256 of the first `length` bytes, LBA 0 and 1 left out when asked."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        f.seek(2 * SECTOR if skip_gpt_header else 0)
+        left = length - f.tell()
+        while left > 0:
+            chunk = f.read(min(left, 4 * MiB))
+            if not chunk:
+                break
+            h.update(chunk)
+            left -= len(chunk)
+    return h.hexdigest()
+
+
+def written(disk: Path, raw_image: Path) -> tuple[bool, str]:
+    """Does the disk hold the image? (verdict, one line saying what was compared)."""
+    length = raw_image.stat().st_size
+    with raw_image.open("rb") as f:
+        f.seek(SECTOR)
+        header = f.read(SECTOR)
+    gpt = header[:8] == b"EFI PART"
+    want = _extent_sha256(raw_image, length, gpt)
+    got = _extent_sha256(disk, length, gpt)
+    what = f"disk[0:{length}]" + (" except LBA 0-1 (the GPT headers the agent rewrites)" if gpt else "")
+    if got != want:
+        return False, f"{what} has sha256 {got[:16]}..., the image {want[:16]}..."
+    if gpt:
+        with disk.open("rb") as f:
+            pmbr, on_disk = f.read(SECTOR), f.read(SECTOR)
+        if pmbr[510:512] != b"\x55\xaa" or pmbr[446 + 4] != 0xEE:
+            return False, f"{what} matches, but LBA 0 is no longer a protective MBR"
+        if on_disk[:8] != b"EFI PART" or on_disk[56:72] != header[56:72]:
+            return False, f"{what} matches, but LBA 1 is not a GPT header with the image's disk GUID"
+    return True, f"{what}: sha256 {got} = the image's"
+
+
 def file_sha256(path: Path) -> str:
     return region_sha256(path, path.stat().st_size)
 
 
 def deploy_image(workdir: Path) -> DeployImage:
     """The default deploy image: made in a second, deterministic content, qcow2."""
-    for tool, pkg in (("sfdisk", "fdisk"), ("mkfs.vfat", "dosfstools"), ("mcopy", "mtools"),
+    for tool, pkg in (("sgdisk", "gdisk"), ("mkfs.vfat", "dosfstools"), ("mcopy", "mtools"),
                       ("qemu-img", "qemu-utils")):  # fmt: skip
         if run.which(tool) is None:
             raise ConfigError(f"{tool} not found (needed to make the deploy image)", f"apt-get install {pkg}")
@@ -114,7 +156,8 @@ def deploy_image(workdir: Path) -> DeployImage:
         f.truncate(IMAGE_MB * MiB)
         f.seek((1 + ESP_MB) * MiB)
         f.write(rng.randbytes((IMAGE_MB - ESP_MB - 2) * MiB))
-    run.run(["sfdisk", "-q", raw], input=f"label: dos\nlabel-id: 0x5eb1ade5\n1M,{ESP_MB}M,ef\n,,83\n", capture=True)
+    run.run(["sgdisk", "-U", DISK_GUID, "-n", f"1:2048:+{ESP_MB}M", "-t", "1:ef00", "-u", f"1:{ESP_GUID}",
+             "-n", "2:0:0", "-t", "2:8300", "-u", f"2:{DATA_GUID}", raw], capture=True)  # fmt: skip
     with esp.open("wb") as f:
         f.truncate(ESP_MB * MiB)
     run.run(["mkfs.vfat", "-i", "5eb1ade5", esp], capture=True)
@@ -128,7 +171,7 @@ def deploy_image(workdir: Path) -> DeployImage:
         f.write(e.read())
     qcow2 = workdir / "deploy.qcow2"
     run.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, qcow2], capture=True)
-    return DeployImage(qcow2, "qcow2", file_sha256(qcow2), raw.stat().st_size, file_sha256(raw))
+    return DeployImage(qcow2, "qcow2", file_sha256(qcow2), raw)
 
 
 def check_image(path: Path, workdir: Path, disk_size: int) -> DeployImage:
@@ -154,4 +197,4 @@ def check_image(path: Path, workdir: Path, disk_size: int) -> DeployImage:
     if size > disk_size:
         raise InputError(f"deploy image {path} ({size / MiB:.0f} MiB) is larger than the VM's disk",
                          "use a smaller image")
-    return DeployImage(path, fmt, file_sha256(path), size, file_sha256(raw))
+    return DeployImage(path, fmt, file_sha256(path), raw)

@@ -1,0 +1,227 @@
+"""boot-test --ironic: a real OpenStack Ironic (from PyPI) drives a real ramdisk in QEMU.
+
+The first tests need no VM: the checks made from outside the agent (disk signatures, the written
+image, the inventory), the Ironic configuration, and the bad inputs that must stop before a VM
+starts. The slow ones build a ramdisk from the test media once, run the whole lifecycle in BIOS and
+UEFI mode, and show that a ramdisk without qemu-img fails at deploy, saying so.
+"""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sles_ipa_builder import ironic, qemu, run, vmdisk
+from sles_ipa_builder.errors import InputError
+from sles_ipa_builder.ironic import StageFailed
+from sles_ipa_builder.lifecycle import check_inventory
+
+needs_tools = pytest.mark.skipif(
+    any(shutil.which(t) is None for t in ("sgdisk", "mkfs.vfat", "mcopy", "qemu-img", "mkfs.ext4")),
+    reason="needs gdisk, dosfstools, mtools, qemu-utils, e2fsprogs",
+)
+is_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+def cli(*argv: str, env: dict[str, str] | None = None, timeout: float | None = None) -> run.Result:
+    return run.run([sys.executable, "-m", "sles_ipa_builder", *argv], env=env, check=False, capture=True,
+                   timeout=timeout)  # fmt: skip
+
+
+# --- without a VM
+
+
+def test_missing_tool_lines_and_the_optional_list(tmp_path: Path) -> None:
+    assert qemu.missing_tool("[ 40.1] ironic-python-agent[612]: /bin/sh: 1: lsb_release: not found") == "lsb_release"
+    assert qemu.missing_tool("bash: line 1: foo: command not found") == "foo"
+    assert qemu.missing_tool("Failed to call get_disk_identifier ... The hexdump tool may be missing") == "hexdump"
+    assert qemu.missing_tool("FileNotFoundError: [Errno 2] No such file or directory: 'qemu-img'") == "qemu-img"
+    assert qemu.missing_tool("No such file or directory: '/sys/block/vda/device/scsi_device'") == ""
+    assert qemu.missing_tool("modprobe: FATAL: Module foo not found in directory") == ""
+    console = tmp_path / "console.log"
+    console.write_text("x: biosdevname: not found\nNo such file or directory: 'multipath'\n")
+    con = qemu.Console(console)
+    con.poll()
+    assert not con.missing and con.missing_report() == ""
+    with console.open("a") as f:
+        f.write("/bin/sh: 1: lsb_release: not found\n")
+    con.poll()
+    assert con.missing == {"lsb_release": "/bin/sh: 1: lsb_release: not found"}
+    assert "lsb_release" in con.missing_report()
+
+
+def test_ironic_config_keeps_every_path_under_the_run_dir(tmp_path: Path) -> None:
+    conf = configparser.ConfigParser(interpolation=None)
+    conf.read_string(ironic.config(tmp_path, http_port=1234))
+    assert conf["DEFAULT"]["auth_strategy"] == "noauth" and conf["DEFAULT"]["rpc_transport"] == "none"
+    assert conf["deploy"]["fast_track"] == "True" and conf["agent"]["image_download_source"] == "local"
+    assert conf["DEFAULT"]["force_raw_images"] == "False"
+    assert conf["deploy"]["erase_devices_priority"] == "0"
+    paths = [v for s in conf.sections() + ["DEFAULT"] for v in conf[s].values() if v.startswith("/")]
+    assert paths and all(p.startswith(str(tmp_path)) for p in paths), paths
+    assert conf["deploy"]["http_url"] == "http://10.0.2.2:1234"
+
+
+def test_ironic_version_follows_the_agent() -> None:
+    assert ironic.version_for("13.0.0") == "39.0.0"
+    assert ironic.version_for("13.1.0.dev3") == "39.0.0"
+    assert ironic.version_for(None) == ironic.DEFAULT_VERSION
+
+
+def test_inventory_must_match_the_vm(tmp_path: Path) -> None:
+    m = qemu.Machine(kernel=tmp_path, initramfs=tmp_path, append="", console=tmp_path, memory_mb=2048, smp=2)
+    inv: dict[str, Any] = {"inventory": {
+        "cpu": {"count": 2}, "memory": {"physical_mb": 2048}, "disks": [{"size": 5 * 2**30}],
+        "interfaces": [{"mac_address": m.mac.upper()}], "boot": {"current_boot_mode": "uefi"}}}  # fmt: skip
+    assert check_inventory(inv, m, 5 * 2**30, "uefi")["boot_mode"] == "uefi"
+    with pytest.raises(StageFailed, match="boot mode 'uefi', the VM booted bios"):
+        check_inventory(inv, m, 5 * 2**30, "bios")
+    inv["inventory"]["cpu"]["count"] = 1
+    inv["inventory"]["disks"] = [{"size": 4 * 2**30}]
+    with pytest.raises(StageFailed, match="1 CPUs.*disks"):
+        check_inventory(inv, m, 5 * 2**30, "uefi")
+
+
+@needs_tools
+def test_old_disk_signatures_and_what_cleaning_must_remove(tmp_path: Path) -> None:
+    disk = tmp_path / "disk.raw"
+    vmdisk.old_disk(disk, 512 * 2**20)
+    assert {"mbr", "gpt", "gpt-backup", "ext4"} <= set(vmdisk.signatures(disk))
+    # A whole-disk wipe leaves the filesystem inside the old partition: the check still sees it.
+    run.run(["wipefs", "-q", "-a", "-f", disk], capture=True)  # -f: a file is "not a whole disk"
+    assert vmdisk.signatures(disk) == ["ext4"]
+    # The agent's erase_devices_metadata also wipes each partition's signatures first.
+    with disk.open("r+b") as f:
+        f.seek(vmdisk.OLD_FS_OFFSET)
+        f.write(bytes(4096))
+    assert vmdisk.signatures(disk) == []
+
+
+@needs_tools
+def test_written_image_is_compared_except_the_gpt_header_the_agent_moves(tmp_path: Path) -> None:
+    image = vmdisk.deploy_image(tmp_path)
+    assert image.format == "qcow2" and run.output(["sgdisk", "-v", image.raw]).find("No problems") >= 0
+    disk = tmp_path / "disk.raw"
+    shutil.copyfile(image.raw, disk)
+    with disk.open("r+b") as f:
+        f.truncate(256 * 2**20)
+    run.run(["sgdisk", "-e", disk], capture=True)  # what IPA's fix_gpt_partition does on a larger disk
+    ok, what = vmdisk.written(disk, image.raw)
+    assert ok, what
+    with disk.open("r+b") as f:
+        f.seek(10 * 2**20)
+        byte = f.read(1)
+        f.seek(10 * 2**20)
+        f.write(bytes([byte[0] ^ 1]))
+    ok, what = vmdisk.written(disk, image.raw)
+    assert not ok and "sha256" in what
+
+
+@needs_tools
+def test_a_deploy_image_that_is_not_a_disk_image_is_refused(tmp_path: Path) -> None:
+    fat = tmp_path / "fs.img"
+    with fat.open("wb") as f:
+        f.truncate(8 * 2**20)
+    run.run(["mkfs.vfat", fat], capture=True)
+    for bad in (fat, Path("/etc/hostname"), tmp_path / "missing.qcow2"):
+        with pytest.raises(InputError):
+            vmdisk.check_image(bad, tmp_path, 5 * 2**30)
+    (tmp_path / "made").mkdir()
+    good = vmdisk.deploy_image(tmp_path / "made")
+    assert vmdisk.check_image(good.path, tmp_path, 5 * 2**30).format == "qcow2"
+
+
+@is_root
+def test_cli_refuses_a_non_disk_image_before_any_vm(tmp_path: Path) -> None:
+    (tmp_path / "k").write_bytes(b"k")
+    res = cli("boot-test", "--ironic", "--kernel", str(tmp_path / "k"), "--initramfs", str(tmp_path / "k"),
+              "--deploy-image", "/etc/hostname", timeout=120)  # fmt: skip
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, out
+    assert "error: deploy image /etc/hostname" in out and "not a disk image" in out and "hint:" in out
+
+
+@is_root
+def test_cli_says_when_ironic_cannot_be_installed(tmp_path: Path) -> None:
+    (tmp_path / "k").write_bytes(b"k")
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    # No cached venv (a fresh cache) and no index (a closed port): the state of an offline host.
+    env.update({"XDG_CACHE_HOME": str(tmp_path / "cache"), "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+                "PIP_FIND_LINKS": "", "PIP_EXTRA_INDEX_URL": ""})  # fmt: skip
+    argv = ("boot-test", "--ironic", "--mode", "bios", "--kernel", str(tmp_path / "k"), "--initramfs",
+            str(tmp_path / "k"))  # fmt: skip
+    res = cli(*argv, env=env, timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, out
+    assert "error: cannot install Ironic 39.0.0 from PyPI" in out and "hint:" in out
+    assert not (tmp_path / "cache/sles-ipa-builder/ironic/39.0.0").exists()  # no half-made venv left
+    res = cli(*argv, "--offline", env=env, timeout=120)
+    assert res.returncode == 2 and "--offline" in res.stdout + res.stderr
+
+
+# --- the real thing: build once, then Ironic drives it
+
+def slow(test: Any) -> Any:
+    for mark in (pytest.mark.root, pytest.mark.guestfs, pytest.mark.qemu, pytest.mark.media, pytest.mark.slow):
+        test = mark(test)
+    return test
+
+
+@pytest.fixture(scope="module")
+def ramdisk(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from sles_ipa_builder.commands import load_testmedia
+
+    media = load_testmedia().ensure()
+    work = tmp_path_factory.mktemp("lifecycle")
+    res = cli("build", "--config", str(media.profile), "--workspace", str(work / "ws"), "--output", str(work / "out"))
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    return work / "out"
+
+
+@slow
+@pytest.mark.parametrize("mode", ["bios", "uefi"])
+def test_lifecycle_reaches_active(ramdisk: Path, mode: str, tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    res = cli("boot-test", "--ironic", "--output", str(ramdisk), "--mode", mode, "--report", str(report),
+              "--keep", str(tmp_path / "keep"))  # fmt: skip
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-6000:]
+    assert f"lifecycle passed with Ironic 39.0.0: {mode}: active" in out
+    (result,) = json.loads(report.read_text())["results"]
+    assert result["ok"] and result["mode"] == mode and result["stage"] == ""
+    t = result["since_boot"]
+    assert 0 < t["inspected"] < t["cleaned"] < t["deployed"]
+    assert set(result["seconds"]) == {"manage", "inspect", "clean", "deploy"}
+    inv = result["checks"]["inventory"]
+    assert inv["boot_mode"] == mode and inv["cpus"] == 2 and inv["disk_bytes"] == 5 * 2**30
+    assert "no MBR, GPT" in result["checks"]["cleaned"]
+    assert "= the image's" in result["checks"]["deployed"]
+    print(json.dumps(result["since_boot"]))
+
+
+@slow
+def test_ramdisk_without_qemu_img_fails_at_deploy(ramdisk: Path, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    run.run(["sh", "-c", f"zstd -dc {ramdisk}/ironic-python-agent.initramfs | cpio -idm --quiet"], cwd=tree)
+    removed = [p for p in (tree / "usr/bin/qemu-img", tree / "bin/qemu-img") if p.is_file() and not p.is_symlink()]
+    assert removed, "the ramdisk has no qemu-img to remove"
+    for p in removed:
+        p.unlink()
+    broken = tmp_path / "broken.initramfs"
+    res = cli("pack", str(tree), "-o", str(broken), "--minimal-prune")
+    assert res.returncode == 0, res.stdout + res.stderr
+    shutil.rmtree(tree)
+    res = cli("boot-test", "--ironic", "--mode", "bios", "--kernel", str(ramdisk / "ironic-python-agent.kernel"),
+              "--initramfs", str(broken))  # fmt: skip
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out[-6000:]
+    assert "error: lifecycle failed at deploy (bios)" in out, out[-3000:]
+    assert "qemu-img" in out.split("error: lifecycle failed at deploy", 1)[1]
