@@ -9,7 +9,7 @@ SIB := $(VENV)/bin/sles-ipa-builder
 STAMP := $(VENV)/.setup-done
 APT_PACKAGES := python3 python3-venv python3-guestfs libguestfs-tools linux-image-amd64 qemu-system-x86 \
 	qemu-utils debootstrap rpm createrepo-c zypper cpio zstd git openssl shellcheck busybox-static \
-	gdisk dosfstools btrfs-progs e2fsprogs ca-certificates acl xz-utils fdisk iproute2
+	gdisk dosfstools btrfs-progs e2fsprogs ca-certificates acl xz-utils fdisk iproute2 ovmf mtools
 # libguestfs and qemu guests hang under KVM on some hosts; the tool falls back by itself,
 # tests and demo go straight to TCG unless the caller says otherwise.
 export LIBGUESTFS_BACKEND_SETTINGS ?= force_tcg
@@ -42,8 +42,11 @@ check: setup
 	$(VENV)/bin/mypy sles_ipa_builder
 	$(PY) -m pytest -q -m "not root and not guestfs and not qemu and not media and not slow" tests
 
+# The build ends with the quick fake-API boot test; then a real Ironic inspects, cleans and deploys
+# through the ramdisk in BIOS and UEFI mode (README: "Verified against Ironic").
 demo: media
 	$(SIB) build --config "$$($(SIB) fixtures --print-profile)" --boot-test
+	$(SIB) boot-test --config "$$($(SIB) fixtures --print-profile)" --ironic
 
 bench: media
 	$(PY) bench/pack.py

@@ -145,7 +145,8 @@ def boot_test(args: argparse.Namespace, cli: dict[str, Any]) -> int:
         if not p.is_file():
             raise InputError(f"{p} not found", "build first, or give --output/--name or --kernel/--initramfs")
     if args.ironic:
-        return _lifecycle(args, cfg, kernel, initramfs, Path(out) / f"{name}.packages")
+        return _lifecycle(args, cfg, kernel, initramfs, Path(out) / f"{name}.packages",
+                          args.report or Path(out) / "lifecycle-report.json")
     result = boottest.boot_test(
         kernel, initramfs,
         timeout=args.timeout or cfg.boot_timeout, memory_mb=args.memory or cfg.boot_memory,
@@ -156,7 +157,7 @@ def boot_test(args: argparse.Namespace, cli: dict[str, Any]) -> int:
 
 
 def _lifecycle(args: argparse.Namespace, cfg: config_mod.Config, kernel: Path, initramfs: Path,
-               packages: Path) -> int:  # fmt: skip
+               packages: Path, report: Path) -> int:  # fmt: skip
     from . import boottest, ironic, lifecycle, namespace
 
     if os.geteuid() != 0:
@@ -170,8 +171,9 @@ def _lifecycle(args: argparse.Namespace, cfg: config_mod.Config, kernel: Path, i
     )  # fmt: skip
     namespace.enter(net=True)  # from here on, every process dies with us and every port is private
     namespace.private_loopback(ironic.GUEST_HOST)
-    for result in lifecycle.run(plan, report=args.report):
+    for result in lifecycle.run(plan, report=report):
         console.print(f"lifecycle passed with Ironic {plan.ironic_version}: {result.line()}")
+    console.print(f"timings and checks in {report}")
     return 0
 
 

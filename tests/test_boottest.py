@@ -6,6 +6,7 @@ does what IPA does towards Ironic, so they run without a real IPA build.
 
 from __future__ import annotations
 
+import gzip
 import importlib.util
 import os
 import shutil
@@ -176,6 +177,26 @@ def test_sigterm_to_the_cli_stops_qemu(tmp_path: Path, monkeypatch: pytest.Monke
 # --- with qemu and the fake agent
 
 
+def with_wrapper(initramfs: Path, dest: Path, commands: str) -> Path:
+    """The initramfs plus an appended cpio whose /wrapper (rdinit=/wrapper) runs `commands` on the
+    console, then execs the fake agent's /init."""
+    tree = dest / "wrapper-tree"
+    tree.mkdir()
+    wrapper = tree / "wrapper"
+    wrapper.write_text("#!/bin/busybox sh\n/bin/busybox mount -t devtmpfs devtmpfs /dev\n"
+                       "exec </dev/console >/dev/console 2>&1\nexport PATH=/bin\n"
+                       f"{commands}\nexec /init\n")  # fmt: skip
+    wrapper.chmod(0o755)
+    extra = dest / "wrapper.cpio"
+    with extra.open("wb") as out:
+        subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], input=b"wrapper\n", cwd=tree, stdout=out, check=True)
+    first = initramfs.read_bytes()
+    combined = dest / "with-wrapper.initramfs"
+    # The kernel unpacks archives one after the other; each starts on a 4-byte boundary.
+    combined.write_bytes(first + bytes(-len(first) % 4) + gzip.compress(extra.read_bytes()))
+    return combined
+
+
 @pytest.fixture(scope="module")
 def agents(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     if KERNEL is None or fakeagent.static_busybox() is None:
@@ -220,6 +241,17 @@ class TestWithQemu:
         assert result.accel == "kvm" or result.fell_back
         assert MAC in result.addresses
         print(result.verdict())
+
+    def test_a_missing_tool_on_the_console_fails_the_boot_test(self, agents: dict[str, Path], tmp_path: Path) -> None:
+        # The agent got as far as the heartbeat, but the console says a tool it calls is missing: the
+        # ramdisk lacks a package (issue 11: lsb_release). An optional tool (biosdevname) is fine.
+        assert KERNEL is not None
+        initramfs = with_wrapper(agents["good"], tmp_path, "lsb_release; biosdevname")
+        with pytest.raises(BuildError) as exc:
+            boot_test(KERNEL, initramfs, timeout=300, memory_mb=512, accel="tcg", append="rdinit=/wrapper")
+        err = exc.value
+        assert "the ramdisk lacks lsb_release" in err.message and "biosdevname" not in err.message
+        assert "OPTIONAL_TOOLS" in err.hint
 
     def test_ramdisk_without_init_fails_with_the_panic(self, agents: dict[str, Path]) -> None:
         assert KERNEL is not None
