@@ -9,10 +9,13 @@ UEFI mode, and show that a ramdisk without qemu-img fails at deploy, saying so.
 from __future__ import annotations
 
 import configparser
+import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +167,55 @@ def test_cli_says_when_ironic_cannot_be_installed(tmp_path: Path) -> None:
     assert not (tmp_path / "cache/sles-ipa-builder/ironic/39.0.0").exists()  # no half-made venv left
     res = cli(*argv, "--offline", env=env, timeout=120)
     assert res.returncode == 2 and "--offline" in res.stdout + res.stderr
+
+
+def processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+@is_root
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_sigkill_of_the_tool_ends_ironic_and_qemu(tmp_path: Path) -> None:
+    """kill -9 runs no clean-up: the private PID namespace must take Ironic, its workers and QEMU along."""
+    spec = importlib.util.spec_from_file_location("fakeagent", Path(__file__).parent / "data" / "fakeagent.py")
+    assert spec and spec.loader
+    fakeagent = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fakeagent)
+    kernel = fakeagent.host_kernel()
+    if kernel is None or fakeagent.static_busybox() is None or shutil.which(qemu.X86_64.binary) is None:
+        pytest.skip("needs a host kernel, busybox-static and qemu")
+    initramfs = fakeagent.build(tmp_path)
+    keep = tmp_path / "keep"
+    proc = subprocess.Popen([sys.executable, "-m", "sles_ipa_builder", "boot-test", "--ironic", "--mode", "bios",
+                             "--kernel", str(kernel), "--initramfs", str(initramfs), "--keep", str(keep),
+                             "--memory", "512"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 600
+        while not any(b"qemu" in Path(f"/proc/{pid}/cmdline").read_bytes() for pid in processes_mentioning(str(keep))
+                      if Path(f"/proc/{pid}").exists()):  # fmt: skip
+            assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
+            assert time.monotonic() < deadline, "QEMU never started"
+            time.sleep(0.5)
+        started = processes_mentioning(str(keep))
+        assert len(started) >= 2  # Ironic (and its worker) and QEMU
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while processes_mentioning(str(keep)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert processes_mentioning(str(keep)) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 # --- the real thing: build once, then Ironic drives it
