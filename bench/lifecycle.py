@@ -49,7 +49,8 @@ def main() -> int:
         doc = json.loads(report.read_text()) if report.exists() else {"results": []}
     if res.returncode != 0:
         print((res.stdout + res.stderr)[-4000:], file=sys.stderr)
-    print(f"lifecycle benchmark: Ironic {doc.get('ironic', '?')}, accel {args.accel}, "
+    accels = "/".join(r["accel"] for r in doc["results"]) or args.accel
+    print(f"lifecycle benchmark: Ironic {doc.get('ironic', '?')}, accel {accels}, "
           f"{doc.get('initramfs', args.initramfs or args.output)}")  # fmt: skip
     print(f"  {'mode':5} {'inspected':>10} {'cleaned':>9} {'deployed':>9}   stage durations (s)")
     for r in doc["results"]:

@@ -100,7 +100,7 @@ def parser() -> argparse.ArgumentParser:
     bt.add_argument("--offline", action="store_true", help="--ironic: use the cached Ironic venv only")
     bt.add_argument("--lookup-timeout", type=int, default=300, help="--ironic: seconds for the agent's first report")
     bt.add_argument("--report", type=Path, metavar="FILE.json",
-                    help="--ironic: per-stage timings and checks (default <output>/lifecycle-report.json)")
+                    help="--ironic: per-stage timings and checks (default: next to the initramfs)")
     bt.add_argument("--keep", type=Path, metavar="DIR", help="--ironic: keep consoles, Ironic's log and state here")
 
     sr = sub.add_parser("size-report", help="what takes the space in an initramfs")

@@ -146,7 +146,7 @@ def boot_test(args: argparse.Namespace, cli: dict[str, Any]) -> int:
             raise InputError(f"{p} not found", "build first, or give --output/--name or --kernel/--initramfs")
     if args.ironic:
         return _lifecycle(args, cfg, kernel, initramfs, Path(out) / f"{name}.packages",
-                          args.report or Path(out) / "lifecycle-report.json")
+                          args.report or initramfs.parent / "lifecycle-report.json")
     result = boottest.boot_test(
         kernel, initramfs,
         timeout=args.timeout or cfg.boot_timeout, memory_mb=args.memory or cfg.boot_memory,
@@ -166,7 +166,7 @@ def _lifecycle(args: argparse.Namespace, cfg: config_mod.Config, kernel: Path, i
     plan = lifecycle.prepare(
         kernel, initramfs, modes=modes, deploy_image=args.deploy_image, ironic_version=args.ironic_version,
         ipa_version=_ipa_version(packages), offline=args.offline,
-        accel=boottest.accel_plan(args.accel or cfg.accel)[0], memory_mb=args.memory or cfg.boot_memory,
+        accels=tuple(boottest.accel_plan(args.accel or cfg.accel)), memory_mb=args.memory or cfg.boot_memory,
         append=args.append, lookup_timeout=args.lookup_timeout, keep_dir=args.keep,
     )  # fmt: skip
     namespace.enter(net=True)  # from here on, every process dies with us and every port is private

@@ -39,6 +39,7 @@ from .log import progress
 log = logging.getLogger(__name__)
 
 DISK_BYTES = 5 * 2**30
+KVM_SILENCE_SECONDS = 20.0
 MODES = ("bios", "uefi")
 MACS = {"bios": "52:54:00:5e:1b:11", "uefi": "52:54:00:5e:1b:12"}
 # The agent reaches Ironic at 10.0.2.2; the conductor reaches the agent at 127.0.0.1:9999, which
@@ -60,7 +61,7 @@ class Plan:
     ironic_version: str
     modes: tuple[str, ...]
     deploy_image: Path | None = None
-    accel: str = "tcg"
+    accels: tuple[str, ...] = ("tcg",)  # boottest.accel_plan(): KVM first falls back to TCG
     memory_mb: int = 2048
     smp: int = 2
     append: str = ""
@@ -73,6 +74,7 @@ class Plan:
 class Result:
     mode: str
     ok: bool = False
+    accel: str = ""
     stage: str = ""  # the stage that failed, or "" when all passed
     error: str = ""
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> duration
@@ -130,7 +132,7 @@ def run(plan: Plan, report: Path | None = None) -> list[Result]:
                        f"{served.name}", results[-1])  # fmt: skip
         finally:
             if report is not None:
-                doc = {"ironic": plan.ironic_version, "accel": plan.accel, "initramfs": str(plan.initramfs),
+                doc = {"ironic": plan.ironic_version, "initramfs": str(plan.initramfs),
                        "results": [asdict(r) for r in results]}  # fmt: skip
                 report.write_text(json.dumps(doc, indent=2) + "\n")
     return results
@@ -159,14 +161,14 @@ def _drive(
     vmdisk.old_disk(disk, DISK_BYTES)
     machine = qemu.Machine(
         kernel=plan.kernel, initramfs=plan.initramfs, append=f"{APPEND} {plan.append}".strip(),
-        console=run_dir / f"console-{mode}.log", accel=plan.accel, memory_mb=plan.memory_mb, smp=plan.smp,
+        console=run_dir / f"console-{mode}.log", accel=plan.accels[0], memory_mb=plan.memory_mb, smp=plan.smp,
         mac=MACS[mode], disks=[disk], hostfwd=[f"tcp:127.0.0.1:{AGENT_PORT}-:{AGENT_PORT}"], uefi=mode == "uefi",
         name=f"sib-lifecycle-{mode}",
     )  # fmt: skip
     machine.prepare(run_dir)
     console = qemu.Console(machine.console)
     err_path = run_dir / f"qemu-{mode}.err"
-    watch = _Watch(plan, mode, console, service, err_path)
+    watch = _Watch(plan, mode, console, service, err_path, machine)
     node = api.create_node(
         name=f"sib-{mode}", driver="manual-management", boot_interface="ipxe", deploy_interface="direct",
         inspect_interface="agent", power_interface="fake", management_interface="noop", network_interface="noop",
@@ -177,6 +179,7 @@ def _drive(
     uuid = node["uuid"]
     api.create_port(uuid, machine.mac)
     with ExitStack() as stack, progress() as bar:
+        stack.callback(watch.stop)
         task = bar.add_task(f"lifecycle {mode}", total=None)
 
         def tick(n: dict[str, Any]) -> None:
@@ -190,9 +193,7 @@ def _drive(
             api.provision(uuid, target, **extra)
             if name == "inspect":
                 api.wait(uuid, "inspect wait", timeout=60, tick=lambda n: None, settled=False)
-                proc = qemu.start(machine, err_path)  # the fake power-on: the VM starts now
-                stack.callback(qemu.stop, proc)
-                watch.started(proc)
+                watch.start()  # the fake power-on: the VM starts now
             done = api.wait(uuid, want, timeout=plan.stage_timeout, tick=tick)
             result.seconds[name] = round(time.monotonic() - t, 1)
             log.info("%s: %s done in %.0fs", mode, name, result.seconds[name])
@@ -223,30 +224,52 @@ def _drive(
             if console.missing:
                 watch.stage = "agent tools"
                 raise StageFailed(console.missing_report(), api.node(uuid))
-            result.ok = True
+            result.ok, result.accel = True, machine.accel
         except StageFailed as e:
-            result.stage, result.error = watch.stage, e.why
+            result.stage, result.error, result.accel = watch.stage, e.why, machine.accel
             raise watch.failure(e) from None
 
 
 class _Watch:
     """What is watched while a stage runs: QEMU alive, kernel panic, the agent's first contact."""
 
-    def __init__(self, plan: Plan, mode: str, console: qemu.Console, service: ironic.Ironic, err: Path) -> None:
+    def __init__(self, plan: Plan, mode: str, console: qemu.Console, service: ironic.Ironic, err: Path,
+                 machine: qemu.Machine) -> None:  # fmt: skip
         self.plan, self.mode, self.console, self.service, self.err = plan, mode, console, service, err
+        self.machine = machine
         self.stage = ""
         self.proc: Any = None
         self.t0 = 0.0
         self.deploying = False  # after deploy the agent powers the VM off: QEMU's exit is expected
 
-    def started(self, proc: Any) -> None:
-        self.proc, self.t0 = proc, time.monotonic()
+    def start(self) -> None:
+        self.proc, self.t0 = qemu.start(self.machine, self.err), time.monotonic()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            qemu.stop(self.proc)
+
+    def _kvm_failed(self) -> bool:
+        """A KVM guest that died or stays silent on a host where KVM guests hang: retry under TCG,
+        as the boot test does (the node just waits in 'inspect wait' meanwhile)."""
+        if self.machine.accel != "kvm" or "tcg" not in self.plan.accels or self.console.any_output:
+            return False
+        if self.proc.poll() is None and self.since_boot() < KVM_SILENCE_SECONDS:
+            return False
+        log.warning("KVM guest %s; retrying under TCG (set SIB_ACCEL=tcg to skip KVM)",
+                    "died" if self.proc.poll() is not None else f"silent for {KVM_SILENCE_SECONDS:.0f}s")
+        self.stop()
+        self.machine.accel = "tcg"
+        self.start()
+        return True
 
     def since_boot(self) -> float:
         return round(time.monotonic() - self.t0, 1)
 
     def check(self, node: dict[str, Any]) -> None:
         self.console.poll()
+        if self.proc is not None and self._kvm_failed():
+            return
         if self.console.panic:
             raise StageFailed(f"the kernel panicked: {self.console.panic}", node)
         if not self.service.alive():
@@ -274,6 +297,9 @@ class _Watch:
             hint = "add the package that carries it to the element set, or list it in qemu.OPTIONAL_TOOLS with why"
         else:
             hint = "see Ironic's last_error and the agent's console above"
+        keep = self.plan.keep_dir
+        hint += f"; consoles, Ironic's log and the disk are in {keep}" if keep else \
+            "; --keep DIR keeps the consoles, Ironic's log and the disk"
         return BuildError(f"lifecycle failed at {self.stage} ({self.mode}): {e.why}; Ironic's last_error: {err}",
                           hint, tail=tail)  # fmt: skip
 
