@@ -220,6 +220,8 @@ def _drive(
             if not ok:
                 raise StageFailed(f"the disk does not hold the image: {what}", api.node(uuid))
             result.checks["deployed"] = what
+            if machine.uefi_vars is not None:
+                result.checks["uefi_boot_entry"] = uefi_entry(machine.uefi_vars, api.node(uuid))
             console.poll()
             if console.missing:
                 watch.stage = "agent tools"
@@ -311,6 +313,15 @@ def _copy(src: Path, run_dir: Path) -> Path:
         dst.parent.mkdir(parents=True, exist_ok=True)
         dst.write_bytes(src.read_bytes())
     return dst
+
+
+def uefi_entry(vars_file: Path, node: dict[str, Any]) -> str:
+    """The agent registers the image's loader with efibootmgr: the VM's NVRAM file must now name it."""
+    nvram = vars_file.read_bytes()
+    if "\\EFI\\BOOT\\BOOTX64.EFI".encode("utf-16-le") not in nvram:
+        raise StageFailed("the VM's UEFI variables hold no boot entry for \\EFI\\BOOT\\BOOTX64.EFI after deploy "
+                          "(the agent's efibootmgr step)", node)  # fmt: skip
+    return "NVRAM has a boot entry for \\EFI\\BOOT\\BOOTX64.EFI"
 
 
 def check_inventory(inv: dict[str, Any], machine: qemu.Machine, disk_bytes: int, mode: str) -> dict[str, Any]:

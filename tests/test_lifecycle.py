@@ -24,7 +24,7 @@ import pytest
 from sles_ipa_builder import ironic, qemu, run, vmdisk
 from sles_ipa_builder.errors import InputError
 from sles_ipa_builder.ironic import StageFailed
-from sles_ipa_builder.lifecycle import check_inventory
+from sles_ipa_builder.lifecycle import check_inventory, uefi_entry
 
 needs_tools = pytest.mark.skipif(
     any(shutil.which(t) is None for t in ("sgdisk", "mkfs.vfat", "mcopy", "qemu-img", "mkfs.ext4")),
@@ -90,6 +90,15 @@ def test_inventory_must_match_the_vm(tmp_path: Path) -> None:
     inv["inventory"]["disks"] = [{"size": 4 * 2**30}]
     with pytest.raises(StageFailed, match="1 CPUs.*disks"):
         check_inventory(inv, m, 5 * 2**30, "uefi")
+
+
+def test_uefi_boot_entry_is_read_from_the_vms_nvram(tmp_path: Path) -> None:
+    nvram = tmp_path / "vars.fd"
+    nvram.write_bytes(bytes(4096) + "ironic1".encode("utf-16-le") + bytes(8))
+    with pytest.raises(StageFailed, match="no boot entry"):
+        uefi_entry(nvram, {})
+    nvram.write_bytes(bytes(4096) + "\\EFI\\BOOT\\BOOTX64.EFI".encode("utf-16-le") + bytes(8))
+    assert "BOOTX64.EFI" in uefi_entry(nvram, {})
 
 
 @needs_tools
@@ -295,6 +304,8 @@ def test_lifecycle_reaches_active(ramdisk: Path, mode: str, tmp_path: Path) -> N
     assert inv["boot_mode"] == mode and inv["cpus"] == 2 and inv["disk_bytes"] == 5 * 2**30
     assert "no MBR, GPT" in result["checks"]["cleaned"]
     assert "= the image's" in result["checks"]["deployed"]
+    if mode == "uefi":
+        assert "BOOTX64.EFI" in result["checks"]["uefi_boot_entry"]
     print(json.dumps(result["since_boot"]))
 
 
