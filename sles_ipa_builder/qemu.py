@@ -201,13 +201,11 @@ class Console:
 # agent's journal goes there) fails the boot test and the lifecycle: the agent degrades silently
 # without it (e.g. hexdump: no disk identifiers; lsb_release: no OS data in the inventory).
 OPTIONAL_TOOLS = frozenset({
-    "multipath", "multipathd",  # multipath-tools: only for multipath storage
-    "biosdevname",  # Dell NIC naming, off by default
-    "podman",  # container clean steps, opt-in
-    "ipmitool",  # BMC address in the inventory: VMs and BMC-less machines have none
-    "mstflint", "mlxfwmanager",  # Mellanox firmware clean steps
-    "smartctl", "nvme", "hdparm", "sg_inq",  # secure-erase helpers the metadata-only erase does not call
-    "iscsistart", "cryptsetup", "vgchange", "pvs", "lvs",  # optional storage stacks
+    "multipath", "multipathd",  # multipath-tools: probed at start-up, only for multipath storage
+    "biosdevname",  # Dell NIC naming: probed for the inventory, absent on most distributions
+    "podman",  # container-based clean steps: opt-in
+    "ipmitool",  # the BMC address in the inventory: VMs and BMC-less machines have none
+    "mstflint",  # Mellanox firmware clean steps: only with that hardware
 })  # fmt: skip
 _MISSING = (
     re.compile(r"(?P<tool>[\w.+-]+): (?:command )?not found\s*$"),  # sh, dash, bash
