@@ -228,11 +228,9 @@ def alive(pids: list[int]) -> list[int]:
     return out
 
 
-@is_root
-@pytest.mark.qemu
-@pytest.mark.slow
-def test_sigkill_of_the_tool_ends_ironic_and_qemu(tmp_path: Path) -> None:
-    """kill -9 runs no clean-up: the private PID namespace must take Ironic, its workers and QEMU along."""
+def fake_agent(dest: Path) -> tuple[Path, Path]:
+    """The boot test's busybox stand-in for IPA (tests/data/fakeagent.py): it looks up and heartbeats
+    but never inspects, which is all these tests need."""
     spec = importlib.util.spec_from_file_location("fakeagent", Path(__file__).parent / "data" / "fakeagent.py")
     assert spec and spec.loader
     fakeagent = importlib.util.module_from_spec(spec)
@@ -240,7 +238,33 @@ def test_sigkill_of_the_tool_ends_ironic_and_qemu(tmp_path: Path) -> None:
     kernel = fakeagent.host_kernel()
     if kernel is None or fakeagent.static_busybox() is None or shutil.which(qemu.X86_64.binary) is None:
         pytest.skip("needs a host kernel, busybox-static and qemu")
-    initramfs = fakeagent.build(tmp_path)
+    return kernel, fakeagent.build(dest)
+
+
+@is_root
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_a_ramdisk_that_never_looks_up_fails_saying_so(tmp_path: Path) -> None:
+    kernel, initramfs = fake_agent(tmp_path)
+    # The last ipa-api-url wins: a closed port, so the agent's lookups never reach Ironic.
+    res = cli("boot-test", "--ironic", "--mode", "bios", "--kernel", str(kernel), "--initramfs", str(initramfs),
+              "--memory", "512", "--lookup-timeout", "45", "--append", "ipa-api-url=http://10.0.2.2:1",
+              "--report", str(tmp_path / "r.json"), timeout=600)  # fmt: skip
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out[-4000:]
+    assert "error: lifecycle failed at inspect (bios): no lookup in 45 s" in out
+    assert "fake-agent: lookup failed, retrying" in out  # the console tail
+    assert "--- Ironic log (last lines):" in out and "hint:" in out
+    (result,) = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert not result["ok"] and result["stage"] == "inspect"
+
+
+@is_root
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_sigkill_of_the_tool_ends_ironic_and_qemu(tmp_path: Path) -> None:
+    """kill -9 runs no clean-up: the private PID namespace must take Ironic, its workers and QEMU along."""
+    kernel, initramfs = fake_agent(tmp_path)
     keep = tmp_path / "keep"
     proc = subprocess.Popen([sys.executable, "-m", "sles_ipa_builder", "boot-test", "--ironic", "--mode", "bios",
                              "--kernel", str(kernel), "--initramfs", str(initramfs), "--keep", str(keep),
