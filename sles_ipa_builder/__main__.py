@@ -98,6 +98,8 @@ def parser() -> argparse.ArgumentParser:
     bt.add_argument("--ironic-version", metavar="X.Y.Z", help="--ironic: Ironic release from PyPI (default: "
                     "the one matching the agent's version)")
     bt.add_argument("--offline", action="store_true", help="--ironic: use the cached Ironic venv only")
+    bt.add_argument("--unprovision", action="store_true",
+                    help="--ironic: after active, undeploy with cleaning (boots the agent a second time)")
     bt.add_argument("--lookup-timeout", type=int, default=300, help="--ironic: seconds for the agent's first report")
     bt.add_argument("--report", type=Path, metavar="FILE.json",
                     help="--ironic: per-stage timings and checks (default: next to the initramfs)")

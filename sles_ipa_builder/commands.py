@@ -167,7 +167,7 @@ def _lifecycle(args: argparse.Namespace, cfg: config_mod.Config, kernel: Path, i
         kernel, initramfs, modes=modes, deploy_image=args.deploy_image, ironic_version=args.ironic_version,
         ipa_version=_ipa_version(packages), offline=args.offline,
         accels=tuple(boottest.accel_plan(args.accel or cfg.accel)), memory_mb=args.memory or cfg.boot_memory,
-        append=args.append, lookup_timeout=args.lookup_timeout, keep_dir=args.keep,
+        append=args.append, lookup_timeout=args.lookup_timeout, keep_dir=args.keep, unprovision=args.unprovision,
     )  # fmt: skip
     namespace.enter(net=True)  # from here on, every process dies with us and every port is private
     namespace.private_loopback(ironic.GUEST_HOST)

@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 DISK_BYTES = 5 * 2**30
 KVM_SILENCE_SECONDS = 20.0
+# Stages that need the VM (re)booted, and the state Ironic waits in for the agent meanwhile.
+BOOTS = {"inspect": "inspect wait", "unprovision": "clean wait"}
 MODES = ("bios", "uefi")
 MACS = {"bios": "52:54:00:5e:1b:11", "uefi": "52:54:00:5e:1b:12"}
 # The agent reaches Ironic at 10.0.2.2; the conductor reaches the agent at 127.0.0.1:9999, which
@@ -68,6 +70,7 @@ class Plan:
     lookup_timeout: float = 300
     stage_timeout: float = 600
     keep_dir: Path | None = None  # consoles, Ironic's log and the report end up here
+    unprovision: bool = False  # after active: undeploy with cleaning (a second agent boot)
 
 
 @dataclass
@@ -166,6 +169,7 @@ def _drive(
         name=f"sib-lifecycle-{mode}",
     )  # fmt: skip
     machine.prepare(run_dir)
+    machine.console.unlink(missing_ok=True)  # QEMU appends to it (a --keep dir may hold an older run's)
     console = qemu.Console(machine.console)
     err_path = run_dir / f"qemu-{mode}.err"
     watch = _Watch(plan, mode, console, service, err_path, machine)
@@ -191,9 +195,9 @@ def _drive(
             watch.stage = name
             t = time.monotonic()
             api.provision(uuid, target, **extra)
-            if name == "inspect":
-                api.wait(uuid, "inspect wait", timeout=60, tick=lambda n: None, settled=False)
-                watch.start()  # the fake power-on: the VM starts now
+            if name in BOOTS:  # Ironic powers the node on (fake power) and waits: the VM starts now
+                api.wait(uuid, BOOTS[name], timeout=120, tick=lambda n: None, settled=False)
+                watch.start()
             done = api.wait(uuid, want, timeout=plan.stage_timeout, tick=tick)
             result.seconds[name] = round(time.monotonic() - t, 1)
             log.info("%s: %s done in %.0fs", mode, name, result.seconds[name])
@@ -226,6 +230,16 @@ def _drive(
             if console.missing:
                 watch.stage = "agent tools"
                 raise StageFailed(console.missing_report(), api.node(uuid))
+            if plan.unprovision:
+                watch.stop()  # the agent powered it off at the end of deploy; Ironic boots it again
+                watch.deploying = False
+                stage("unprovision", "deleted", "available")
+                result.since_boot["unprovisioned"] = watch.since_boot()
+                left = vmdisk.signatures(disk)
+                if left:
+                    raise StageFailed(f"the disk still carries {', '.join(left)} after unprovisioning",
+                                      api.node(uuid))  # fmt: skip
+                result.checks["unprovisioned"] = "cleaned again: no partition table left of the image"
             result.ok, result.accel = True, machine.accel
         except StageFailed as e:
             result.stage, result.error, result.accel = watch.stage, e.why, machine.accel

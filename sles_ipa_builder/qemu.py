@@ -105,7 +105,9 @@ class Machine:
         return [
             self.arch.binary, "-name", self.name,
             "-machine", machine, "-cpu", cpu, "-m", str(self.memory_mb), "-smp", str(self.smp),
-            "-nodefaults", "-display", "none", "-monitor", "none", "-serial", f"file:{self.console}",
+            "-nodefaults", "-display", "none", "-monitor", "none",
+            # append: a VM started again (the lifecycle's second boot) adds to its console, not over it
+            "-chardev", f"file,id=console,path={self.console},append=on", "-serial", "chardev:console",
             *firmware,
             "-kernel", str(self.kernel), "-initrd", str(self.initramfs), "-append", self.append,
             "-nic", nic,

@@ -74,7 +74,8 @@ def test_qemu_argv(tmp_path: Path) -> None:
     assert argv[0] == "qemu-system-x86_64"
     assert argv[argv.index("-machine") + 1] == "accel=tcg"
     assert argv[argv.index("-m") + 1] == "1024"
-    assert argv[argv.index("-serial") + 1] == f"file:{tmp_path / 'c.log'}"
+    assert argv[argv.index("-chardev") + 1] == f"file,id=console,path={tmp_path / 'c.log'},append=on"
+    assert argv[argv.index("-serial") + 1] == "chardev:console"
     assert argv[argv.index("-nic") + 1] == f"user,model=virtio-net-pci,mac={MAC}"
     assert "-no-reboot" in argv
     cmdline = argv[argv.index("-append") + 1].split()
