@@ -85,8 +85,12 @@ class Result:
     checks: dict[str, Any] = field(default_factory=dict)
 
     def line(self) -> str:
-        t = ", ".join(f"{k} {v:.0f}s" for k, v in self.since_boot.items())
-        return f"{self.mode}: {'active' if self.ok else 'FAILED at ' + self.stage} ({t} after QEMU start)"
+        t = ", ".join(f"{k} {v:.0f}s" for k, v in self.since_boot.items() if k != "unprovisioned")
+        again = self.since_boot.get("unprovisioned")
+        end = "active" + (", then available again" if again is not None else "") if self.ok else \
+            "FAILED at " + self.stage
+        more = f"; cleaned again {again:.0f}s after its second boot" if again is not None else ""
+        return f"{self.mode}: {end} ({t} after QEMU start{more})"
 
 
 def prepare(
