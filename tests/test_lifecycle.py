@@ -151,6 +151,7 @@ def test_a_deploy_image_that_is_not_a_disk_image_is_refused(tmp_path: Path) -> N
 
 
 @is_root
+@pytest.mark.root
 def test_cli_refuses_a_non_disk_image_before_any_vm(tmp_path: Path) -> None:
     (tmp_path / "k").write_bytes(b"k")
     res = cli("boot-test", "--ironic", "--kernel", str(tmp_path / "k"), "--initramfs", str(tmp_path / "k"),
@@ -161,6 +162,7 @@ def test_cli_refuses_a_non_disk_image_before_any_vm(tmp_path: Path) -> None:
 
 
 @is_root
+@pytest.mark.root
 def test_cli_says_when_ironic_cannot_be_installed(tmp_path: Path) -> None:
     (tmp_path / "k").write_bytes(b"k")
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
@@ -242,6 +244,7 @@ def fake_agent(dest: Path) -> tuple[Path, Path]:
 
 
 @is_root
+@pytest.mark.root
 @pytest.mark.qemu
 @pytest.mark.slow
 def test_a_ramdisk_that_never_looks_up_fails_saying_so(tmp_path: Path) -> None:
@@ -260,6 +263,7 @@ def test_a_ramdisk_that_never_looks_up_fails_saying_so(tmp_path: Path) -> None:
 
 
 @is_root
+@pytest.mark.root
 @pytest.mark.qemu
 @pytest.mark.slow
 def test_sigkill_of_the_tool_ends_ironic_and_qemu(tmp_path: Path) -> None:
