@@ -12,6 +12,7 @@ from rich.table import Table
 
 from .config import Config
 from .log import console
+from .output import show
 
 TOOLS = {
     "unshare": "util-linux: private mount and PID namespace for the build",
@@ -103,7 +104,7 @@ def run(cfg: Config) -> int:
     for c in results:
         mark = "[green]ok[/]" if c.ok else ("[red]FAIL[/]" if c.fatal else "[yellow]warn[/]")
         t.add_row(c.name, mark, c.detail)
-    console.print(t)
+    show(t)
     failed = [c for c in results if c.fatal and not c.ok]
     if failed:
         console.print(f"error: {len(failed)} check(s) failed: " + ", ".join(c.name for c in failed))

@@ -24,6 +24,7 @@ from .config import Config
 from .context import BuildContext, make_context
 from .errors import ConfigError, InputError
 from .hooks import run_zypper
+from .output import show
 from .settings import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -205,8 +206,8 @@ def write_report(ctx: BuildContext) -> None:
 
 
 def report_artifacts(arts: ramdisk.Artifacts) -> None:
-    for path in (arts.kernel, arts.initramfs, arts.tar):
-        logmod.console.print(f"  {path}  {path.stat().st_size / 2**20:.1f} MiB")
+    """The build's result, on stdout: one line per artifact a user hands on."""
+    show(*(f"{path}  {path.stat().st_size / 2**20:.1f} MiB" for path in (arts.kernel, arts.initramfs, arts.tar)))
 
 
 def boot(cfg: Config, arts: ramdisk.Artifacts) -> None:
@@ -215,4 +216,4 @@ def boot(cfg: Config, arts: ramdisk.Artifacts) -> None:
     with logmod.step("boot test"):
         result = boottest.boot_test(arts.kernel, arts.initramfs, timeout=cfg.boot_timeout,
                                     memory_mb=cfg.boot_memory, accel=cfg.accel)
-    logmod.console.print(result.summary())
+    show(result.summary())

@@ -33,7 +33,11 @@ logger = logging.getLogger(__name__)
 
 # The seed's find -prune rules (paths relative to the tree, without "./"); a pruned directory
 # itself stays in the archive as an empty dir, only what matches is left out.
-MINIMAL_PRUNE = ("sys/*", "tmp/*", "boot/*", "root/.cache")
+# zypper's state of the build, never its content: a random id it sends to every repository it asks
+# (it would tell one ramdisk from another, and no two builds could give one hash) and the list of
+# packages it installed as dependencies (its order differs between builds; only zypper reads it).
+BUILD_STATE = ("var/lib/zypp/AnonymousUniqueId", "var/lib/zypp/AutoInstalled")
+MINIMAL_PRUNE = ("sys/*", "tmp/*", "boot/*", "root/.cache", *BUILD_STATE)
 FULL_PRUNE = MINIMAL_PRUNE + (
     "*site-packages/babel/locale-data/*",
     "usr/include/*",

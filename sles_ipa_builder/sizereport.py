@@ -387,11 +387,10 @@ def render_diff(d: Diff, top: int = 25) -> Group:
     return Group(*parts)
 
 
-def print_report(initramfs: Path, *, diff: Path | None = None, top: int = 20) -> None:
-    """The `size-report INITRAMFS [--diff OTHER]` command: OTHER is the old side of the diff."""
-    from .log import console
-
+def report_tables(initramfs: Path, *, diff: Path | None = None, top: int = 20) -> list[Group]:
+    """What `size-report INITRAMFS [--diff OTHER]` shows: OTHER is the old side of the diff."""
     new = analyze(initramfs)
-    console.print(render(new, top))
+    tables = [render(new, top)]
     if diff is not None:
-        console.print(render_diff(compare(analyze(diff), new), top))
+        tables.append(render_diff(compare(analyze(diff), new), top))
+    return tables
