@@ -225,3 +225,27 @@ def fixture_media() -> Any:
     from sles_ipa_builder.commands import load_testmedia
 
     return load_testmedia().ensure(log_progress=False)
+
+
+REPO = Path(__file__).resolve().parent.parent
+OWN_CACHES = ("__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".venv", ".egg-info")
+
+
+def _untracked() -> set[str]:
+    """Files and directories in the checkout that git does not track, ignored ones included."""
+    from sles_ipa_builder import run
+
+    if not (REPO / ".git").exists() or run.which("git") is None:
+        return set()
+    res = run.run(["git", "-C", REPO, "ls-files", "--others", "--directory", "--no-empty-directory"],
+                  capture=True, check=False)
+    return {p for p in res.stdout.splitlines() if not any(c in p for c in OWN_CACHES)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_stays_clean() -> Any:
+    """No test writes into the source checkout (one once left root/root/.rpmdb there, and it was committed)."""
+    before = _untracked()
+    yield
+    new = sorted(_untracked() - before)
+    assert not new, f"tests wrote into the checkout: {new}"
