@@ -232,14 +232,17 @@ OWN_CACHES = ("__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".ve
 
 
 def _untracked() -> set[str]:
-    """Files and directories in the checkout that git does not track, ignored ones included."""
+    """Top-level files and directories of the checkout that git does not track, ignored ones included.
+
+    Top level only: that is where a test writing to a relative path lands, and a developer may add a
+    module deeper down while the suite runs."""
     from sles_ipa_builder import run
 
     if not (REPO / ".git").exists() or run.which("git") is None:
         return set()
     res = run.run(["git", "-C", REPO, "ls-files", "--others", "--directory", "--no-empty-directory"],
                   capture=True, check=False)
-    return {p for p in res.stdout.splitlines() if not any(c in p for c in OWN_CACHES)}
+    return {p.split("/")[0] for p in res.stdout.splitlines() if not any(c in p for c in OWN_CACHES)}
 
 
 @pytest.fixture(scope="session", autouse=True)
