@@ -19,7 +19,6 @@ from rich.table import Table
 from . import config as config_mod
 from .errors import ConfigError, InputError
 from .output import show
-from .settings import SETTINGS
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +47,7 @@ def summary(args: argparse.Namespace, cli: dict[str, Any]) -> int:
     cfg = resolve(args, cli)
     info = phases.describe(cfg)
     settings = {
-        s.key: {"value": _jsonable(cfg.shown(s.key)), "source": cfg.sources[s.key]} for s in SETTINGS
+        key: {"value": value, "source": cfg.sources[key]} for key, value in cfg.shown_settings().items()
     }
     if args.json:
         print(json.dumps({"settings": settings, **info}, indent=2))
@@ -76,14 +75,6 @@ def summary(args: argparse.Namespace, cli: dict[str, Any]) -> int:
         tables.append(p)
     show(*tables)
     return 0
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def _text(value: Any) -> str:

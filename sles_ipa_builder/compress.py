@@ -90,6 +90,9 @@ class Compression:
         argv = tuple(shlex.split(spec))
         if not argv:
             raise ConfigError("empty compression command", "use zstd, gzip, xz, none or a command line")
+        if len(argv) == 1 and run.which(argv[0]) is None:  # a misspelt name, not a command line
+            raise ConfigError(f"unknown compression '{argv[0]}'",
+                              f"use one of {', '.join(BUILTIN)}, or a command such as 'zstd -19 -T0'")
         if level is not None:
             raise ConfigError(f"a level cannot go with the command {spec!r}", "put the level in the command")
         made = cls("command", None, argv)

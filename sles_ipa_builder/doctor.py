@@ -21,7 +21,6 @@ TOOLS = {
     "tar": "GNU tar: unpacks the cached root tree",
     "zstd": "unpacks the cached root tree quickly",
     "git": "GitPython drives git for the sources",
-    "qemu-system-x86_64": "boot test (package qemu-system-x86)",
     "openssl": "sles-ipa-tls generates certificates",
 }
 MODULES = {"guestfs": "python3-guestfs (venv needs --system-site-packages)", "pycdlib": "pip", "git": "GitPython",
@@ -46,7 +45,8 @@ def free_gib(path: Path) -> float:
 
 def checks(cfg: Config, *, launch: bool = True) -> list[Check]:
     out = [Check("root", os.geteuid() == 0, "running as root" if os.geteuid() == 0 else "build needs root")]
-    for tool, why in TOOLS.items():
+    tools = {**TOOLS, cfg.arch.qemu_binary: f"boot test (Debian package {cfg.arch.qemu_package})"}
+    for tool, why in tools.items():
         path = shutil.which(tool)
         out.append(Check(f"tool {tool}", path is not None, path or f"missing: {why}", fatal=tool != "openssl"))
     for mod, why in MODULES.items():
@@ -81,7 +81,7 @@ def input_checks(cfg: Config) -> list[Check]:
         found = next((p for p in candidates if p.is_file() and os.access(p, os.R_OK)), None)
         out.append(Check("base image", found is not None,
                          str(found) if found else "none of: " + ", ".join(str(p) for p in candidates)))
-    iso = Path(cfg.iso) if cfg.iso else Path(cfg.images_dir) / cfg.iso_file_name
+    iso = cfg.iso_path
     out.append(Check("Media1 ISO", iso.is_file() and os.access(iso, os.R_OK), str(iso)))
     return out
 

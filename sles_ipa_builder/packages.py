@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from .arch import HOST_DEFAULT
 from .elements import Element
 from .errors import ConfigError
 
@@ -148,7 +149,7 @@ def entries(element: Element, env: Mapping[str, str]) -> list[tuple[str, str, bo
         py = str(params.get("dib_python_version", ""))
         if py and py != env.get("DIB_PYTHON_VERSION", ""):
             continue
-        if not _arch_ok(str(pkg), params, env.get("ARCH", "amd64"), where):
+        if not _arch_ok(str(pkg), params, env.get("ARCH", HOST_DEFAULT.dib), where):
             continue
         if not when(params.get("when"), env, where):
             continue

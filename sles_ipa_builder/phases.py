@@ -9,7 +9,6 @@ native steps that replace DIB's generic elements sit exactly where DIB's hooks s
 from __future__ import annotations
 
 import contextlib
-import enum
 import logging
 import os
 import tempfile
@@ -25,32 +24,9 @@ from .context import BuildContext, make_context
 from .elements import SourceRepo, sort_key, source_repos
 from .errors import BuildError, CommandError, ConfigError
 from .log import step
+from .phase import Phase
 
 log = logging.getLogger(__name__)
-
-
-class Phase(enum.Enum):
-    ROOT = "root"
-    EXTRA_DATA = "extra-data"
-    PRE_INSTALL = "pre-install"
-    INSTALL = "install"
-    POST_INSTALL = "post-install"
-    POST_ROOT = "post-root"
-    PRE_FINALISE = "pre-finalise"
-    FINALISE = "finalise"
-    CLEANUP = "cleanup"
-
-    @property
-    def chroot(self) -> bool:
-        return self in (Phase.PRE_INSTALL, Phase.INSTALL, Phase.POST_INSTALL, Phase.FINALISE)
-
-    @property
-    def dir(self) -> str:
-        return f"{self.value}.d"
-
-    @property
-    def where(self) -> str:
-        return "chroot" if self.chroot else "host"
 
 
 NativeFn = Callable[[BuildContext], None]
@@ -303,8 +279,8 @@ def finish_workspace(ctx: BuildContext) -> None:
 
 def copy_base_tree(ctx: BuildContext) -> None:
     """--base-tree: the root starts as a copy of an extracted tree (hard links are kept by cp -a)."""
-    src = Path(ctx.cfg.base_tree)
-    run.run(["cp", "-a", "--reflink=auto", f"{src}/.", ctx.root])
+    assert ctx.cfg.base_tree is not None
+    run.run(["cp", "-a", "--reflink=auto", f"{ctx.cfg.base_tree}/.", ctx.root])
 
 
 def build_tree_only(ctx: BuildContext) -> None:

@@ -14,18 +14,15 @@ import os
 import re
 import shlex
 from pathlib import Path
-from typing import Any
 
 from . import __version__, image, media, phases, ramdisk, sources, wheels, zypper
 from . import log as logmod
 from .cache import cache_dir
-from .compress import Compression
 from .config import Config
 from .context import BuildContext, make_context
 from .errors import ConfigError, InputError
 from .hooks import run_zypper
 from .output import show
-from .settings import SETTINGS
 
 log = logging.getLogger(__name__)
 MEDIA = "(media)"
@@ -40,13 +37,9 @@ def root_step(ctx: BuildContext) -> None:
     ctx.env["SIB_BASE_IMAGE_SHA256"] = str(facts.get("sha256", "tree:" + str(facts.get("path", ""))))
 
 
-def iso_path(cfg: Config) -> Path:
-    return Path(cfg.iso) if cfg.iso else Path(cfg.images_dir) / cfg.iso_file_name
-
-
 def media_step(ctx: BuildContext) -> None:
     """The Media1 modules (and any --repo) as zypper repositories, served from the ISO on loopback."""
-    m = ctx.state.get("media") or media.open_media(iso_path(ctx.cfg))
+    m = ctx.state.get("media") or media.open_media(ctx.cfg.iso_path)
     url = media.serve(m, ctx.stack)
     local = media.repo_urls(m, url)
     repos = local + zypper.remote_aliases(list(ctx.cfg.repos))
@@ -57,7 +50,7 @@ def media_step(ctx: BuildContext) -> None:
     ctx.state["refresh_aliases"] = [alias for alias, _ in local] if ctx.cfg.offline else None
     ctx.env["SIB_MEDIA_IDENTITY"] = m.identity
     ctx.manifest.setdefault("inputs", {})["media"] = {
-        "iso": str(iso_path(ctx.cfg)),
+        "iso": str(ctx.cfg.iso_path),
         "identity": m.identity,
         "repositories": [alias for alias, _ in repos],
     }
@@ -69,7 +62,7 @@ def refresh_step(ctx: BuildContext) -> None:
 
 
 def sources_step(ctx: BuildContext) -> None:
-    rows = sources.fetch_sources(list[Any](phases.repos(ctx)), ctx.root, cfg=ctx.cfg, offline=ctx.cfg.offline)
+    rows = sources.fetch_sources(phases.repos(ctx), ctx.root, offline=ctx.cfg.offline, image_name=ctx.cfg.name)
     ctx.manifest["sources"] = rows
 
 
@@ -140,17 +133,6 @@ def register(ctx: BuildContext) -> BuildContext:
 
 
 # --- the build -----------------------------------------------------------------------------------
-def settings_manifest(cfg: Config) -> dict[str, Any]:
-    def plain(v: Any) -> Any:
-        return [plain(i) for i in v] if isinstance(v, list) else str(v) if isinstance(v, Path) else v
-
-    return {s.key: plain(cfg.shown(s.key)) for s in SETTINGS}
-
-
-def compression(cfg: Config) -> Compression:
-    return Compression.parse(str(cfg.compress), cfg.compress_level)
-
-
 def check_inputs(cfg: Config) -> media.Media:
     """Missing or wrong inputs stop the build before any work, not after a minute of extraction.
 
@@ -165,7 +147,7 @@ def check_inputs(cfg: Config) -> media.Media:
                              "put the files in images_dir (DIB_SLES_OFFLINE_TARGET_DIR) or give --base-image/--iso")
     if cfg.base_tree is None:
         image.sniff(image.find_image(cfg))
-    return media.open_media(iso_path(cfg))
+    return media.open_media(cfg.iso_path)
 
 
 def build(cfg: Config) -> ramdisk.Artifacts:
@@ -173,11 +155,11 @@ def build(cfg: Config) -> ramdisk.Artifacts:
     ctx = register(make_context(cfg))
     ctx.state["media"] = opened
     wheels.check_offline(ctx)
-    comp = compression(cfg)
+    comp = cfg.compression
     phases.prepare_workspace(ctx)
     logmod.attach_file(ctx.log_path)
     ctx.manifest.update(builder=__version__, elements=[e.name for e in ctx.elements],
-                        settings=settings_manifest(cfg))
+                        settings=cfg.shown_settings())
     try:
         with ctx.stack:
             phases.run_phases(ctx)

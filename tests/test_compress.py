@@ -37,7 +37,9 @@ def test_parse() -> None:
     assert cmd.kind == "command" and cmd.command == ("zstd", "-19", "-T0") and cmd.family == "zstd"
     assert Compression.parse("xz --format=lzma -9").family == "lzma"
     assert Compression.parse("gzip -9").family == "gzip"
-    assert Compression.parse("/opt/bin/mystery").family is None
+    assert Compression.parse("/opt/bin/mystery --fast").family is None
+    with pytest.raises(ConfigError, match="unknown compression .brotli"):
+        Compression.parse("brotli")
     for bad in ("zstd:20", "zstd:0", "gzip:10", "zstd:x"):
         with pytest.raises(ConfigError):
             Compression.parse(bad)
