@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
+from itertools import groupby
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -42,10 +43,10 @@ def build(args: argparse.Namespace, cli: dict[str, Any]) -> int:
 
 # --- summary ---------------------------------------------------------------------------------------
 def summary(args: argparse.Namespace, cli: dict[str, Any]) -> int:
-    from . import phases
+    from . import plan
 
     cfg = resolve(args, cli)
-    info = phases.describe(cfg)
+    info = plan.describe(plan.make(cfg))
     settings = {
         key: {"value": value, "source": cfg.sources[key]} for key, value in cfg.shown_settings().items()
     }
@@ -66,13 +67,19 @@ def summary(args: argparse.Namespace, cli: dict[str, Any]) -> int:
     for el in info["elements"]:
         e.add_row(el["name"], el["by"], el["path"])
     tables.append(e)
-    for phase in info["phases"]:
-        p = Table(title=f"{phase['name']} ({phase['where']})")
-        p.add_column("script")
-        p.add_column("element")
-        for step in phase["steps"]:
-            p.add_row(step["script"], step["element"])
+    for stage, steps in groupby(info["steps"], key=lambda s: (s["stage"], s["where"])):
+        p = Table(title=f"{stage[0]} ({stage[1]})")
+        for col in ("step", "element", "kind"):
+            p.add_column(col)
+        for step in steps:
+            p.add_row(step["name"], step["element"], step["kind"])
         tables.append(p)
+    if info["replaced"]:
+        r = Table(title="Native steps replaced by a user's script")
+        r.add_column("replaced")
+        for line in info["replaced"]:
+            r.add_row(line)
+        tables.append(r)
     show(*tables)
     return 0
 

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from . import elements
 from .cache import cache_root
 from .config import Config
-from .elements import Element, HookTree
+from .elements import Element, HookTree, SourceRepo
 from .log import Timings
+from .packages import PackageLists
+from .phase import Step
+
+if TYPE_CHECKING:
+    from .media import Media
+    from .outputs import Artifacts, Staging
+    from .target import ResolvSaved
 
 # Inside the target the build-time CA bundle is bind-mounted here, only while a chroot phase runs.
 TARGET_CA = "/tmp/sib-build-ca.pem"
@@ -42,10 +49,19 @@ class BuildContext:
     # Extra bind mounts for chroot phases: (host dir, absolute path in the target), e.g. the zypper cache.
     target_mounts: list[tuple[Path, str]] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
-    # Native steps other modules provide, by name (e.g. "source-repositories": sources.fetch).
-    native_steps: dict[str, Callable[[BuildContext], None]] = field(default_factory=dict)
-    phase_env_cache: dict[str, str] | None = None
-    state: dict[str, Any] = field(default_factory=dict)
+    # --- made with the plan (plan.make), before anything runs
+    phase_env: dict[str, str] = field(default_factory=dict)  # the hook environment after environment.d
+    source_repos: list[SourceRepo] = field(default_factory=list)
+    packages: PackageLists = field(default_factory=PackageLists)
+    steps: list[Step] = field(default_factory=list)  # the plan: every step in run order, outputs included
+    replaced: list[str] = field(default_factory=list)  # native steps a user's script of the same name replaced
+    # --- state of the running build
+    media: Media | None = None  # the Media1 ISO, opened once by the input checks
+    refresh_aliases: list[str] | None = None  # zypper repositories to refresh (None: all)
+    zypper_token: str = field(default_factory=lambda: uuid.uuid4().hex)  # names this build's zypper refresh
+    resolv: ResolvSaved | None = None
+    staging: Staging | None = None  # the outputs being written, before they are renamed into place
+    artifacts: Artifacts | None = None
 
     @property
     def workspace(self) -> Path:

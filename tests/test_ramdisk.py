@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sles_ipa_builder import ramdisk, run, sizereport
+from sles_ipa_builder import outputs, ramdisk, run, sizereport
 from sles_ipa_builder.compress import Compression
 from sles_ipa_builder.errors import BuildError, CommandError, ConfigError, InputError
 
@@ -144,7 +144,7 @@ def test_kernel_config_refusal(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="CONFIG_RD_ZSTD"):
         ramdisk.pack(tree, tmp_path / "i", Compression.parse("zstd"), progress=False)
     with pytest.raises(ConfigError, match="CONFIG_RD_XZ"):
-        ramdisk.write_artifacts(tree, tmp_path / "out", "ipa", Compression.parse("xz"), size_limit_mb=None)
+        outputs.write_artifacts(tree, tmp_path / "out", "ipa", Compression.parse("xz"), size_limit_mb=None)
     assert not (tmp_path / "i").exists() and not (tmp_path / "out").exists()  # refused before any work
     ramdisk.pack(tree, tmp_path / "i", Compression.parse("gzip"), progress=False)
 
@@ -173,7 +173,7 @@ def test_find_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_write_artifacts(tmp_path: Path) -> None:
     tree = make_root(tmp_path / "root")
     out = tmp_path / "out"
-    arts = ramdisk.write_artifacts(
+    arts = outputs.write_artifacts(
         tree,
         out,
         "ironic-python-agent",
@@ -204,7 +204,7 @@ def test_write_artifacts(tmp_path: Path) -> None:
     assert rd["artifacts"]["ironic-python-agent.tar"]["sha256"] == ramdisk.sha256_file(arts.tar)
     assert rd["artifacts"]["ironic-python-agent.initramfs"]["size"] == arts.initramfs.stat().st_size
     # same inputs, same bytes: the tar is reproducible too
-    again = ramdisk.write_artifacts(
+    again = outputs.write_artifacts(
         tree,
         tmp_path / "again",
         "ironic-python-agent",
@@ -222,10 +222,10 @@ def test_size_limit_fails_and_keeps_artifacts(tmp_path: Path, capsys: pytest.Cap
     (tree / "usr/lib/firmware/blob.bin").write_bytes(os.urandom(3 << 20))
     out = tmp_path / "out"
     with pytest.raises(BuildError, match=r"ipa.tar is 3 MiB, at or over the 3 MiB limit") as e:
-        ramdisk.write_artifacts(tree, out, "ipa", Compression.parse("zstd"), size_limit_mb=3, progress=False)
+        outputs.write_artifacts(tree, out, "ipa", Compression.parse("zstd"), size_limit_mb=3, progress=False)
     assert "size report" in e.value.hint
     assert (out / "ipa.tar").is_file() and (out / "ipa.initramfs").is_file()
-    assert ramdisk.check_size(out / "ipa.tar", 4) == 3
+    assert outputs.check_size(out / "ipa.tar", 4) == 3
 
 
 def test_atomic_pack_keeps_previous_output(tmp_path: Path) -> None:
@@ -244,7 +244,7 @@ def test_atomic_pack_keeps_previous_output(tmp_path: Path) -> None:
 def test_atomic_artifacts_keep_previous_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tree = make_root(tmp_path / "root")
     out = tmp_path / "out"
-    first = ramdisk.write_artifacts(
+    first = outputs.write_artifacts(
         tree, out, "ipa", Compression.parse("gzip"), size_limit_mb=None, progress=False
     )
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -252,10 +252,10 @@ def test_atomic_artifacts_keep_previous_set(tmp_path: Path, monkeypatch: pytest.
     def broken(tree: Path) -> str:
         raise BuildError("listing packages failed", "")
 
-    monkeypatch.setattr(ramdisk, "list_packages", broken)
+    monkeypatch.setattr(outputs, "list_packages", broken)
     (tree / "new-file").write_text("changes the initramfs")
     with pytest.raises(BuildError, match="listing packages failed"):
-        ramdisk.write_artifacts(
+        outputs.write_artifacts(
             tree, out, "ipa", Compression.parse("gzip"), size_limit_mb=None, progress=False
         )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -392,7 +392,7 @@ def test_temp_dirs_of_killed_builds_are_swept_not_busy_ones(tmp_path: Path) -> N
     busy.mkdir()
     with (busy / ".busy").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        ramdisk.write_artifacts(tree, out, "ironic-python-agent", Compression.parse("zstd"), size_limit_mb=500,
+        outputs.write_artifacts(tree, out, "ironic-python-agent", Compression.parse("zstd"), size_limit_mb=500,
                                 progress=False)
         assert not killed.exists() and busy.exists()
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [busy.name]
