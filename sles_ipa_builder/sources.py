@@ -16,14 +16,13 @@ from pathlib import Path
 
 import git
 
-from . import cache
+from . import cache, run
 from .elements import SourceRepo, override_key
 from .errors import BuildError, ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REF = "master"
-GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true"}  # a bad URL must fail, not ask for a password
 FETCH_SPECS = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
 
 
@@ -66,7 +65,7 @@ def update_mirror(path: Path, name: str, location: str, ref: str, *, offline: bo
         if not path.is_dir():
             raise InputError(f"source {name}: {location} is not in the cache and --offline is set",
                              "run one build online first, or drop --offline")
-        sha = _resolve(git.Repo(path), ref)
+        sha = _resolve(run.git_repo(path), ref)
         if sha is None:
             raise InputError(f"source {name}: ref {ref} is not in the cached mirror of {location} "
                              "(--offline)",
@@ -75,21 +74,21 @@ def update_mirror(path: Path, name: str, location: str, ref: str, *, offline: bo
     try:
         if not path.is_dir():
             with cache.atomic_path(path) as tmp:
-                created = git.Repo.init(tmp, bare=True)
+                created = run.git_init(tmp, bare=True)
                 created.create_remote("origin", location)
                 _fetch(created)
-            mirror = git.Repo(path)
+            mirror = run.git_repo(path)
         else:
-            mirror = git.Repo(path)
+            mirror = run.git_repo(path)
             mirror.remotes.origin.set_url(location)
             _fetch(mirror)
         if _other_ref(ref):  # fetched by name on every online build: it may have moved too
-            mirror.git.fetch("--quiet", "origin", f"+{ref}:{ref}", env=GIT_ENV)
+            mirror.git.fetch("--quiet", "origin", f"+{ref}:{ref}")
         sha = _resolve(mirror, ref)
         if sha is None and (ref.startswith("refs/") or re.fullmatch(r"[0-9a-f]{7,40}", ref)):
             # a bare commit is not under heads/tags: fetch that one object
             target = f"+{ref}:{ref}" if ref.startswith("refs/") else ref
-            mirror.git.fetch("--quiet", "origin", target, env=GIT_ENV)
+            mirror.git.fetch("--quiet", "origin", target)
             sha = _resolve(mirror, ref)
     except git.GitCommandError as e:
         raise _git_error(name, ref, location, e) from None
@@ -100,7 +99,7 @@ def update_mirror(path: Path, name: str, location: str, ref: str, *, offline: bo
 
 
 def _fetch(mirror: git.Repo) -> None:
-    mirror.git.fetch("--quiet", "--prune", "--prune-tags", "--force", "origin", *FETCH_SPECS, env=GIT_ENV)
+    mirror.git.fetch("--quiet", "--prune", "--prune-tags", "--force", "origin", *FETCH_SPECS)
 
 
 def checkout(mirror: Path, sha: str, target: Path, location: str) -> None:
@@ -109,7 +108,7 @@ def checkout(mirror: Path, sha: str, target: Path, location: str) -> None:
     if target.exists():
         shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    repo = git.Repo.clone_from(str(mirror), str(target), no_checkout=True, no_hardlinks=True, env=GIT_ENV)
+    repo = run.git_clone(str(mirror), target, no_checkout=True, no_hardlinks=True)
     repo.git.checkout("--quiet", "--detach", sha)
     repo.remotes.origin.set_url(location)
 

@@ -33,7 +33,7 @@ def _build(tmp: Path, n: int, env: dict[str, str], profile: Path) -> Path:
 def _files(initramfs: Path, dest: Path) -> dict[str, str]:
     """path -> mode, mtime and sha256 (or link target) of every file, to name what differs."""
     dest.mkdir()
-    run.run(["sh", "-c", f"zstd -dc {initramfs} | cpio -idm --quiet --no-absolute-filenames"], cwd=dest)
+    run.pipe(["zstd", "-dc", initramfs], ["cpio", "-idm", "--quiet", "--no-absolute-filenames"], cwd=dest)
     found = {}
     for root, _dirs, files in os.walk(dest):
         for f in files:
