@@ -26,8 +26,9 @@ from . import log
 from .arch import HOST_DEFAULT, Arch
 from .compress import Compression, check_kernel_support
 from .errors import BuildError
+from .inventory import list_packages
 from .ramdisk import HashingWriter, Kernel, PackResult, find_kernel, pack
-from .sizereport import analyze, list_packages, render
+from .sizereport import analyze, render
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from .cache import cache_dir, locked
 from .context import BuildContext
 from .errors import InputError
-from .sizereport import pip_freeze
+from .inventory import pip_freeze
 from .target import run_in_target
 
 log = logging.getLogger(__name__)

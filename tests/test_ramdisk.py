@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sles_ipa_builder import outputs, ramdisk, run, sizereport
+from sles_ipa_builder import cpioread, inventory, outputs, ramdisk, run
 from sles_ipa_builder.compress import Compression
 from sles_ipa_builder.errors import BuildError, CommandError, ConfigError, InputError
 
@@ -66,9 +66,9 @@ def make_root(base: Path, *, rd_zstd: str = "y") -> Path:
     return base
 
 
-def names_in(initramfs: Path) -> dict[str, sizereport.Member]:
+def names_in(initramfs: Path) -> dict[str, cpioread.Member]:
     with initramfs.open("rb") as f:
-        return {m.name: m for m in sizereport.members(sizereport._Reader(f))}
+        return {m.name: m for m in cpioread.members(cpioread.Reader(f))}
 
 
 def test_prune_semantics_full(tmp_path: Path) -> None:
@@ -265,7 +265,7 @@ def test_atomic_artifacts_keep_previous_set(tmp_path: Path, monkeypatch: pytest.
 def test_packages_lists_rpms(tmp_path: Path, rpm_tree: Path) -> None:
     db = rpm_tree / "usr/lib/sysimage/rpm"
     before = {p.name: p.stat().st_mtime_ns for p in db.iterdir()}
-    text = sizereport.list_packages(rpm_tree)
+    text = inventory.list_packages(rpm_tree)
     assert "tinypkg-1.2-3.noarch" in text.splitlines()
     assert {p.name: p.stat().st_mtime_ns for p in db.iterdir()} == before  # queried on a copy
 
@@ -375,7 +375,7 @@ def test_packages_fall_back_to_the_trees_rpm(tmp_path: Path) -> None:
         "#!/bin/sh\necho 'zlib zlib-1.2.11-3.1.x86_64'\necho 'bash bash-4.4-9.x86_64'\n"
     )
     (tree / "usr/bin/rpm").chmod(0o755)
-    lines = sizereport.list_packages(tree).splitlines()
+    lines = inventory.list_packages(tree).splitlines()
     assert lines[:3] == ["# rpm -qa", "bash-4.4-9.x86_64", "zlib-1.2.11-3.1.x86_64"]
 
 
