@@ -19,7 +19,7 @@ from rich.table import Table
 
 from . import config as config_mod
 from .errors import ConfigError, InputError
-from .output import show
+from .results import show
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from .config import Config
 from .log import console
-from .output import show
+from .results import show
 
 TOOLS = {
     "unshare": "util-linux: private mount and PID namespace for the build",

@@ -16,8 +16,8 @@ from . import log as logmod
 from .config import Config
 from .context import BuildContext
 from .errors import InputError
-from .output import show
 from .outputs import Artifacts
+from .results import show
 
 log = logging.getLogger(__name__)
 
