@@ -189,7 +189,7 @@ class _Zstd:
     def finish(self) -> None:
         # close() ends the one frame. A flush(FLUSH_FRAME) before it would leave close() a second,
         # empty frame (window 0), which older kernel zstd decoders reject.
-        self._w.close()
+        self._w.close()  # type: ignore[no-untyped-call]  # zstandard's writer has no hint there
 
     def abort(self) -> None:
         pass
@@ -201,7 +201,9 @@ class _Gzip:
     and the header has no name and mtime 0, like gzip -n."""
 
     def __init__(self, out: IO[bytes], level: int, threads: int) -> None:
-        self._w = gzip_ng_threaded.open(out, "wb", compresslevel=level, threads=threads, block_size=GZIP_BLOCK)
+        # zlib-ng ships no type hints for gzip_ng_threaded
+        self._w = gzip_ng_threaded.open(  # type: ignore[no-untyped-call]
+            out, "wb", compresslevel=level, threads=threads, block_size=GZIP_BLOCK)
         self.buf = bytearray()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:

@@ -119,7 +119,6 @@ def make_context(cfg: Config, *, breakpoints: set[str] | None = None) -> BuildCo
     build_dir = cfg.build_dir
     env = hook_env(cfg, build_dir, path, resolved)
     tree = elements.merge(resolved, env)
-    ca = Path(cfg.ca_bundle) if cfg.ca_bundle not in (None, "") else None
     return BuildContext(
         cfg=cfg,
         build_dir=build_dir,
@@ -131,6 +130,6 @@ def make_context(cfg: Config, *, breakpoints: set[str] | None = None) -> BuildCo
         elements=resolved,
         tree=tree,
         env=env,
-        ca_bundle=ca,
+        ca_bundle=cfg.ca_bundle,
         breakpoints=set(breakpoints) if breakpoints is not None else set(cfg.break_points),
     )

@@ -27,7 +27,7 @@ from typing import IO, Any
 import git
 from plumbum import local
 from plumbum.commands.base import BaseCommand
-from plumbum.machines.local import LocalPath
+from plumbum.path.local import LocalPath
 
 from .errors import CommandError
 
