@@ -191,9 +191,14 @@ def make(cfg: Config, *, breakpoints: set[str] | None = None) -> BuildContext:
     elements.apply_install_types(ctx.tree, ctx.phase_env)
     ctx.source_repos = elements.source_repos(ctx.elements, ctx.phase_env)
     ctx.packages = packages.collect(ctx.elements, ctx.phase_env)
-    natives = [n for n in (*NATIVES, *_package_natives(ctx)) if _applies(n, ctx)]
-    ctx.steps = [s for phase in Phase for s in _phase_steps(ctx, phase, natives)] + _output_steps(ctx)
+    ctx.steps = steps(ctx)
     return ctx
+
+
+def steps(ctx: BuildContext) -> list[Step]:
+    """The steps, in run order, for a context whose elements, package lists and sources are known."""
+    natives = [n for n in (*NATIVES, *_package_natives(ctx)) if _applies(n, ctx)]
+    return [s for phase in Phase for s in _phase_steps(ctx, phase, natives)] + _output_steps(ctx)
 
 
 def describe(ctx: BuildContext) -> dict[str, Any]:
