@@ -10,6 +10,8 @@ from pathlib import Path
 
 from rich.table import Table
 
+from .appliance import check_launch
+from .cache import cache_root
 from .config import Config
 from .log import console
 from .results import show
@@ -55,7 +57,7 @@ def checks(cfg: Config, *, launch: bool = True) -> list[Check]:
             out.append(Check(f"python {mod}", True, "importable"))
         except ImportError:
             out.append(Check(f"python {mod}", False, f"missing: {why}"))
-    places: list[tuple[str, Path]] = [("workspace", Path(cfg.workspace)), ("cache", _cache_root())]
+    places: list[tuple[str, Path]] = [("workspace", Path(cfg.workspace)), ("cache", cache_root())]
     for label, place in places:
         gib = free_gib(place)
         out.append(Check(f"free space {label}", gib >= MIN_FREE_GIB, f"{gib:.0f} GiB free at {place}",
@@ -64,12 +66,6 @@ def checks(cfg: Config, *, launch: bool = True) -> list[Check]:
     if launch:
         out.append(launch_check(cfg))
     return out
-
-
-def _cache_root() -> Path:
-    from .cache import cache_root
-
-    return cache_root()
 
 
 def input_checks(cfg: Config) -> list[Check]:
@@ -88,8 +84,6 @@ def input_checks(cfg: Config) -> list[Check]:
 
 def launch_check(cfg: Config) -> Check:
     try:
-        from .appliance import check_launch
-
         return Check("libguestfs launch", True, check_launch(accel=cfg.accel))
     except Exception as e:  # doctor reports every failure instead of stopping at the first
         return Check("libguestfs launch", False, str(e).splitlines()[0] if str(e) else type(e).__name__)

@@ -11,10 +11,11 @@ import json
 import logging
 from pathlib import Path
 
-from . import __version__, image, media, phases, plan, wheels
+from . import __version__, boottest, image, media, phases, plan, wheels
 from . import log as logmod
 from .config import Config
 from .context import BuildContext
+from .doctor import input_checks
 from .errors import InputError
 from .outputs import Artifacts
 from .results import show
@@ -26,8 +27,6 @@ def check_inputs(ctx: BuildContext) -> None:
     """Missing or wrong inputs the plan reads stop the build before any work, not after a minute of
     extraction. Both checks are cheap: the image's first KiB, the ISO's directory records. The opened
     media is kept, so the build does not index the ISO twice."""
-    from .doctor import input_checks
-
     cfg = ctx.cfg
     wanted = {"base image": plan.needs(ctx, "10-sles-image"), "Media1 ISO": plan.needs(ctx, "05-media-repositories")}
     for c in input_checks(cfg):
@@ -77,8 +76,6 @@ def report_artifacts(arts: Artifacts) -> None:
 
 
 def boot(cfg: Config, arts: Artifacts) -> None:
-    from . import boottest
-
     with logmod.step("boot test"):
         result = boottest.boot_test(arts.kernel, arts.initramfs, timeout=cfg.boot_timeout,
                                     memory_mb=cfg.boot_memory, accel=cfg.accel)
