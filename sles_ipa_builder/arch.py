@@ -18,7 +18,11 @@ class _Names:
     dib: str  # DIB's ARCH (Debian's dpkg name), read by package-installs' arch filters
     qemu: str  # qemu-system-<qemu>
     qemu_package: str  # the Debian package that has it
-    machine: str  # QEMU -machine
+    machine: str  # QEMU -machine ("": QEMU's default for the binary)
+    cpu: str  # QEMU -cpu under TCG
+    uefi_code: tuple[str, ...]  # UEFI firmware, code and vars templates in pairs (Debian, then SUSE/Fedora)
+    uefi_vars: tuple[str, ...]
+    qemu_hint: str  # how to install QEMU and its UEFI firmware
     console: str  # the serial console device
     kernels: tuple[str, ...]  # /boot/<name>[-<version>], in order of preference
     elf: str  # what libguestfs' file_architecture says of the image's binaries
@@ -27,8 +31,14 @@ class _Names:
 
 
 class Arch(enum.Enum):
-    X86_64 = _Names(suse="x86_64", dib="amd64", qemu="x86_64", qemu_package="qemu-system-x86", machine="q35",
-                    console="ttyS0", kernels=("vmlinuz",), elf="x86_64", metal3_suffix="", aliases=("x86-64",))
+    X86_64 = _Names(
+        suse="x86_64", dib="amd64", qemu="x86_64", qemu_package="qemu-system-x86", machine="", cpu="max",
+        uefi_code=("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE.fd",
+                   "/usr/share/qemu/ovmf-x86_64-code.bin", "/usr/share/edk2/ovmf/OVMF_CODE.fd"),
+        uefi_vars=("/usr/share/OVMF/OVMF_VARS_4M.fd", "/usr/share/OVMF/OVMF_VARS.fd",
+                   "/usr/share/qemu/ovmf-x86_64-vars.bin", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
+        qemu_hint="apt-get install qemu-system-x86 ovmf (or zypper in qemu-x86 qemu-ovmf-x86_64)",
+        console="ttyS0", kernels=("vmlinuz",), elf="x86_64", metal3_suffix="", aliases=("x86-64",))
 
     @property
     def suse(self) -> str:
@@ -49,6 +59,19 @@ class Arch(enum.Enum):
     @property
     def qemu_machine(self) -> str:
         return self.value.machine
+
+    @property
+    def qemu_cpu(self) -> str:
+        return self.value.cpu
+
+    @property
+    def uefi_firmware(self) -> tuple[tuple[str, str], ...]:
+        """(code, vars template) candidates, in order of preference."""
+        return tuple(zip(self.value.uefi_code, self.value.uefi_vars, strict=True))
+
+    @property
+    def qemu_hint(self) -> str:
+        return self.value.qemu_hint
 
     @property
     def console(self) -> str:
