@@ -1,9 +1,10 @@
 """The artifacts: one writer per file, all behind one interface, and the one rule of putting them in place.
 
 Every writer writes its file into a temp dir beside the output directory (a `Staging`); `commit()`
-then renames the set into place with `<name>.sha256` last, so a failure or a kill leaves the previous
-good set untouched and never a checksum file that vouches for a half-renamed set. A new format is a
-new `Output` in OUTPUTS; the plan (plan.py) gives each its own step.
+then renames the set into place, checksum files after what they vouch for and `<name>.sha256` last
+of all, so a failure or a kill leaves the previous good set untouched and never a checksum file that
+vouches for a half-renamed set. A new format is a new `Output` in OUTPUTS; the plan (plan.py) gives
+each its own step.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .sizereport import analyze, render
 logger = logging.getLogger(__name__)
 
 LAST = "sha256"  # renamed last: see the module doc
+TARGZ_LEVEL = 1  # the tar holds a compressed initramfs: deflating it harder saves nothing
 
 
 @dataclass
@@ -66,6 +68,11 @@ class Output:
     suffix: str
     write: Callable[[Staging], None]
     what: str  # one line for summary
+    also: tuple[str, ...] = ()  # other files the writer makes (a checksum file of its own)
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (self.suffix, *self.also)
 
 
 @dataclass
@@ -129,6 +136,22 @@ def write_tar(st: Staging) -> None:
         st.sha256["tar"] = w.sha.hexdigest()
 
 
+def write_targz(st: Staging) -> None:
+    """The tar, gzipped (zlib-ng, threaded, no name or mtime in the header): the form metal3's
+    ironic-ipa-downloader fetches. It strips `.tar.gz` from the file name and links
+    <stem>.kernel and <stem>.initramfs, the tar's members."""
+    h = hashlib.sha256()
+    with st.staged("tar").open("rb") as src, st.staged("tar.gz").open("wb") as out:
+        w = HashingWriter(out)
+        gz = Compression("gzip", TARGZ_LEVEL).open(w)  # type: ignore[arg-type]
+        while chunk := src.read(4 << 20):
+            gz.write(chunk)
+        gz.finish()
+        h = w.sha
+    st.sha256["tar.gz"] = h.hexdigest()
+    st.staged("tar.gz.sha256").write_text(f"{st.sha256['tar.gz']}  {st.final('tar.gz').name}\n")
+
+
 def write_packages(st: Staging) -> None:
     st.staged("packages").write_text(list_packages(st.tree))
 
@@ -158,6 +181,8 @@ OUTPUTS: tuple[Output, ...] = (
     Output("kernel", write_kernel, "the kernel the ramdisk boots, from the tree's /boot"),
     Output("initramfs", write_initramfs, "the pruned tree as a compressed newc cpio"),
     Output("tar", write_tar, "kernel + initramfs, uncompressed (metal3-dev-env's IPA_IMAGE_TAR)"),
+    Output("tar.gz", write_targz, "the tar gzipped, with its .tar.gz.sha256 (metal3's ironic-ipa-downloader)",
+           also=("tar.gz.sha256",)),
     Output("packages", write_packages, "rpm -qa of the tree and the IPA venv's pip freeze"),
     Output("manifest.json", write_manifest, "inputs, commits, elements, settings, sizes, timings"),
     Output(LAST, write_sums, "sha256sum lines of kernel, initramfs and tar"),
@@ -185,10 +210,11 @@ def close(st: Staging) -> None:
 
 
 def commit(st: Staging) -> Artifacts:
-    """Rename every written file into place, sha256 last; then the size check (artifacts kept)."""
-    written = [o.suffix for o in OUTPUTS if st.staged(o.suffix).exists()]
+    """Rename every written file into place: checksum files after what they vouch for, <name>.sha256
+    last of all. Then the size check (the artifacts stay)."""
+    written = [f for o in OUTPUTS for f in o.files if st.staged(f).exists()]
     sizes = {s: st.staged(s).stat().st_size for s in st.sha256}
-    for suffix in sorted(written, key=lambda s: s == LAST):
+    for suffix in sorted(written, key=lambda s: (s.endswith("sha256"), s == LAST)):
         os.replace(st.staged(suffix), st.final(suffix))
     arts = Artifacts(st.final("kernel"), st.final("initramfs"), st.final("tar"),
                      {s: st.final(s) for s in written}, {st.final(s).name: d for s, d in st.sha256.items()},

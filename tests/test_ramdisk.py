@@ -185,7 +185,7 @@ def test_write_artifacts(tmp_path: Path) -> None:
     )
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"ironic-python-agent.{s}"
-        for s in ("kernel", "initramfs", "tar", "sha256", "packages", "manifest.json")
+        for s in ("kernel", "initramfs", "tar", "tar.gz", "tar.gz.sha256", "sha256", "packages", "manifest.json")
     )
     assert arts.kernel.read_bytes() == b"KERNEL-NEW"
     with tarfile.open(arts.tar) as tar:
@@ -194,7 +194,7 @@ def test_write_artifacts(tmp_path: Path) -> None:
         assert all(m.isfile() for m in members)
         assert tar.extractfile(members[1]).read() == arts.initramfs.read_bytes()  # type: ignore[union-attr]
     run.run(["sha256sum", "--quiet", "-c", arts.sha256.name], cwd=out)
-    assert len(arts.sha256.read_text().splitlines()) == 3
+    assert len(arts.sha256.read_text().splitlines()) == 4  # kernel, initramfs, tar, tar.gz
     pkgs = arts.packages.read_text()
     assert "Babel==2.9.1\nironic-python-agent==9.1.0\n" in pkgs and "# rpm -qa" in pkgs
     doc = json.loads(arts.manifest.read_text())
@@ -214,6 +214,43 @@ def test_write_artifacts(tmp_path: Path) -> None:
         progress=False,
     )
     assert again.sha256s == arts.sha256s
+
+
+# The rules of metal3's ironic-ipa-downloader (get-resource.sh), with its defaults: the file name minus
+# the first of EXTENSIONS it ends with is the stem; `tar -xaf` the download; link
+# ironic-python-agent[_<arch>].{kernel,initramfs} to <stem>.{kernel,initramfs}.
+DOWNLOADER_EXTENSIONS = (".tar.gz", ".tar.gz.sha256")
+
+
+def _downloader_stem(filename: str) -> str:
+    for ext in DOWNLOADER_EXTENSIONS:
+        if filename.endswith(ext):
+            return filename[: -len(ext)]
+    return filename.rsplit(".", 2)[0] if filename.count(".") >= 2 else filename  # ${FILENAME%.*.*}
+
+
+def test_metal3_downloader_takes_the_tar_gz_as_it_is(tmp_path: Path) -> None:
+    tree = make_root(tmp_path / "root")
+    out = tmp_path / "out"
+    arts = outputs.write_artifacts(tree, out, "ironic-python-agent", Compression.parse("zstd"),
+                                   size_limit_mb=None, source_date_epoch=1_600_000_000, progress=False)
+    published = arts.files["tar.gz"]
+    stem = _downloader_stem(published.name)
+    images = tmp_path / "shared/html/images"
+    unpacked = images / f"{published.name}-etag"  # the downloader unpacks into <file>-<ETag>/
+    unpacked.mkdir(parents=True)
+    run.run(["tar", "-xaf", published], cwd=unpacked)
+    for kind in ("kernel", "initramfs"):
+        link = images / f"ironic-python-agent.{kind}"
+        link.symlink_to(f"{unpacked.name}/{stem}.{kind}")
+        assert link.resolve().read_bytes() == getattr(arts, kind).read_bytes(), kind
+    run.run(["sha256sum", "--quiet", "-c", arts.files["tar.gz.sha256"].name], cwd=out)
+    # the bare .tar is not for the downloader: its stem keeps ".tar" and the links would dangle
+    assert _downloader_stem(arts.tar.name) == "ironic-python-agent.tar"
+    # reproducible, like the tar it wraps
+    outputs.write_artifacts(tree, tmp_path / "again", "ironic-python-agent", Compression.parse("zstd"),
+                            size_limit_mb=None, source_date_epoch=1_600_000_000, progress=False)
+    assert (tmp_path / "again/ironic-python-agent.tar.gz").read_bytes() == published.read_bytes()
 
 
 def test_size_limit_fails_and_keeps_artifacts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
