@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .arch import HOST_DEFAULT, Arch
+from .arch import ARCHES, HOST_DEFAULT
 
 DEFAULT_ELEMENTS = (
     "sles-ipa-install sles sles-zypper-config sles-ipa-ramdisk-base dynamic-login "
@@ -53,7 +53,7 @@ SETTINGS: tuple[Setting, ...] = (
       ("IPA_IMAGE_NAME",)),
     S("base_os", "sles", "str", "Operating-system element put in the element list.", ("IPA_BASE_OS",)),
     S("arch", HOST_DEFAULT.suse, "arch", "Target architecture (SUSE's name; DIB's is accepted too).",
-      choices=tuple(a.suse for a in Arch)),
+      choices=tuple(a.suse for a in ARCHES)),
     S("images_dir", "~/sles_images", "path", "Directory searched for the base qcow2 and the Media1 ISO.",
       ("DIB_SLES_OFFLINE_TARGET_DIR",)),
     S("base_image", None, "path", "The SLES Minimal-VM qcow2 (default: found in images_dir by name)."),
