@@ -5,9 +5,10 @@ script stood (DIB's generic elements, the builder's steps for the sles element, 
 Rules, in the order they apply:
 
 - A native step stands for an element. DIB's generic elements (package-installs, install-bin, ...) are
-  always native, as the first round made them. The builder's own steps for sles, sles-ipa-install
-  and sles-ipa-ramdisk-base are planned only with the built-in element of that name: a user's
-  element of the same name replaces ours completely, native steps included.
+  always native, as the first round made them. The builder's own steps for sles (the root from the
+  qcow2, the Media1 repositories) and for sles-ipa-ramdisk-base (the outputs) run in every build
+  unless a user's element of that name replaces ours: then it replaces ours completely, native
+  steps included. The IPA python check runs only with our sles-ipa-install.
 - A user's script with the name of a native step replaces the native step (summary says so).
 - Scripts and native steps of a phase run in DIB's order (elements.sort_key).
 - After the phases, the outputs: one step per artifact, then `commit`, which renames them into place.
@@ -46,7 +47,7 @@ class Native:
     run: NativeFn
     reads: str
     when: Callable[[BuildContext], bool] = lambda ctx: True
-    gated: bool = False  # planned only when its element is in the build (DIB's generic ones: always)
+    owned: str = ""  # "present": only with our element of that name; "ours": unless a user's element replaces it
 
 
 def _has_bin(ctx: BuildContext) -> bool:
@@ -57,25 +58,25 @@ NATIVES: tuple[Native, ...] = (
     Native(Phase.ROOT, "00-base-tree", BUILDER, slessteps.root_step, "--base-tree",
            lambda ctx: ctx.cfg.base_tree is not None),
     Native(Phase.ROOT, "10-sles-image", "sles", slessteps.root_step, "the base qcow2, through the root-tree cache",
-           lambda ctx: ctx.cfg.base_tree is None, gated=True),
+           lambda ctx: ctx.cfg.base_tree is None, owned="ours"),
     Native(Phase.EXTRA_DATA, "05-media-repositories", "sles", slessteps.media_step, "the Media1 ISO, --repo URLs",
-           gated=True),
+           owned="ours"),
     Native(Phase.EXTRA_DATA, "10-create-pkg-map-dir", "pkg-map", dibsteps.pkg_map_dir, "the elements' pkg-map files",
            lambda ctx: bool(packages.pkg_map_files(ctx.elements))),
     Native(Phase.EXTRA_DATA, "98-source-repositories", "source-repositories", dibsteps.source_repositories,
            "source-repository-* lines, DIB_REPO* overrides", lambda ctx: bool(ctx.source_repos)),
     Native(Phase.EXTRA_DATA, "99-check-ipa-python", "sles-ipa-install", slessteps.python_check_step,
-           "IPA's requires-python, the service pack's python", gated=True),
+           "IPA's requires-python, the service pack's python", owned="present"),
     Native(Phase.PRE_INSTALL, "00-zypper-refresh", "sles", slessteps.refresh_step, "the repositories' metadata",
-           gated=True),
+           owned="ours"),
     Native(Phase.PRE_INSTALL, "01-install-bin", "install-bin", dibsteps.install_bin, "the elements' bin/", _has_bin),
     Native(Phase.INSTALL, "10-install-static-files", "install-static", dibsteps.install_static,
            "the elements' static/", lambda ctx: bool(ctx.tree.subtree("static"))),
     Native(Phase.POST_INSTALL, "99-pip-wheelhouse", "sles-ipa-install", wheels.save_step,
-           "the IPA venv (for later --offline builds)", lambda ctx: not ctx.cfg.offline, gated=True),
+           "the IPA venv (for later --offline builds)", lambda ctx: not ctx.cfg.offline, owned="ours"),
     Native(Phase.CLEANUP, "01-copy-manifests-dir", "manifests", dibsteps.copy_manifests, "the DIB_* environment"),
     Native(Phase.CLEANUP, "05-remove-media-repositories", "sles", slessteps.unconfigure_step,
-           "the repositories the build added", gated=True),
+           "the repositories the build added", owned="ours"),
 )
 
 
@@ -91,11 +92,16 @@ def _package_natives(ctx: BuildContext) -> list[Native]:
 
 
 def _applies(native: Native, ctx: BuildContext) -> bool:
-    if native.gated:
-        found = next((e for e in ctx.elements if e.name == native.element), None)
-        if found is None or not _builtin(found):
-            return False
+    if native.owned and not _ours(ctx, native.element, need_present=native.owned == "present"):
+        return False
     return native.when(ctx)
+
+
+def _ours(ctx: BuildContext, name: str, *, need_present: bool) -> bool:
+    """Whether the builder's steps for element `name` belong in this build: not when a user's element
+    of that name replaced ours, and (need_present) not when the build has no such element."""
+    found = next((e for e in ctx.elements if e.name == name), None)
+    return _builtin(found) if found is not None else not need_present
 
 
 def _builtin(el: elements.Element) -> bool:
@@ -139,10 +145,9 @@ def _commit(ctx: BuildContext) -> None:
 
 
 def _output_steps(ctx: BuildContext) -> list[Step]:
-    found = next((e for e in ctx.elements if e.name == "sles-ipa-ramdisk-base"), None)
-    if found is None or not _builtin(found):
+    owner = "sles-ipa-ramdisk-base"  # the seed's cleanup.d/99-ramdisk-create made the ramdisk
+    if not _ours(ctx, owner, need_present=False):
         return []
-    owner = found.name
     steps = [Step(Final.OUTPUTS, f"{ctx.cfg.name}.{o.suffix}", owner, _output_step(o), o.what) for o in OUTPUTS]
     return [*steps, Step(Final.OUTPUTS, "commit", owner, _commit, "renames the outputs into place, sha256 last")]
 

@@ -187,7 +187,11 @@ fi
 
 
 def make_engine_elements(base: Path) -> Path:
-    """A tree of DIB elements exercising every phase and every native step (see test_phases)."""
+    """A tree of DIB elements exercising every phase and every native step (see test_phases).
+
+    bb-os pulls in empty stand-ins for `sles` and `sles-ipa-ramdisk-base`: a user's element of those
+    names replaces the builder's own, with its native steps (the qcow2 root, the Media1 repositories,
+    the outputs), so a build of bb-os on --base-tree runs the engine alone."""
     files: dict[str, Any] = {"environment.d/10-bb.bash": "export BB_FROM_ENVD=yes\n"}
     for phase in (*HOST_PHASES, *CHROOT_PHASES):
         files[f"{phase}.d/20-record"] = _recorder(phase)
@@ -195,8 +199,11 @@ def make_engine_elements(base: Path) -> Path:
         files[f"{phase}.d/50-maybe-sleep"] = SLEEPER.replace("PHASE", phase)
         files[f"{phase}.d/60-maybe-fail"] = FAILER.replace("PHASE", phase)
     make_element(
-        base, "bb-os", provides=["operating-system"], deps=["bb-app", "package-installs"], files=files
+        base, "bb-os", provides=["operating-system"],
+        deps=["bb-app", "package-installs", "sles", "sles-ipa-ramdisk-base"], files=files,
     )
+    for stand_in in ("sles", "sles-ipa-ramdisk-base"):
+        make_element(base, stand_in, files={"README.rst": "a test stand-in: replaces the built-in element\n"})
     make_element(
         base,
         "bb-app",
