@@ -56,7 +56,7 @@ def build(cfg: Config) -> Artifacts | None:
         write_report(ctx)
         phases.finish_workspace(ctx)  # failed or not: the tree is gigabytes (--keep-workspace keeps it)
     if ctx.artifacts is None:
-        log.info("no outputs: the build has no sles-ipa-ramdisk-base element")
+        log.info("no outputs: a sles-ipa-ramdisk-base of your own replaced the builder's, and with it its outputs")
         return None
     report_artifacts(ctx.artifacts)
     if cfg.boot_test:
