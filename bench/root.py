@@ -20,13 +20,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sles_ipa_builder import image, run  # noqa: E402
+from sles_ipa_builder import config, image, run  # noqa: E402
 
 ESP = image.ESP_GUID.lower()
 TAR_KEEP = ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--xattrs-exclude=security.selinux"]
@@ -92,7 +91,7 @@ def du(path: Path) -> int:
 
 def ours(img: Path, work: Path, accel: str) -> tuple[dict[str, Any], dict[str, Any]]:
     os.environ["XDG_CACHE_HOME"] = str(work / "xdg")  # an empty cache: the first run is cold
-    cfg = SimpleNamespace(base_tree=None, base_image=img)
+    cfg = config.resolve({"base_image": str(img)}, environ={})
     cold = image.prepare_root(cfg, work / "cold", accel=accel)
     warm = image.prepare_root(cfg, work / "warm", accel=accel)
     assert cold["cache"] == "miss" and warm["cache"] == "hit", (cold, warm)

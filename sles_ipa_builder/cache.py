@@ -161,15 +161,22 @@ def remember(kind: str, subject: str, key: str) -> None:
         _write_json(index_path, index)
 
 
-def clean(kinds: list[str] | None = None) -> list[Path]:
-    """Remove the given cache kinds (all of them when None): `clean -ff`. Returns what was removed."""
+def clean(keep: tuple[str, ...] = ()) -> list[Path]:
+    """Remove every cache kind but those in `keep` (`clean -ff` keeps the test media). Returns what went.
+
+    Lock files (`<kind>.lock` beside a kind) stay: they are empty, and removing one that a running
+    build holds would let the next build take a second lock on a new file.
+    """
     root = cache_root()
     if not root.is_dir():
         return []
-    targets = [root / k for k in kinds] if kinds else [root]
     removed = []
-    for t in targets:
-        if t.exists():
-            shutil.rmtree(t)
-            removed.append(t)
+    for entry in sorted(root.iterdir()):
+        if entry.name in keep or entry.name.endswith(".lock"):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+        removed.append(entry)
     return removed

@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 from collections.abc import Callable
+from itertools import groupby
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -18,8 +19,7 @@ from rich.table import Table
 
 from . import config as config_mod
 from .errors import ConfigError, InputError
-from .log import console
-from .settings import SETTINGS
+from .results import show
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -43,45 +43,45 @@ def build(args: argparse.Namespace, cli: dict[str, Any]) -> int:
 
 # --- summary ---------------------------------------------------------------------------------------
 def summary(args: argparse.Namespace, cli: dict[str, Any]) -> int:
-    from . import phases
+    from . import plan
 
     cfg = resolve(args, cli)
-    info = phases.describe(cfg)
+    info = plan.describe(plan.make(cfg))
     settings = {
-        s.key: {"value": _jsonable(cfg.shown(s.key)), "source": cfg.sources[s.key]} for s in SETTINGS
+        key: {"value": value, "source": cfg.sources[key]} for key, value in cfg.shown_settings().items()
     }
     if args.json:
         print(json.dumps({"settings": settings, **info}, indent=2))
         return 0
+    tables: list[Table] = []
     t = Table(title="Configuration")
     for col in ("setting", "value", "source"):
         t.add_column(col)
     for key, row in settings.items():
         t.add_row(key, _text(row["value"]), row["source"])
-    console.print(t)
+    tables.append(t)
     e = Table(title="Elements")
     e.add_column("element")
     e.add_column("pulled in by")
     e.add_column("path")
     for el in info["elements"]:
         e.add_row(el["name"], el["by"], el["path"])
-    console.print(e)
-    for phase in info["phases"]:
-        p = Table(title=f"{phase['name']} ({phase['where']})")
-        p.add_column("script")
-        p.add_column("element")
-        for step in phase["steps"]:
-            p.add_row(step["script"], step["element"])
-        console.print(p)
+    tables.append(e)
+    for stage, steps in groupby(info["steps"], key=lambda s: (s["stage"], s["where"])):
+        p = Table(title=f"{stage[0]} ({stage[1]})")
+        for col in ("step", "element", "kind"):
+            p.add_column(col)
+        for step in steps:
+            p.add_row(step["name"], step["element"], step["kind"])
+        tables.append(p)
+    if info["replaced"]:
+        r = Table(title="Native steps replaced by a user's script")
+        r.add_column("replaced")
+        for line in info["replaced"]:
+            r.add_row(line)
+        tables.append(r)
+    show(*tables)
     return 0
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def _text(value: Any) -> str:
@@ -108,7 +108,7 @@ def repos(args: argparse.Namespace, cli: dict[str, Any]) -> int:
         t.add_column(col)
     for row in rows:
         t.add_row(*(str(v) for v in row.values()))
-    console.print(t)
+    show(t)
     return 0
 
 
@@ -122,7 +122,7 @@ def pack(args: argparse.Namespace, cli: dict[str, Any]) -> int:
     result = ramdisk.pack(
         args.tree, args.output, comp, minimal_prune=args.minimal_prune, source_date_epoch=args.source_date_epoch
     )
-    console.print(f"{args.output}: {result.size / 2**20:.1f} MiB, sha256 {result.sha256}, "
+    show(f"{args.output}: {result.size / 2**20:.1f} MiB, sha256 {result.sha256}, "
                   f"{result.entries} entries, {result.seconds:.1f}s")
     return 0
 
@@ -152,7 +152,7 @@ def boot_test(args: argparse.Namespace, cli: dict[str, Any]) -> int:
         timeout=args.timeout or cfg.boot_timeout, memory_mb=args.memory or cfg.boot_memory,
         append=args.append, keep_console=args.keep_console, accel=args.accel or cfg.accel,
     )
-    console.print(result.summary())
+    show(result.summary())
     return 0
 
 
@@ -195,26 +195,25 @@ def size_report(args: argparse.Namespace, cli: dict[str, Any]) -> int:
     for p in (args.initramfs, args.diff):
         if p is not None and not p.is_file():
             raise InputError(f"{p} not found", "give the path of an initramfs")
-    sizereport.print_report(args.initramfs, diff=args.diff, top=args.top)
+    show(*sizereport.report_tables(args.initramfs, diff=args.diff, top=args.top))
     return 0
 
 
 def clean(args: argparse.Namespace, cli: dict[str, Any]) -> int:
+    from . import cache
+
     cfg = resolve(args, cli)
     if args.force < 1:
-        console.print(f"would remove {cfg.build_dir} (-f) and the caches (-ff); nothing removed")
+        show(f"would remove {cfg.build_dir} (-f) and the build caches in {cache.cache_root()} (-ff); "
+             "nothing removed")
         return 0
+    removed = []
     if cfg.build_dir.exists():
         shutil.rmtree(cfg.build_dir)
-        console.print(f"removed {cfg.build_dir}")
+        removed.append(cfg.build_dir)
     if args.force >= 2:
-        from . import cache
-
-        root = cache.cache_root()
-        # The test media is not a build cache: `fixtures --force` rebuilds it.
-        kinds = [p.name for p in root.iterdir() if p.name != "fixtures"] if root.is_dir() else []
-        for path in cache.clean(kinds) if kinds else []:
-            console.print(f"removed {path}")
+        removed += cache.clean(keep=("fixtures",))  # the test media is not a build cache: `fixtures --force`
+    show(*(f"removed {path}" for path in removed) if removed else ["nothing to remove"])
     return 0
 
 
@@ -251,7 +250,7 @@ def fixtures(args: argparse.Namespace, cli: dict[str, Any]) -> int:
         t.add_row(key, str(getattr(media, key)))
     for name, url in media.repos.items():
         t.add_row(f"git {name}", url)
-    console.print(t)
+    show(t)
     return 0
 
 

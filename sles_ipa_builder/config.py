@@ -7,6 +7,7 @@ before any work: a bad value is a ConfigError (exit 2) with a hint.
 
 from __future__ import annotations
 
+import keyword
 import os
 import re
 import tomllib
@@ -15,14 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import servicepack
+from .arch import Arch
+from .compress import Compression
 from .errors import ConfigError
+from .phase import parse_break_points
 from .settings import BY_KEY, SETTINGS, Setting
 
 TRUE = {"1", "true", "yes", "y", "on"}
 FALSE = {"0", "false", "no", "n", "off", ""}
-BUILTIN_COMPRESSORS = ("zstd", "gzip", "xz", "none")
-PHASE_NAMES = ("root", "extra-data", "pre-install", "install", "post-install", "post-root", "pre-finalise",
-               "finalise", "cleanup")
 REPO_ENV = re.compile(r"^DIB_REPO(LOCATION|REF)_(\w+)$")
 
 
@@ -62,6 +64,8 @@ def convert(setting: Setting, value: Any, where: str) -> Any:
     if kind == "path":
         text = str(value)
         return Path(os.path.expanduser(text)) if text else None
+    if kind == "arch":
+        return Arch.parse(str(value))
     if kind == "choice":
         text = str(value)
         if text not in setting.choices:
@@ -71,110 +75,204 @@ def convert(setting: Setting, value: Any, where: str) -> Any:
     return str(value)
 
 
+def attr(key: str) -> str:
+    """The Config attribute of a setting key (`break` is a Python keyword: `break_`)."""
+    return f"{key}_" if keyword.iskeyword(key) else key
+
+
 @dataclass(frozen=True)
 class Config:
-    """All settings by key (attribute access: cfg.workspace) plus where each came from."""
+    """Every setting as a typed attribute (checked against settings.SETTINGS by a test), plus where
+    each value came from. mypy sees each attribute, so a misspelt setting is a type error."""
 
-    values: Mapping[str, Any]
-    sources: Mapping[str, str]
+    workspace: Path
+    output: Path | None
+    name: str
+    base_os: str
+    arch: Arch
+    images_dir: Path
+    base_image: Path | None
+    base_tree: Path | None
+    iso: Path | None
+    iso_name: str | None
+    sles_release: str
+    service_pack: str
+    install_type: str
+    image_platform: str
+    repos: list[str]
+    elements: list[str]
+    elements_path: list[Path]
+    ipa_repo: str
+    ipa_ref: str
+    ironic_lib_repo: str
+    ironic_lib_ref: str
+    requirements_repo: str
+    requirements_ref: str
+    ironic_lib_from_source: bool
+    kernel_modules: str
+    ipa_cert: Path | None
+    enable_rescue: bool
+    remove_firmware: str
+    hardware_package: str | None
+    hardware_version: str | None
+    tls_cert_file: Path | None
+    tls_key_file: Path | None
+    tls_ca_file: Path | None
+    tls_cert_hostname: str
+    tls_cert_expiration: int
+    dev_user_pass: bool
+    dev_user_ssh: bool
+    dev_user_ssh_path: Path
+    dev_user_username: str
+    dev_user_password: str | None
+    dev_user_pwdless_sudo: str | None
+    dev_user_authorized_keys: Path | None
+    dev_user_shell: str | None
+    compress: str
+    compress_level: int | None
+    release: bool
+    minimal_prune: bool
+    size_limit_mb: int
+    source_date_epoch: int | None
+    ca_bundle: Path | None
+    offline: bool
+    keep_workspace: bool
+    break_: str | None
+    report: Path | None
+    boot_test: bool
+    boot_timeout: int
+    boot_memory: int
+    accel: str
+    quiet_cleanup: bool
+    dev_env_repo: str
+    dev_env_location: Path | None
+    dev_env_branch: str
+    dev_env_commit: str
+    sources: Mapping[str, str] = field(default_factory=dict)
     # DIB_* variables of the user's environment and TOML [env] table that no setting claims:
     # elements read arbitrary DIB_ variables, so they pass through to the hooks.
     passthrough: Mapping[str, str] = field(default_factory=dict)
     # name -> (location, ref) from DIB_REPOLOCATION_<name> / DIB_REPOREF_<name>
     repo_overrides: Mapping[str, tuple[str | None, str | None]] = field(default_factory=dict)
 
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self.values[key]
-        except KeyError:
-            raise AttributeError(key) from None
+    def value(self, key: str) -> Any:
+        """A setting by its key, for code that walks the settings table."""
+        return getattr(self, attr(key))
 
     # --- derived values -------------------------------------------------------------------------
     @property
     def build_dir(self) -> Path:
-        return Path(self.values["workspace"]) / "build"
+        return self.workspace / "build"
 
     @property
     def output_dir(self) -> Path:
-        return Path(self.values["output"] or self.values["workspace"])
+        return self.output or self.workspace
 
     @property
-    def break_points(self) -> set[str]:
-        return set(_break_points(self.values["break"]))
+    def break_points(self) -> frozenset[str]:
+        return parse_break_points(self.break_)
 
     @property
     def tar_name(self) -> str:
         """IPA_IMAGE_TAR of the seed, which derives it from the image name the same way."""
-        return f"{self.values['name']}.tar"
+        return f"{self.name}.tar"
 
     @property
     def element_list(self) -> list[str]:
         """The requested elements, with the seed's `sles` slot taken by IPA_BASE_OS."""
-        names = list(self.values["elements"])
-        if self.values["base_os"] != "sles":
-            names = [self.values["base_os"] if n == "sles" else n for n in names]
+        names = list(self.elements)
+        if self.base_os != "sles":
+            names = [self.base_os if n == "sles" else n for n in names]
         return names
 
     @property
     def python(self) -> str:
-        """Interpreter for the IPA venv: python3.10 on SP4 (as the seed), python3.11 from SP5 on."""
-        sp = str(self.values["service_pack"]).upper()
-        return "python3.10" if sp in ("SP3", "SP4") else "python3.11"
+        """Interpreter for the IPA venv (servicepack.PYTHON)."""
+        return servicepack.python(self.service_pack)
+
+    @property
+    def compression(self) -> Compression:
+        return Compression.parse(self.compress, self.compress_level)
 
     @property
     def iso_file_name(self) -> str:
-        return self.values["iso_name"] or (
-            f"{self.values['sles_release']}-{self.values['service_pack']}-Full-x86_64-GM-Media1.iso"
-        )
+        return self.iso_name or f"{self.sles_release}-{self.service_pack}-Full-{self.arch.suse}-GM-Media1.iso"
+
+    @property
+    def iso_path(self) -> Path:
+        """The Media1 ISO: --iso, else images_dir/<iso_file_name>."""
+        return self.iso or self.images_dir / self.iso_file_name
 
     def base_image_candidates(self) -> list[Path]:
         """Names the base image may have in images_dir: SUSE's download name and the seed's name."""
-        rel, sp = self.values["sles_release"], self.values["service_pack"]
-        tail = f"{self.values['install_type']}.x86_64-{self.values['image_platform']}.qcow2"
-        d = Path(self.values["images_dir"])
-        names = [f"{rel.replace('SLE-', 'SLES')}-{sp}-{tail}", f"{rel}-{sp}-{tail}"]
-        return [d / n for n in dict.fromkeys(names)]
+        tail = f"{self.install_type}.{self.arch.suse}-{self.image_platform}.qcow2"
+        names = [f"{self.sles_release.replace('SLE-', 'SLES')}-{self.service_pack}-{tail}",
+                 f"{self.sles_release}-{self.service_pack}-{tail}"]
+        return [self.images_dir / n for n in dict.fromkeys(names)]
+
+    def source_env(self) -> dict[str, str]:
+        """DIB_REPOLOCATION_/DIB_REPOREF_ of every source the user set: the seed's three repositories
+        always (build_ipa_sles.sh exported them, defaults included), then any DIB_REPO* override, which
+        wins. elements.source_repos applies them, as DIB's source-repositories element does."""
+        env = {}
+        for name, location, ref in (("ironic_python_agent", self.ipa_repo, self.ipa_ref),
+                                    ("ironic_lib", self.ironic_lib_repo, self.ironic_lib_ref),
+                                    ("requirements", self.requirements_repo, self.requirements_ref)):
+            env[f"DIB_REPOLOCATION_{name}"], env[f"DIB_REPOREF_{name}"] = location, ref
+        for name, (loc, rev) in self.repo_overrides.items():
+            env.update({k: v for k, v in ((f"DIB_REPOLOCATION_{name}", loc), (f"DIB_REPOREF_{name}", rev)) if v})
+        return env
 
     def shown(self, key: str) -> Any:
         """The value as it may be printed: secrets masked."""
-        value = self.values[key]
+        value = self.value(key)
         if BY_KEY[key].secret and value:
             return "***"
         return value
 
+    def shown_settings(self) -> dict[str, Any]:
+        """Every setting as JSON can hold it, secrets masked: for summary --json and the manifest."""
+        def plain(v: Any) -> Any:
+            if isinstance(v, list):
+                return [plain(i) for i in v]
+            return str(v) if isinstance(v, Path | Arch) else v
+
+        return {s.key: plain(self.shown(s.key)) for s in SETTINGS}
+
     def hook_env(self) -> dict[str, str]:
         """The seed's variables as the elements expect them in their environment."""
-        v = self.values
-        env: dict[str, str] = dict(self.passthrough)
+        # DIB_RELEASE is DIB's own variable: a user's value passes through and wins
+        env: dict[str, str] = {"DIB_RELEASE": servicepack.dib_release(self.sles_release, self.service_pack),
+                               **self.passthrough}
         seed = {
-            "IMAGE_NAME": v["name"],
-            "DIB_SLES_OFFLINE_TARGET_DIR": str(v["images_dir"]),
-            "DIB_SLES_RELEASE": v["sles_release"],
-            "DIB_SLES_SERVICE_PACK": v["service_pack"],
-            "DIB_SLES_INSTALL_TYPE": v["install_type"],
-            "DIB_SLES_IMAGE_TARGET_PLATFORM": v["image_platform"],
+            "IMAGE_NAME": self.name,
+            "DIB_SLES_OFFLINE_TARGET_DIR": str(self.images_dir),
+            "DIB_SLES_RELEASE": self.sles_release,
+            "DIB_SLES_SERVICE_PACK": self.service_pack,
+            "DIB_SLES_INSTALL_TYPE": self.install_type,
+            "DIB_SLES_IMAGE_TARGET_PLATFORM": self.image_platform,
             "DIB_SLES_ISO_REPO_FILE": self.iso_file_name,
             "DIB_SLES_PYTHON": self.python,
-            "DIB_ADDITIONAL_IPA_KERNEL_MODULES": v["kernel_modules"],
-            "DIB_IPA_ENABLE_RESCUE": "true" if v["enable_rescue"] else "false",
-            "IPA_REMOVE_FIRMWARE": v["remove_firmware"],
-            "IRONIC_LIB_FROM_SOURCE": "true" if v["ironic_lib_from_source"] else "false",
-            "DIB_IPA_CERT_HOSTNAME": v["tls_cert_hostname"],
-            "DIB_IPA_CERT_EXPIRATION": str(v["tls_cert_expiration"]),
-            "DIB_DEV_USER_USERNAME": v["dev_user_username"],
-            "DIB_OFFLINE": "1" if v["offline"] else "",
+            "DIB_ADDITIONAL_IPA_KERNEL_MODULES": self.kernel_modules,
+            "DIB_IPA_ENABLE_RESCUE": "true" if self.enable_rescue else "false",
+            "IPA_REMOVE_FIRMWARE": self.remove_firmware,
+            "IRONIC_LIB_FROM_SOURCE": "true" if self.ironic_lib_from_source else "false",
+            "DIB_IPA_CERT_HOSTNAME": self.tls_cert_hostname,
+            "DIB_IPA_CERT_EXPIRATION": str(self.tls_cert_expiration),
+            "DIB_DEV_USER_USERNAME": self.dev_user_username,
+            "DIB_OFFLINE": "1" if self.offline else "",
         }
         optional = {
-            "DIB_IPA_CERT": v["ipa_cert"],
-            "DIB_IPA_CERT_FILE": v["tls_cert_file"],
-            "DIB_IPA_KEY_FILE": v["tls_key_file"],
-            "DIB_IPA_CA_FILE": v["tls_ca_file"],
-            "DIB_IPA_HARDWARE_PACKAGE": v["hardware_package"],
-            "DIB_IPA_HARDWARE_VERSION": v["hardware_version"],
-            "DIB_DEV_USER_SHELL": v["dev_user_shell"],
-            "DIB_DEV_USER_PWDLESS_SUDO": v["dev_user_pwdless_sudo"],
-            "DIB_DEV_USER_PASSWORD": v["dev_user_password"],
-            "DIB_DEV_USER_AUTHORIZED_KEYS": v["dev_user_authorized_keys"],
+            "DIB_IPA_CERT": self.ipa_cert,
+            "DIB_IPA_CERT_FILE": self.tls_cert_file,
+            "DIB_IPA_KEY_FILE": self.tls_key_file,
+            "DIB_IPA_CA_FILE": self.tls_ca_file,
+            "DIB_IPA_HARDWARE_PACKAGE": self.hardware_package,
+            "DIB_IPA_HARDWARE_VERSION": self.hardware_version,
+            "DIB_DEV_USER_SHELL": self.dev_user_shell,
+            "DIB_DEV_USER_PWDLESS_SUDO": self.dev_user_pwdless_sudo,
+            "DIB_DEV_USER_PASSWORD": self.dev_user_password,
+            "DIB_DEV_USER_AUTHORIZED_KEYS": self.dev_user_authorized_keys,
         }
         env.update(seed)
         env.update({k: str(val) for k, val in optional.items() if val not in (None, "")})
@@ -182,7 +280,7 @@ class Config:
 
     def secrets(self) -> list[str]:
         """Secret values, so logs and manifests can be checked for them."""
-        return [str(self.values[s.key]) for s in SETTINGS if s.secret and self.values[s.key]]
+        return [str(self.value(s.key)) for s in SETTINGS if s.secret and self.value(s.key)]
 
 
 def load_toml(path: Path) -> dict[str, Any]:
@@ -246,9 +344,18 @@ def resolve(
             loc, ref = overrides.get(m.group(2), (None, None))
             overrides[m.group(2)] = (v, ref) if m.group(1) == "LOCATION" else (loc, v)
     _apply_seed_switches(values, sources)
-    cfg = Config(values, sources, passthrough, overrides)
+    _required(values, sources)
+    cfg = Config(**{attr(k): v for k, v in values.items()}, sources=sources, passthrough=passthrough,
+                 repo_overrides=overrides)
     validate(cfg)
     return cfg
+
+
+def _required(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """A path setting with a default may not be emptied (ca_bundle may: '' turns it off)."""
+    for s in SETTINGS:
+        if s.kind == "path" and s.default is not None and values[s.key] is None and not s.empty_ok:
+            raise ConfigError(f"{s.key} is empty ({sources[s.key]})", f"give {s.key} a path, or leave it unset")
 
 
 def _apply_seed_switches(values: dict[str, Any], sources: dict[str, str]) -> None:
@@ -266,49 +373,24 @@ def _apply_seed_switches(values: dict[str, Any], sources: dict[str, str]) -> Non
 
 
 def validate(cfg: Config) -> None:
-    v = cfg.values
     for key in ("size_limit_mb", "tls_cert_expiration", "boot_timeout", "boot_memory"):
-        if v[key] is not None and v[key] <= 0:
-            raise ConfigError(f"{key} must be positive, not {v[key]}", f"set {key} to a number above 0")
-    comp = str(v["compress"]).strip()
-    if not comp:
-        raise ConfigError("compression is empty", f"use one of {', '.join(BUILTIN_COMPRESSORS)} or a command")
-    if " " not in comp and comp not in BUILTIN_COMPRESSORS and not _is_command(comp):
-        raise ConfigError(f"unknown compression '{comp}'",
-                          f"use one of {', '.join(BUILTIN_COMPRESSORS)}, or a command such as 'zstd -19 -T0'")
-    level = v["compress_level"]
-    if level is not None and comp in ("zstd", "gzip", "xz"):
-        lo, hi = {"zstd": (1, 19), "gzip": (1, 9), "xz": (0, 9)}[comp]
-        if not lo <= level <= hi:
-            raise ConfigError(f"{comp} level {level} is out of range {lo}-{hi}",
-                              "levels above 19 use zstd windows the kernel cannot unpack" if comp == "zstd" else "")
+        if cfg.value(key) <= 0:
+            raise ConfigError(f"{key} must be positive, not {cfg.value(key)}", f"set {key} to a number above 0")
+    cfg.compression  # noqa: B018 - compress.py is the one judge of compressors and their levels
+    servicepack.normalise(cfg.service_pack)
     for key in ("ipa_cert", "tls_cert_file", "tls_key_file", "tls_ca_file", "dev_user_authorized_keys"):
-        p = v[key]
+        p = cfg.value(key)
         if p is not None and not Path(p).is_file():
             raise ConfigError(f"{key}: {p} is not a readable file ({cfg.sources[key]})",
                               "give the path of an existing file, or unset it")
-    if bool(v["tls_cert_file"]) != bool(v["tls_key_file"]):
+    if bool(cfg.tls_cert_file) != bool(cfg.tls_key_file):
         raise ConfigError("a TLS certificate needs its key (DIB_IPA_CERT_FILE and DIB_IPA_KEY_FILE go together)",
                           "set both, or neither to have a certificate generated")
-    if v["dev_user_password"] and not v["dev_user_username"]:
+    if cfg.dev_user_password and not cfg.dev_user_username:
         raise ConfigError("a dev user password is set but no user name",
                           "set DIB_DEV_USER_USERNAME, or drop DIB_DEV_USER_PASSWORD")
-    if v["base_tree"] is not None and not Path(v["base_tree"]).is_dir():
-        raise ConfigError(f"base tree {v['base_tree']} is not a directory", "give an extracted root filesystem")
-    for point in _break_points(v["break"]):
-        when, _, phase = point.partition("-")
-        if point != "after-error" and (when not in ("before", "after") or phase not in PHASE_NAMES):
-            raise ConfigError(f"unknown break point '{point}'",
-                              "use before-<phase>, after-<phase> or after-error; phases: " + ", ".join(PHASE_NAMES))
-    if not v["elements"]:
+    if cfg.base_tree is not None and not cfg.base_tree.is_dir():
+        raise ConfigError(f"base tree {cfg.base_tree} is not a directory", "give an extracted root filesystem")
+    cfg.break_points  # noqa: B018 - phase.py parses break points, here as at the build
+    if not cfg.elements:
         raise ConfigError("the element list is empty", "give at least an operating-system element such as sles")
-
-
-def _break_points(value: str | None) -> list[str]:
-    return [p.strip() for p in (value or "").split(",") if p.strip()]
-
-
-def _is_command(word: str) -> bool:
-    from .run import which
-
-    return which(word) is not None

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Callable
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from . import elements
 from .cache import cache_root
 from .config import Config
-from .elements import Element, HookTree
+from .elements import Element, HookTree, SourceRepo
 from .log import Timings
+from .packages import PackageLists
+from .phase import Step
+
+if TYPE_CHECKING:
+    from .media import Media
+    from .outputs import Artifacts, Staging
+    from .target import ResolvSaved
 
 # Inside the target the build-time CA bundle is bind-mounted here, only while a chroot phase runs.
 TARGET_CA = "/tmp/sib-build-ca.pem"
@@ -42,10 +49,19 @@ class BuildContext:
     # Extra bind mounts for chroot phases: (host dir, absolute path in the target), e.g. the zypper cache.
     target_mounts: list[tuple[Path, str]] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
-    # Native steps other modules provide, by name (e.g. "source-repositories": sources.fetch).
-    native_steps: dict[str, Callable[[BuildContext], None]] = field(default_factory=dict)
-    phase_env_cache: dict[str, str] | None = None
-    state: dict[str, Any] = field(default_factory=dict)
+    # --- made with the plan (plan.make), before anything runs
+    phase_env: dict[str, str] = field(default_factory=dict)  # the hook environment after environment.d
+    source_repos: list[SourceRepo] = field(default_factory=list)
+    packages: PackageLists = field(default_factory=PackageLists)
+    steps: list[Step] = field(default_factory=list)  # the plan: every step in run order, outputs included
+    replaced: list[str] = field(default_factory=list)  # native steps a user's script of the same name replaced
+    # --- state of the running build
+    media: Media | None = None  # the Media1 ISO, opened once by the input checks
+    refresh_aliases: list[str] | None = None  # zypper repositories to refresh (None: all)
+    zypper_token: str = field(default_factory=lambda: uuid.uuid4().hex)  # names this build's zypper refresh
+    resolv: ResolvSaved | None = None
+    staging: Staging | None = None  # the outputs being written, before they are renamed into place
+    artifacts: Artifacts | None = None
 
     @property
     def workspace(self) -> Path:
@@ -59,31 +75,6 @@ class BuildContext:
         return {v: str(self.ca_bundle) for v in CA_VARS} if self.ca_bundle else {}
 
 
-def dib_release(cfg: Config) -> str:
-    """SLE-15 + SP4 -> 15.4, the key pkg-map's release table uses."""
-    major = str(cfg.sles_release).rsplit("-", 1)[-1]
-    sp = str(cfg.service_pack).upper().removeprefix("SP")
-    return f"{major}.{sp}" if sp.isdigit() else major
-
-
-def _repo_env(cfg: Config) -> dict[str, str]:
-    """The seed's IPA_REPO/IPA_REF... as DIB_REPOLOCATION_/DIB_REPOREF_ (what build_ipa_sles.sh exported)."""
-    env = {}
-    for name, loc, ref in (
-        ("ironic_python_agent", cfg.ipa_repo, cfg.ipa_ref),
-        ("ironic_lib", cfg.ironic_lib_repo, cfg.ironic_lib_ref),
-        ("requirements", cfg.requirements_repo, cfg.requirements_ref),
-    ):
-        env[f"DIB_REPOLOCATION_{name}"] = str(loc)
-        env[f"DIB_REPOREF_{name}"] = str(ref)
-    for name, (loc, ref) in cfg.repo_overrides.items():
-        if loc is not None:
-            env[f"DIB_REPOLOCATION_{name}"] = loc
-        if ref is not None:
-            env[f"DIB_REPOREF_{name}"] = ref
-    return env
-
-
 def hook_env(cfg: Config, build_dir: Path, path: list[Path], resolved: list[Element]) -> dict[str, str]:
     """The variables every hook sees (DIB's exported environment), on the host and in the target."""
     root, hooks = build_dir / "root", build_dir / "hooks"
@@ -95,14 +86,13 @@ def hook_env(cfg: Config, build_dir: Path, path: list[Path], resolved: list[Elem
         "DIB_NO_TMPFS": "1",
         "DIB_CHECKSUM": "0",
         "DISTRO_NAME": "opensuse",
-        "DIB_RELEASE": dib_release(cfg),
         "DIB_IMAGE_CACHE": str(cache_root() / "image-create"),
     }
-    env.update(_repo_env(cfg))
+    env.update(cfg.source_env())
     env.update(cfg.hook_env())  # the user's DIB_* pass through, so they win over our defaults above
     env.update(
         {
-            "ARCH": "amd64",
+            "ARCH": cfg.arch.dib,
             "TARGET_ROOT": str(root),
             "TMP_MOUNT_PATH": str(root),
             "TMP_HOOKS_PATH": str(hooks),
@@ -129,7 +119,6 @@ def make_context(cfg: Config, *, breakpoints: set[str] | None = None) -> BuildCo
     build_dir = cfg.build_dir
     env = hook_env(cfg, build_dir, path, resolved)
     tree = elements.merge(resolved, env)
-    ca = Path(cfg.ca_bundle) if cfg.ca_bundle not in (None, "") else None
     return BuildContext(
         cfg=cfg,
         build_dir=build_dir,
@@ -141,41 +130,6 @@ def make_context(cfg: Config, *, breakpoints: set[str] | None = None) -> BuildCo
         elements=resolved,
         tree=tree,
         env=env,
-        ca_bundle=ca,
-        breakpoints=set(breakpoints)
-        if breakpoints is not None
-        else parse_breakpoints(cfg.values.get("break")),
+        ca_bundle=cfg.ca_bundle,
+        breakpoints=set(breakpoints) if breakpoints is not None else set(cfg.break_points),
     )
-
-
-BREAKS = {"after-error"} | {
-    f"{w}-{p}"
-    for w in ("before", "after")
-    for p in (
-        "root",
-        "extra-data",
-        "pre-install",
-        "install",
-        "post-install",
-        "post-root",
-        "pre-finalise",
-        "finalise",
-        "cleanup",
-    )
-}
-
-
-def parse_breakpoints(raw: object) -> set[str]:
-    """`--break before-install,after-error` (a list or a comma/space separated string)."""
-    if not raw:
-        return set()
-    items = raw if isinstance(raw, list | tuple | set) else str(raw).replace(",", " ").split()
-    names = {str(i).strip() for i in items if str(i).strip()}
-    bad = sorted(names - BREAKS)
-    if bad:
-        from .errors import ConfigError
-
-        raise ConfigError(
-            f"unknown break point(s) {', '.join(bad)}", "use before-<phase>, after-<phase> or after-error"
-        )
-    return names

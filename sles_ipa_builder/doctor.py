@@ -10,8 +10,11 @@ from pathlib import Path
 
 from rich.table import Table
 
+from .appliance import check_launch
+from .cache import cache_root
 from .config import Config
 from .log import console
+from .results import show
 
 TOOLS = {
     "unshare": "util-linux: private mount and PID namespace for the build",
@@ -20,7 +23,6 @@ TOOLS = {
     "tar": "GNU tar: unpacks the cached root tree",
     "zstd": "unpacks the cached root tree quickly",
     "git": "GitPython drives git for the sources",
-    "qemu-system-x86_64": "boot test (package qemu-system-x86)",
     "openssl": "sles-ipa-tls generates certificates",
 }
 MODULES = {"guestfs": "python3-guestfs (venv needs --system-site-packages)", "pycdlib": "pip", "git": "GitPython",
@@ -45,7 +47,8 @@ def free_gib(path: Path) -> float:
 
 def checks(cfg: Config, *, launch: bool = True) -> list[Check]:
     out = [Check("root", os.geteuid() == 0, "running as root" if os.geteuid() == 0 else "build needs root")]
-    for tool, why in TOOLS.items():
+    tools = {**TOOLS, cfg.arch.qemu_binary: f"boot test (Debian package {cfg.arch.qemu_package})"}
+    for tool, why in tools.items():
         path = shutil.which(tool)
         out.append(Check(f"tool {tool}", path is not None, path or f"missing: {why}", fatal=tool != "openssl"))
     for mod, why in MODULES.items():
@@ -54,7 +57,7 @@ def checks(cfg: Config, *, launch: bool = True) -> list[Check]:
             out.append(Check(f"python {mod}", True, "importable"))
         except ImportError:
             out.append(Check(f"python {mod}", False, f"missing: {why}"))
-    places: list[tuple[str, Path]] = [("workspace", Path(cfg.workspace)), ("cache", _cache_root())]
+    places: list[tuple[str, Path]] = [("workspace", Path(cfg.workspace)), ("cache", cache_root())]
     for label, place in places:
         gib = free_gib(place)
         out.append(Check(f"free space {label}", gib >= MIN_FREE_GIB, f"{gib:.0f} GiB free at {place}",
@@ -63,12 +66,6 @@ def checks(cfg: Config, *, launch: bool = True) -> list[Check]:
     if launch:
         out.append(launch_check(cfg))
     return out
-
-
-def _cache_root() -> Path:
-    from .cache import cache_root
-
-    return cache_root()
 
 
 def input_checks(cfg: Config) -> list[Check]:
@@ -80,15 +77,13 @@ def input_checks(cfg: Config) -> list[Check]:
         found = next((p for p in candidates if p.is_file() and os.access(p, os.R_OK)), None)
         out.append(Check("base image", found is not None,
                          str(found) if found else "none of: " + ", ".join(str(p) for p in candidates)))
-    iso = Path(cfg.iso) if cfg.iso else Path(cfg.images_dir) / cfg.iso_file_name
+    iso = cfg.iso_path
     out.append(Check("Media1 ISO", iso.is_file() and os.access(iso, os.R_OK), str(iso)))
     return out
 
 
 def launch_check(cfg: Config) -> Check:
     try:
-        from .appliance import check_launch
-
         return Check("libguestfs launch", True, check_launch(accel=cfg.accel))
     except Exception as e:  # doctor reports every failure instead of stopping at the first
         return Check("libguestfs launch", False, str(e).splitlines()[0] if str(e) else type(e).__name__)
@@ -103,7 +98,7 @@ def run(cfg: Config) -> int:
     for c in results:
         mark = "[green]ok[/]" if c.ok else ("[red]FAIL[/]" if c.fatal else "[yellow]warn[/]")
         t.add_row(c.name, mark, c.detail)
-    console.print(t)
+    show(t)
     failed = [c for c in results if c.fatal and not c.ok]
     if failed:
         console.print(f"error: {len(failed)} check(s) failed: " + ", ".join(c.name for c in failed))

@@ -332,7 +332,8 @@ def expand(text: str, env: Mapping[str, str]) -> str:
     return _VAR.sub(sub, text)
 
 
-def _override_key(name: str) -> str:
+def override_key(name: str) -> str:
+    """DIB's variable suffix of a source (DIB_REPOREF_<key>): every non-alphanumeric character is '_'."""
     return re.sub(r"[^A-Za-z0-9]", "_", name)
 
 
@@ -359,7 +360,7 @@ def source_repos(elements: Iterable[Element], env: Mapping[str, str]) -> list[So
                     "the format is '<name> <git|tar|file|package> <dest> <location> [ref]'",
                 )
             name, rtype, dest, location, ref = m.groups()
-            key = _override_key(name)
+            key = override_key(name)
             if env.get(f"DIB_INSTALLTYPE_{key}", default_type) != "source":
                 log.debug("source repository %s skipped: install type is not source", name)
                 continue

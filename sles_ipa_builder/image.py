@@ -24,6 +24,8 @@ import zstandard
 
 from . import cache, run
 from .appliance import launch
+from .arch import Arch
+from .config import Config
 from .errors import BuildError, InputError
 
 log = logging.getLogger(__name__)
@@ -41,7 +43,7 @@ SKIP_MOUNTS = ("/.snapshots",)  # snapper's subvolume: every old snapshot would 
 BINARIES = ("/usr/bin/ls", "/bin/ls", "/usr/bin/bash", "/bin/bash", "/bin/sh", "/usr/lib/systemd/systemd")
 
 
-def find_image(cfg: Any) -> Path:
+def find_image(cfg: Config) -> Path:
     """cfg.base_image, else the first existing of the names the seed and SUSE use in images_dir."""
     if cfg.base_image:
         image = Path(cfg.base_image)
@@ -77,14 +79,14 @@ def sniff(image: Path) -> str:
                      "give the SLES Minimal-VM OpenStack .qcow2 (an .xz download must be unpacked first)")
 
 
-def prepare_root(cfg: Any, root: Path, *, accel: str = "auto", force: bool = False) -> dict[str, Any]:
+def prepare_root(cfg: Config, root: Path, *, accel: str = "auto", force: bool = False) -> dict[str, Any]:
     """Fill the empty directory `root` with the base tree; return facts for the build manifest."""
     start = time.monotonic()
     root.mkdir(parents=True, exist_ok=True)
     if cfg.base_tree:
-        src = Path(cfg.base_tree)
-        run.run(["cp", "-a", "--reflink=auto", f"{src}/.", f"{root}/"], hint="the base tree must be readable")
-        return {"source": "tree", "path": str(src), "cache": "none",
+        run.run(["cp", "-a", "--reflink=auto", f"{cfg.base_tree}/.", f"{root}/"],
+                hint="the base tree must be readable")
+        return {"source": "tree", "path": str(cfg.base_tree), "cache": "none",
                 "seconds": round(time.monotonic() - start, 2)}
     image = find_image(cfg)
     fmt = sniff(image)
@@ -98,7 +100,7 @@ def prepare_root(cfg: Any, root: Path, *, accel: str = "auto", force: bool = Fal
             facts["timings"] = {"unpack": unpack(entry.path, root)}
         else:
             facts.update(cache="miss", cache_reason=entry.reason, cache_file=str(entry.path))
-            facts.update(extract(image, fmt, root, entry.path, accel=accel))
+            facts.update(extract(image, fmt, root, entry.path, arch=cfg.arch, accel=accel))
         cache.remember("rootfs", str(image.resolve()), sha)
     facts["seconds"] = round(time.monotonic() - start, 2)
     log.info("root tree from %s: cache %s, %.1fs", image.name, facts["cache"], facts["seconds"])
@@ -264,7 +266,7 @@ def _mount_layout(g: Any, image: Path) -> tuple[str, list[tuple[str, str, str]]]
     return arch, [(mp, dev, _opts(g, dev)) for mp, dev in inspected if mp != "/"]
 
 
-def mount_tree(g: Any, image: Path) -> dict[str, Any]:
+def mount_tree(g: Any, image: Path, expected: Arch) -> dict[str, Any]:
     arch, mounts = _mount_layout(g, image)
     by_mountpoint = {mp: dev for dev, mp in g.mountpoints().items()}
     mounted = [{"mountpoint": "/", "device": str(by_mountpoint.get("/", ""))}]
@@ -282,10 +284,10 @@ def mount_tree(g: Any, image: Path) -> dict[str, Any]:
         raise InputError(f"no Linux root filesystem found in {image}",
                          "give the SLES Minimal-VM OpenStack qcow2 (no partition holds /etc and /usr)")
     arch = arch if arch and arch != "unknown" else _arch(g)
-    if arch and arch != "x86_64":
-        raise InputError(f"{image} is an {arch} image, not x86_64", "use the x86_64 SLES Minimal-VM qcow2")
+    if arch and arch != expected.elf:
+        raise InputError(f"{image} is an {arch} image, not {expected}", f"use the {expected} SLES Minimal-VM qcow2")
     if not arch:
-        log.warning("%s: could not tell the architecture; assuming x86_64", image.name)
+        log.warning("%s: could not tell the architecture; assuming %s", image.name, expected)
     return {"arch": arch or "unknown", "mounts": mounted}
 
 
@@ -302,7 +304,7 @@ def _arch(g: Any) -> str:
 # --- streaming the tree out ----------------------------------------------------------------------------
 
 
-def extract(image: Path, fmt: str, root: Path, archive: Path, *, accel: str = "auto") -> dict[str, Any]:
+def extract(image: Path, fmt: str, root: Path, archive: Path, *, arch: Arch, accel: str = "auto") -> dict[str, Any]:
     """Cold path: one tar stream out of the appliance, teed into `tar -x` and the zstd cache archive."""
     timings: dict[str, float] = {}
     t = time.monotonic()
@@ -310,7 +312,7 @@ def extract(image: Path, fmt: str, root: Path, archive: Path, *, accel: str = "a
     timings["launch"] = round(time.monotonic() - t, 2)
     try:
         t = time.monotonic()
-        layout = mount_tree(g, image)
+        layout = mount_tree(g, image, arch)
         timings["inspect_mount"] = round(time.monotonic() - t, 2)
         t = time.monotonic()
         size = _stream(g, root, archive)

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 BLOCK = 2048
 CHUNK = 1 << 20
-HINT_ISO = "give the SLE-15-SPx-Full-x86_64-GM-Media1.iso downloaded from SUSE (--iso)"
+HINT_ISO = "give the SLE-15-SPx-Full-<arch>-GM-Media1.iso downloaded from SUSE (--iso)"
 
 
 @dataclass(frozen=True)

@@ -66,17 +66,17 @@ def checkout(
         if dest.is_dir() and any(dest.iterdir()) and ours:
             # kept from an earlier build: follow the branch as a fresh clone would (the seed's was fresh)
             with step(f"update {dest} to {branch}"):
-                repo = git.Repo(dest)
+                repo = run.git_repo(dest)
                 repo.remotes.origin.set_url(url)
                 repo.git.fetch("--quiet", "origin", branch)
                 repo.git.checkout("--quiet", "--force", "--detach", "FETCH_HEAD")
         elif dest.is_dir() and any(dest.iterdir()):
             log.info("using the metal3-dev-env checkout in %s as it is", dest)
-            repo = git.Repo(dest)
+            repo = run.git_repo(dest)
         else:
             with step(f"clone {url} ({branch}) into {dest}"):
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                repo = git.Repo.clone_from(url, dest, branch=branch, single_branch=True)
+                repo = run.git_clone(url, dest, branch=branch, single_branch=True)
         if commit and commit != "HEAD":
             repo.git.checkout(commit)
         return Path(repo.working_tree_dir or dest)
@@ -131,7 +131,7 @@ def run_metal3_dev_env(
     """make, make test, then always make clean; a failure of make or make test raises BuildError."""
     ipa_dir = local_ipa_dir(Path(tar_path), workspace)
     tree = checkout(location_or_url, branch=branch, commit=commit, workspace=workspace, repo_url=repo_url)
-    head = git.Repo(tree).head.commit.hexsha
+    head = run.git_repo(tree).head.commit.hexsha
     env = dict(os.environ)
     env.update({"USE_LOCAL_IPA": "true", "IPA_DOWNLOAD_ENABLED": "false", "LOCAL_IPA_PATH": str(ipa_dir)})
     result = Metal3Result(tree, head)

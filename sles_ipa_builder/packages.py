@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import operator
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from .arch import HOST_DEFAULT
 from .elements import Element
 from .errors import ConfigError
 
@@ -148,7 +148,7 @@ def entries(element: Element, env: Mapping[str, str]) -> list[tuple[str, str, bo
         py = str(params.get("dib_python_version", ""))
         if py and py != env.get("DIB_PYTHON_VERSION", ""):
             continue
-        if not _arch_ok(str(pkg), params, env.get("ARCH", "amd64"), where):
+        if not _arch_ok(str(pkg), params, env.get("ARCH", HOST_DEFAULT.dib), where):
             continue
         if not when(params.get("when"), env, where):
             continue
@@ -209,13 +209,6 @@ def collect(elements: Iterable[Element], env: Mapping[str, str]) -> PackageLists
     return result
 
 
-def install_argv(packages: list[str], *, uninstall: bool = False) -> list[str]:
-    """The zypper command line (the inputs' zypper module owns it)."""
-    from . import zypper
-
-    return zypper.install_argv(packages, uninstall=uninstall)
-
-
 def pkg_map_files(elements: Iterable[Element]) -> dict[str, Path]:
     """element -> pkg-map file, for /usr/share/pkg-map/<element> in the target (pkg-map's extra-data)."""
     return {
@@ -223,39 +216,3 @@ def pkg_map_files(elements: Iterable[Element]) -> dict[str, Path]:
         for el in elements
         if el.path is not None and (el.path / "pkg-map").is_file()
     }
-
-
-def installed(ctx: Any, names: list[str]) -> set[str]:
-    """Which of `names` the target's rpm database has (by name or by what a package provides)."""
-    from . import hooks, run
-
-    res = run.run(hooks.chroot_argv(ctx.root, ["rpm", "-q", "--whatprovides", "--qf", "", *names]),
-                  env=hooks.chroot_env(ctx), check=False, capture=True)
-    missing = set(re.findall(r"no package provides (\S+)", res.stdout + res.stderr))
-    return set(names) - missing
-
-
-def package_step(phase_dir: str, uninstall: bool) -> Callable[[Any], None]:
-    """The native step that replaces <phase>.d/NN-package-(un)installs: one zypper call."""
-
-    def run_packages(ctx: Any) -> None:
-        from . import hooks
-
-        lists: PackageLists = ctx.state["packages"]
-        names = lists.get(phase_dir, uninstall)
-        if uninstall:  # zypper fails on a name that is not installed: removing it is already done
-            absent = set(names) - installed(ctx, names)
-            if absent:
-                log.info("not installed, nothing to remove: %s", " ".join(sorted(absent)))
-            names = [n for n in names if n not in absent]
-            if not names:
-                return
-        log.info(
-            "%s %d package(s): %s", "removing" if uninstall else "installing", len(names), " ".join(names)
-        )
-        hooks.run_zypper(ctx, install_argv(names, uninstall=uninstall))
-        ctx.manifest.setdefault("packages", {})[f"{phase_dir}:{'uninstall' if uninstall else 'install'}"] = (
-            names
-        )
-
-    return run_packages

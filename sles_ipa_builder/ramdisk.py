@@ -1,4 +1,4 @@
-"""The ramdisk step: prune, add /init, fstab and device nodes, pack, and write the artifacts.
+"""The ramdisk: prune rules, /init, fstab and device nodes, the kernel it boots, and packing a tree.
 
 Replaces the seed's cleanup.d/99-ramdisk-create plus the driver's tar and size check. The tree is
 never modified: /init, /etc/fstab and the /dev nodes are synthetic archive members, so packing
@@ -7,33 +7,33 @@ needs no mknod privilege and a tree can be packed twice with the same result.
 
 from __future__ import annotations
 
-import fcntl
 import fnmatch
 import hashlib
-import json
 import logging
 import os
 import re
-import shutil
-import tarfile
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from . import cpio, log
+from .arch import HOST_DEFAULT, Arch
 from .compress import Compression, Compressor, check_kernel_support
 from .errors import BuildError, InputError
-from .hooks import in_root
-from .sizereport import list_packages
+from .target import in_root
 
 logger = logging.getLogger(__name__)
 
 # The seed's find -prune rules (paths relative to the tree, without "./"); a pruned directory
 # itself stays in the archive as an empty dir, only what matches is left out.
-MINIMAL_PRUNE = ("sys/*", "tmp/*", "boot/*", "root/.cache")
+# zypper's state of the build, never its content: a random id it sends to every repository it asks
+# (it would tell one ramdisk from another, and no two builds could give one hash) and the list of
+# packages it installed as dependencies (its order differs between builds; only zypper reads it).
+BUILD_STATE = ("var/lib/zypp/AnonymousUniqueId", "var/lib/zypp/AutoInstalled")
+MINIMAL_PRUNE = ("sys/*", "tmp/*", "boot/*", "root/.cache", *BUILD_STATE)
 FULL_PRUNE = MINIMAL_PRUNE + (
     "*site-packages/babel/locale-data/*",
     "usr/include/*",
@@ -107,27 +107,35 @@ def _kernel_config(tree: Path, version: str) -> Path | None:
     return None
 
 
-def find_kernel(tree: Path) -> Kernel:
-    """The kernel the ramdisk boots: /boot/vmlinuz if it resolves inside the tree, else the newest."""
+def find_kernel(tree: Path, arch: Arch = HOST_DEFAULT) -> Kernel:
+    """The kernel the ramdisk boots: /boot/<image name> (vmlinuz, Image...) if that link resolves inside
+    the tree, else the newest /boot/<image name>-<version> or usr/lib/modules/<version>/<image name>."""
     boot = tree / "boot"
-    path = _resolve_in_tree(tree, "boot/vmlinuz") if (boot / "vmlinuz").is_symlink() else None
-    if path is None and (boot / "vmlinuz").is_file() and not (boot / "vmlinuz").is_symlink():
-        path = boot / "vmlinuz"
+    path = None
+    for name in arch.kernel_names:
+        if (boot / name).is_symlink():
+            path = _resolve_in_tree(tree, f"boot/{name}")
+        elif (boot / name).is_file():
+            path = boot / name
+        if path is not None:
+            break
     if path is None:
-        found = [p for p in boot.glob("vmlinuz-*") if p.is_file() and not p.name.endswith(".hmac")]
-        found += [p for p in (tree / "usr/lib/modules").glob("*/vmlinuz") if p.is_file()]
+        found = [p for n in arch.kernel_names for p in boot.glob(f"{n}-*")
+                 if p.is_file() and not p.name.endswith(".hmac")]
+        found += [p for n in arch.kernel_names for p in (tree / "usr/lib/modules").glob(f"*/{n}") if p.is_file()]
         if not found:
+            names = ", ".join(arch.kernel_names)
             raise InputError(
-                f"no kernel in {boot} (no vmlinuz link, no vmlinuz-*)",
+                f"no kernel in {boot} for {arch} (no {names} link, no {names}-<version>)",
                 "install kernel-default in the image (the sles element does) or pass a tree that has /boot",
             )
-        path = max(found, key=lambda p: _version_key(_kver(p)))
-    version = _kver(path)
+        path = max(found, key=lambda p: _version_key(_kver(p, arch)))
+    version = _kver(path, arch)
     return Kernel(path, version, _kernel_config(tree, version))
 
 
-def _kver(p: Path) -> str:
-    if p.name == "vmlinuz" and p.parent.parent.name == "modules":
+def _kver(p: Path, arch: Arch) -> str:
+    if p.name in arch.kernel_names and p.parent.parent.name == "modules":
         return p.parent.name  # usr/lib/modules/<version>/vmlinuz
     return p.name.partition("-")[2]
 
@@ -141,7 +149,7 @@ def tree_kernel_config(tree: Path) -> Path | None:
         return configs[-1] if configs else None
 
 
-class _HashingWriter:
+class HashingWriter:
     """A file wrapper that hashes and counts what goes through it."""
 
     def __init__(self, f: IO[bytes]) -> None:
@@ -210,7 +218,7 @@ def pack(
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp, f = _atomic_output(out)
-    hasher = _HashingWriter(f)
+    hasher = HashingWriter(f)
     comp: Compressor | None = None
     try:
         with f, log.progress(transfer=True) as bar:
@@ -236,142 +244,3 @@ def pack(
         len(scan.entries), raw / 2**20, size / 2**20, compression.describe(), secs,
     )  # fmt: skip
     return PackResult(out, size, digest, secs, len(scan.entries), raw)
-
-
-ARTIFACT_SUFFIXES = ("kernel", "initramfs", "tar", "sha256", "packages", "manifest.json")
-
-
-@dataclass
-class Artifacts:
-    kernel: Path
-    initramfs: Path
-    tar: Path
-    sha256: Path
-    packages: Path
-    manifest: Path
-    sha256s: dict[str, str] = field(default_factory=dict)
-    sizes: dict[str, int] = field(default_factory=dict)
-    pack: PackResult | None = None
-
-
-def _copy_hashed(src: Path, dst: Path) -> str:
-    h = hashlib.sha256()
-    with src.open("rb") as fi, dst.open("wb") as fo:
-        while chunk := fi.read(4 << 20):
-            h.update(chunk)
-            fo.write(chunk)
-    return h.hexdigest()
-
-
-def _write_tar(tar_path: Path, members: list[Path], mtime: int) -> str:
-    """metal3's contract: an uncompressed tar holding exactly these files, in this order."""
-    with tar_path.open("wb") as f:
-        w = _HashingWriter(f)
-        with tarfile.TarFile(fileobj=w, mode="w", format=tarfile.USTAR_FORMAT, copybufsize=4 << 20) as tar:  # type: ignore[arg-type]
-            for m in members:
-                info = tarfile.TarInfo(m.name)
-                info.size = m.stat().st_size
-                info.mtime = mtime
-                info.mode = 0o644
-                info.uname = info.gname = "root"
-                with m.open("rb") as fm:
-                    tar.addfile(info, fm)
-        return w.sha.hexdigest()
-
-
-def write_artifacts(
-    tree: Path,
-    output_dir: Path,
-    name: str,
-    compression: Compression,
-    *,
-    size_limit_mb: int | None,
-    minimal_prune: bool = False,
-    source_date_epoch: int | None = None,
-    manifest: dict[str, Any] | None = None,
-    progress: bool = True,
-) -> Artifacts:
-    """Write <name>.{kernel,initramfs,tar,sha256,packages,manifest.json} into output_dir.
-
-    Everything is made in a temp dir inside output_dir, then renamed into place one file at a
-    time, so a failure leaves the previous set untouched. Over the size limit raises BuildError
-    after the artifacts are in place (they are kept to be inspected).
-    """
-    kernel = find_kernel(tree)
-    check_kernel_support(compression, kernel.config)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _sweep_stale(output_dir, name)
-    work = Path(tempfile.mkdtemp(dir=output_dir, prefix=f".{name}.tmp-"))
-    final = {s: output_dir / f"{name}.{s}" for s in ARTIFACT_SUFFIXES}
-    busy = (work / ".busy").open("w")  # flock'ed while this build writes; a killed build's lock is gone
-    fcntl.flock(busy, fcntl.LOCK_EX)
-    try:
-        staged = {s: work / p.name for s, p in final.items()}
-        sha = {"kernel": _copy_hashed(kernel.path, staged["kernel"])}
-        staged["kernel"].chmod(0o644)
-        result = pack(
-            tree, staged["initramfs"], compression, minimal_prune=minimal_prune,
-            source_date_epoch=source_date_epoch, progress=progress, check_kernel=False,
-        )  # fmt: skip
-        sha["initramfs"] = result.sha256
-        mtime = source_date_epoch if source_date_epoch is not None else int(kernel.path.stat().st_mtime)
-        sha["tar"] = _write_tar(staged["tar"], [staged["kernel"], staged["initramfs"]], mtime)
-        sums = "".join(f"{sha[s]}  {final[s].name}\n" for s in ("kernel", "initramfs", "tar"))
-        staged["sha256"].write_text(sums)
-        staged["packages"].write_text(list_packages(tree))
-        sizes = {s: staged[s].stat().st_size for s in ("kernel", "initramfs", "tar")}
-        doc = dict(manifest or {})
-        doc["ramdisk"] = {
-            "compression": compression.as_dict(),
-            "kernel": {"version": kernel.version, "source": str(kernel.path.relative_to(tree))},
-            "minimal_prune": minimal_prune,
-            "source_date_epoch": source_date_epoch,
-            "entries": result.entries,
-            "uncompressed_bytes": result.uncompressed,
-            "pack_seconds": round(result.seconds, 2),
-            "artifacts": {final[s].name: {"size": sizes[s], "sha256": sha[s]} for s in sizes},
-        }
-        staged["manifest.json"].write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
-        # sha256 last: a set cut short by a kill between two renames fails `sha256sum -c`
-        for s in sorted(final, key=lambda s: s == "sha256"):
-            os.replace(staged[s], final[s])
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-        busy.close()
-    arts = Artifacts(
-        final["kernel"], final["initramfs"], final["tar"], final["sha256"], final["packages"],
-        final["manifest.json"], {final[s].name: sha[s] for s in sha}, sizes, result,
-    )  # fmt: skip
-    check_size(arts.tar, size_limit_mb, arts.initramfs)
-    return arts
-
-
-def _sweep_stale(output_dir: Path, name: str) -> None:
-    """Remove the temp dirs of builds killed while writing artifacts (SIGKILL runs no clean-up)."""
-    for d in output_dir.glob(f".{name}.tmp-*"):
-        try:
-            with (d / ".busy").open("r") as f:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: another build is writing there
-        except BlockingIOError:
-            continue
-        except FileNotFoundError:  # no lock yet: a build may be just starting there
-            if time.time() - d.stat().st_mtime < 600:
-                continue
-        logger.info("removing %s, left by an interrupted build", d)
-        shutil.rmtree(d, ignore_errors=True)
-
-
-def check_size(tar: Path, limit_mb: int | None, initramfs: Path | None = None) -> int:
-    """Print the archive size (floor MiB, like the seed) and fail at or over the limit."""
-    mib = tar.stat().st_size // 2**20
-    logger.info("Size of the archive: %dMB (%s)", mib, tar)
-    if limit_mb and mib >= limit_mb:
-        if initramfs is not None:
-            from . import sizereport
-
-            log.console.print(sizereport.render(sizereport.analyze(initramfs)))
-        raise BuildError(
-            f"{tar.name} is {mib} MiB, at or over the {limit_mb} MiB limit",
-            "see the size report above; prune more, use --release (zstd -19) or raise the size limit",
-        )
-    return mib

@@ -1,8 +1,12 @@
 """The one place that starts processes.
 
-Everything goes through `run()` (or `popen()` for long-lived children): argv lists only, never a
-shell string, and an explicit environment whenever a command runs inside a target tree, because the
-host's environment names files (CA bundles, virtualenvs) that mean something else in there.
+Everything goes through `run()` (or `popen()` for long-lived children, `stream()` for logged ones,
+`pipe()` for pipelines): argv lists only, never a shell string, and an explicit environment whenever
+a command runs inside a target tree, because the host's environment names files (CA bundles,
+virtualenvs) that mean something else in there. plumbum builds the commands (program lookup,
+quoting for the log, pipelines); the process itself starts here, with exactly the environment given
+(plumbum would merge it into the host's). git goes through GitPython, set up here the same way: no
+prompts, and its command lines in the debug log.
 """
 
 from __future__ import annotations
@@ -19,6 +23,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+
+import git
+from plumbum import local
+from plumbum.commands.base import BaseCommand
+from plumbum.path.local import LocalPath
 
 from .errors import CommandError
 
@@ -59,7 +68,22 @@ def which(name: str) -> str | None:
     return shutil.which(name)
 
 
-def _argv(argv: Sequence[str | os.PathLike[str]]) -> list[str]:
+def command(argv: Sequence[str | os.PathLike[str]]) -> BaseCommand:
+    """The plumbum command for argv: the program looked up on the host's PATH (kept as given when it
+    is not there, so starting it fails with FileNotFoundError as exec would), its arguments bound."""
+    prog, *args = (os.fspath(a) for a in argv)
+    path = prog if "/" in prog else which(prog) or prog
+    return local[LocalPath(path)][tuple(args)]
+
+
+def _argv(argv: Sequence[str | os.PathLike[str]]) -> tuple[list[str], str]:
+    """The argv to exec (the program found on PATH) and its shell-quoted form for the log."""
+    cmd = command(argv)
+    return list(cmd.formulate()), str(cmd)
+
+
+def _given(argv: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """argv as the caller wrote it, for errors and results."""
     return [os.fspath(a) for a in argv]
 
 
@@ -82,8 +106,8 @@ def run(
     Otherwise output goes to `stdout`/`stderr` (default: inherited). A non-zero exit raises
     CommandError when check=True.
     """
-    args = _argv(argv)
-    log.debug("run: %s", " ".join(args))
+    args, shown = _argv(argv)
+    log.debug("run: %s", shown)
     text = not isinstance(input, bytes)
     proc = subprocess.run(
         args,
@@ -99,8 +123,8 @@ def run(
     out = proc.stdout if capture and text else (proc.stdout.decode(errors="replace") if capture else "")
     err = proc.stderr if capture and text else (proc.stderr.decode(errors="replace") if capture else "")
     if check and proc.returncode != 0:
-        raise CommandError(args, proc.returncode, (out or "") + (err or ""), hint=hint)
-    return Result(args, proc.returncode, out or "", err or "")
+        raise CommandError(_given(argv), proc.returncode, (out or "") + (err or ""), hint=hint)
+    return Result(_given(argv), proc.returncode, out or "", err or "")
 
 
 def output(argv: Sequence[str | os.PathLike[str]], **kw: Any) -> str:
@@ -122,8 +146,8 @@ def popen(
     The child gets SIGKILL when this process dies, even by SIGKILL (which runs no clean-up): a VM
     or a compressor never outlives the builder.
     """
-    args = _argv(argv)
-    log.debug("popen: %s", " ".join(args))
+    args, shown = _argv(argv)
+    log.debug("popen: %s", shown)
     return subprocess.Popen(
         args, env=dict(env) if env is not None else None, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr,
         preexec_fn=_die_with_parent,
@@ -147,8 +171,8 @@ def stream(
 
     Returns the tail of the output. Used for hooks and other long steps whose output is logged live.
     """
-    args = _argv(argv)
-    log.debug("stream: %s", " ".join(args))
+    args, shown = _argv(argv)
+    log.debug("stream: %s", shown)
     tail: list[str] = []
     proc = subprocess.Popen(
         args,
@@ -184,15 +208,52 @@ def stream(
                 exited = exited or time.monotonic()
                 if time.monotonic() - exited > DRAIN_GRACE:
                     log.warning("a process started by `%s` still holds its output after it exited; not "
-                                "waiting for it", " ".join(args)[:160])
+                                "waiting for it", shown[:160])
                     break
         if pending:
             emit(pending)
     rc = proc.wait()
     if rc != 0:
-        err = CommandError(args, rc, "\n".join(tail), hint=hint)
+        err = CommandError(_given(argv), rc, "\n".join(tail), hint=hint)
         raise err
     return tail
+
+
+def pipe(*argvs: Sequence[str | os.PathLike[str]], cwd: str | os.PathLike[str] | None = None,
+         check: bool = True, hint: str = "") -> Result:
+    """`a | b | ...` on the host (plumbum's pipeline, the host's environment); stdout of the last one."""
+    chain = command(argvs[0])
+    for argv in argvs[1:]:
+        chain = chain | command(argv)
+    log.debug("pipe: %s", chain)
+    with local.cwd(cwd or os.getcwd()):
+        rc, out, err = chain.run(retcode=None)
+    if check and rc != 0:
+        raise CommandError(str(chain).split(), rc, out + err, hint=hint)
+    return Result([str(chain)], rc, out, err)
+
+
+# git: GitPython, never prompting (a bad URL fails instead of asking for a password); GitPython logs
+# each git command line at debug level, so they reach build.log.
+GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true"}
+
+
+def git_repo(path: str | os.PathLike[str]) -> git.Repo:
+    repo = git.Repo(path)
+    repo.git.update_environment(**GIT_ENV)
+    return repo
+
+
+def git_clone(url: str, dest: str | os.PathLike[str], **kw: Any) -> git.Repo:
+    repo = git.Repo.clone_from(url, os.fspath(dest), env=GIT_ENV, **kw)
+    repo.git.update_environment(**GIT_ENV)
+    return repo
+
+
+def git_init(path: str | os.PathLike[str], **kw: Any) -> git.Repo:
+    repo = git.Repo.init(path, **kw)
+    repo.git.update_environment(**GIT_ENV)
+    return repo
 
 
 def chroot_argv(root: Path, argv: Sequence[str], env: Mapping[str, str]) -> list[str]:

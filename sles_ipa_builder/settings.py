@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .arch import ARCHES, HOST_DEFAULT
+
 DEFAULT_ELEMENTS = (
     "sles-ipa-install sles sles-zypper-config sles-ipa-ramdisk-base dynamic-login "
     "journal-to-console devuser openssh-server sles-extra-hardware ipa-module-autoload"
@@ -23,13 +25,14 @@ DEFAULT_REMOVE_FIRMWARE = (
 class Setting:
     key: str
     default: Any
-    kind: str  # str, int, bool, path, list (space separated), pathlist (colon separated), choice
+    kind: str  # str, int, bool, path, list (space separated), pathlist (colon separated), choice, arch
     help: str
     envs: tuple[str, ...] = ()
     flag: bool = True  # exposed as --key-with-dashes
     secret: bool = False
     choices: tuple[str, ...] = ()
     flag_name: str = ""  # when the flag reads better than the key (--repo URL... for repos)
+    empty_ok: bool = False  # a path with a default that '' may turn off
 
     @property
     def option(self) -> str:
@@ -49,12 +52,14 @@ SETTINGS: tuple[Setting, ...] = (
     S("name", "ironic-python-agent", "str", "Artifact base name: <name>.kernel, .initramfs, .tar ...",
       ("IPA_IMAGE_NAME",)),
     S("base_os", "sles", "str", "Operating-system element put in the element list.", ("IPA_BASE_OS",)),
+    S("arch", HOST_DEFAULT.suse, "arch", "Target architecture (SUSE's name; DIB's is accepted too).",
+      choices=tuple(a.suse for a in ARCHES)),
     S("images_dir", "~/sles_images", "path", "Directory searched for the base qcow2 and the Media1 ISO.",
       ("DIB_SLES_OFFLINE_TARGET_DIR",)),
     S("base_image", None, "path", "The SLES Minimal-VM qcow2 (default: found in images_dir by name)."),
     S("base_tree", None, "path", "Start from an already extracted root tree instead of a qcow2."),
     S("iso", None, "path", "The SLE Full Media1 ISO (default: images_dir/<iso_name>)."),
-    S("iso_name", None, "str", "Media1 ISO file name in images_dir (default SLE-15-<SP>-Full-x86_64-GM-Media1.iso).",
+    S("iso_name", None, "str", "Media1 ISO file name in images_dir (default SLE-15-<SP>-Full-<arch>-GM-Media1.iso).",
       ("DIB_SLES_ISO_REPO_FILE",), flag=False),
     S("sles_release", "SLE-15", "str", "SLES release used in the image names.", ("DIB_SLES_RELEASE",), flag=False),
     S("service_pack", "SP4", "str", "SLES service pack (SP4 uses python3.10, SP5 and later python3.11).",
@@ -121,7 +126,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("source_date_epoch", None, "int", "Clamp mtimes in the initramfs to this time.", ("SOURCE_DATE_EPOCH",)),
     # --- build behaviour
     S("ca_bundle", "/etc/ssl/certs/ca-certificates.crt", "path",
-      "CA bundle visible to pip and git inside the target during the build only ('' to disable)."),
+      "CA bundle visible to pip and git inside the target during the build only ('' to disable).", empty_ok=True),
     S("offline", False, "bool", "Use caches only; contact nothing.", ("SIB_OFFLINE", "DIB_OFFLINE")),
     S("keep_workspace", False, "bool", "Keep the build tree after the build."),
     S("break", None, "str", "Open a shell in the target: before-<phase>, after-<phase> or after-error (comma list).",

@@ -12,68 +12,18 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
 
 import git
 
-from . import cache
+from . import cache, run
+from .elements import SourceRepo, override_key
 from .errors import BuildError, ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
-# The seed's own settings for its three repositories (build_ipa_sles.sh exported them as
-# DIB_REPOLOCATION_/DIB_REPOREF_ of these names, always).
-SEED_SETTINGS = {
-    "ironic-python-agent": ("ipa_repo", "ipa_ref"),
-    "ironic-lib": ("ironic_lib_repo", "ironic_lib_ref"),
-    "requirements": ("requirements_repo", "requirements_ref"),
-}
 DEFAULT_REF = "master"
-GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": "true"}  # a bad URL must fail, not ask for a password
 FETCH_SPECS = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
-
-
-class SourceRepoLike(Protocol):
-    """What elements.SourceRepo provides (one line of a source-repository-<name> file)."""
-
-    name: str
-    type: str
-    dest: str
-    location: str
-    ref: str
-    element: str
-
-
-@dataclass(frozen=True)
-class SourceRepo:
-    """Local stand-in with the same fields as elements.SourceRepo (used by tests and bench)."""
-
-    name: str
-    type: str
-    dest: str
-    location: str
-    ref: str = ""
-    element: str = ""
-
-
-def override_key(name: str) -> str:
-    """DIB's variable suffix: every non-alphanumeric character becomes '_'."""
-    return re.sub(r"[^A-Za-z0-9]", "_", name)
-
-
-def effective(repo: SourceRepoLike, cfg: Any) -> tuple[str, str]:
-    """(location, ref) after overrides: DIB_REPOLOCATION_/DIB_REPOREF_ > seed settings > the file."""
-    location, ref = repo.location, repo.ref or DEFAULT_REF
-    seed = SEED_SETTINGS.get(repo.name)
-    values = getattr(cfg, "values", {}) if cfg is not None else {}
-    if seed:
-        location = values.get(seed[0]) or location
-        ref = values.get(seed[1]) or ref
-    overrides = getattr(cfg, "repo_overrides", {}) if cfg is not None else {}
-    loc_o, ref_o = overrides.get(override_key(repo.name), (None, None))
-    return loc_o or location, ref_o or ref
 
 
 def mirror_path(name: str, location: str) -> Path:
@@ -115,7 +65,7 @@ def update_mirror(path: Path, name: str, location: str, ref: str, *, offline: bo
         if not path.is_dir():
             raise InputError(f"source {name}: {location} is not in the cache and --offline is set",
                              "run one build online first, or drop --offline")
-        sha = _resolve(git.Repo(path), ref)
+        sha = _resolve(run.git_repo(path), ref)
         if sha is None:
             raise InputError(f"source {name}: ref {ref} is not in the cached mirror of {location} "
                              "(--offline)",
@@ -124,21 +74,21 @@ def update_mirror(path: Path, name: str, location: str, ref: str, *, offline: bo
     try:
         if not path.is_dir():
             with cache.atomic_path(path) as tmp:
-                created = git.Repo.init(tmp, bare=True)
+                created = run.git_init(tmp, bare=True)
                 created.create_remote("origin", location)
                 _fetch(created)
-            mirror = git.Repo(path)
+            mirror = run.git_repo(path)
         else:
-            mirror = git.Repo(path)
+            mirror = run.git_repo(path)
             mirror.remotes.origin.set_url(location)
             _fetch(mirror)
         if _other_ref(ref):  # fetched by name on every online build: it may have moved too
-            mirror.git.fetch("--quiet", "origin", f"+{ref}:{ref}", env=GIT_ENV)
+            mirror.git.fetch("--quiet", "origin", f"+{ref}:{ref}")
         sha = _resolve(mirror, ref)
         if sha is None and (ref.startswith("refs/") or re.fullmatch(r"[0-9a-f]{7,40}", ref)):
             # a bare commit is not under heads/tags: fetch that one object
             target = f"+{ref}:{ref}" if ref.startswith("refs/") else ref
-            mirror.git.fetch("--quiet", "origin", target, env=GIT_ENV)
+            mirror.git.fetch("--quiet", "origin", target)
             sha = _resolve(mirror, ref)
     except git.GitCommandError as e:
         raise _git_error(name, ref, location, e) from None
@@ -149,7 +99,7 @@ def update_mirror(path: Path, name: str, location: str, ref: str, *, offline: bo
 
 
 def _fetch(mirror: git.Repo) -> None:
-    mirror.git.fetch("--quiet", "--prune", "--prune-tags", "--force", "origin", *FETCH_SPECS, env=GIT_ENV)
+    mirror.git.fetch("--quiet", "--prune", "--prune-tags", "--force", "origin", *FETCH_SPECS)
 
 
 def checkout(mirror: Path, sha: str, target: Path, location: str) -> None:
@@ -158,12 +108,12 @@ def checkout(mirror: Path, sha: str, target: Path, location: str) -> None:
     if target.exists():
         shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    repo = git.Repo.clone_from(str(mirror), str(target), no_checkout=True, no_hardlinks=True, env=GIT_ENV)
+    repo = run.git_clone(str(mirror), target, no_checkout=True, no_hardlinks=True)
     repo.git.checkout("--quiet", "--detach", sha)
     repo.remotes.origin.set_url(location)
 
 
-def _checkout_into(root: Path, repo: SourceRepoLike, mirror: Path, sha: str, ref: str, location: str) -> str:
+def _checkout_into(root: Path, repo: SourceRepo, mirror: Path, sha: str, ref: str, location: str) -> str:
     dest = "/" + (repo.dest or "").strip("/")
     if dest == "/":  # checkout() empties its target first: never the whole image
         raise ConfigError(f"source {repo.name} (element {repo.element}): no destination directory",
@@ -176,9 +126,8 @@ def _checkout_into(root: Path, repo: SourceRepoLike, mirror: Path, sha: str, ref
     return dest
 
 
-def fetch_sources(
-    repos: list[SourceRepoLike], root: Path, *, cfg: Any, offline: bool
-) -> list[dict[str, str]]:
+def fetch_sources(repos: list[SourceRepo], root: Path, *, offline: bool, image_name: str = "image"
+                  ) -> list[dict[str, str]]:
     """Fetch every git source into `root`, write DIB's in-image records, return the manifest rows."""
     rows: list[dict[str, str]] = []
     for repo in repos:
@@ -188,7 +137,7 @@ def fetch_sources(
             raise BuildError(f"source {repo.name} (element {repo.element}): type {repo.type} is not "
                              "supported",
                              "only git source repositories are supported; use a git URL")
-        location, ref = effective(repo, cfg)
+        location, ref = repo.location, repo.ref or DEFAULT_REF
         mirror = mirror_path(repo.name, location)
         with cache.locked(mirror):  # held through the clone: another build's fetch may prune packs
             _, sha = update_mirror(mirror, repo.name, location, ref, offline=offline)
@@ -201,7 +150,7 @@ def fetch_sources(
         log.info("source %s %s @ %s → %s", repo.name, ref, sha[:12], dest)
         rows.append({"name": repo.name, "location": location, "ref": ref, "commit": sha, "dest": dest,
                      "element": repo.element})
-    write_records(root, rows, image_name=getattr(cfg, "values", {}).get("name", "image") if cfg else "image")
+    write_records(root, rows, image_name=image_name)
     return rows
 
 

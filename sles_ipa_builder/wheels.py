@@ -16,12 +16,11 @@ import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 
-from . import phases
 from .cache import cache_dir, locked
 from .context import BuildContext
 from .errors import InputError
-from .hooks import run_in_target
-from .sizereport import pip_freeze
+from .inventory import pip_freeze
+from .target import run_in_target
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +32,13 @@ BACKEND = ("setuptools", "wheel")
 BOOTSTRAP = {"pip", "setuptools", "wheel"}
 
 
-def register(ctx: BuildContext) -> None:
-    """Mount the wheelhouse for the hooks; offline, make it pip's only index; online, fill it."""
-    house = cache_dir("wheels")
-    ctx.target_mounts.append((house, WHEELHOUSE))
+def configure(ctx: BuildContext) -> None:
+    """Mount the wheelhouse for the hooks; offline, make it pip's only index. (Online, save_step fills
+    it: post-install.d/99-pip-wheelhouse, after sles-extra-hardware's 99-package-installs-*, before
+    99-remove-extra-packages drops /tmp/<src>.)"""
+    ctx.target_mounts.append((cache_dir("wheels"), WHEELHOUSE))
     if ctx.cfg.offline:
         ctx.env.update(PIP_NO_INDEX="1", PIP_FIND_LINKS=WHEELHOUSE)
-    else:
-        # After sles-extra-hardware's 99-package-installs-*, before 99-remove-extra-packages drops /tmp/<src>.
-        phases.add_step(ctx, "post-install", "99-pip-wheelhouse", "(pip)", save_step)
 
 
 def check_offline(ctx: BuildContext) -> None:
@@ -72,7 +69,7 @@ def save_step(ctx: BuildContext) -> None:
     if not pins:
         log.info("no IPA venv at /%s: nothing to save for --offline", VENV)
         return
-    backends = build_requirements(ctx.root, [r.dest for r in phases.repos(ctx)])
+    backends = build_requirements(ctx.root, [r.dest for r in ctx.source_repos])
     house = cache_dir("wheels")
     key = hashlib.sha256("\n".join([*pins, "--", *backends]).encode()).hexdigest()[:16]
     done = house / f".saved-{key}"

@@ -187,7 +187,11 @@ fi
 
 
 def make_engine_elements(base: Path) -> Path:
-    """A tree of DIB elements exercising every phase and every native step (see test_phases)."""
+    """A tree of DIB elements exercising every phase and every native step (see test_phases).
+
+    bb-os pulls in empty stand-ins for `sles` and `sles-ipa-ramdisk-base`: a user's element of those
+    names replaces the builder's own, with its native steps (the qcow2 root, the Media1 repositories,
+    the outputs), so a build of bb-os on --base-tree runs the engine alone."""
     files: dict[str, Any] = {"environment.d/10-bb.bash": "export BB_FROM_ENVD=yes\n"}
     for phase in (*HOST_PHASES, *CHROOT_PHASES):
         files[f"{phase}.d/20-record"] = _recorder(phase)
@@ -195,8 +199,11 @@ def make_engine_elements(base: Path) -> Path:
         files[f"{phase}.d/50-maybe-sleep"] = SLEEPER.replace("PHASE", phase)
         files[f"{phase}.d/60-maybe-fail"] = FAILER.replace("PHASE", phase)
     make_element(
-        base, "bb-os", provides=["operating-system"], deps=["bb-app", "package-installs"], files=files
+        base, "bb-os", provides=["operating-system"],
+        deps=["bb-app", "package-installs", "sles", "sles-ipa-ramdisk-base"], files=files,
     )
+    for stand_in in ("sles", "sles-ipa-ramdisk-base"):
+        make_element(base, stand_in, files={"README.rst": "a test stand-in: replaces the built-in element\n"})
     make_element(
         base,
         "bb-app",
@@ -225,3 +232,30 @@ def fixture_media() -> Any:
     from sles_ipa_builder.commands import load_testmedia
 
     return load_testmedia().ensure(log_progress=False)
+
+
+REPO = Path(__file__).resolve().parent.parent
+OWN_CACHES = ("__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".venv", ".egg-info")
+
+
+def _untracked() -> set[str]:
+    """Top-level files and directories of the checkout that git does not track, ignored ones included.
+
+    Top level only: that is where a test writing to a relative path lands, and a developer may add a
+    module deeper down while the suite runs."""
+    from sles_ipa_builder import run
+
+    if not (REPO / ".git").exists() or run.which("git") is None:
+        return set()
+    res = run.run(["git", "-C", REPO, "ls-files", "--others", "--directory", "--no-empty-directory"],
+                  capture=True, check=False)
+    return {p.split("/")[0] for p in res.stdout.splitlines() if not any(c in p for c in OWN_CACHES)}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_stays_clean() -> Any:
+    """No test writes into the source checkout (one once left root/root/.rpmdb there, and it was committed)."""
+    before = _untracked()
+    yield
+    new = sorted(_untracked() - before)
+    assert not new, f"tests wrote into the checkout: {new}"

@@ -113,7 +113,8 @@ def test_locked_times_out(tmp_path: Path) -> None:
 def test_clean(tmp_path: Path) -> None:
     cache.cache_dir("rootfs")
     cache.cache_dir("git")
-    assert cache.clean(["git"]) == [cache.cache_root() / "git"]
-    assert (cache.cache_root() / "rootfs").is_dir()
-    assert cache.clean() == [cache.cache_root()]
+    with cache.locked(cache.cache_dir("zypper")):
+        assert cache.clean(keep=("git",)) == [cache.cache_root() / k for k in ("rootfs", "zypper")]
+    assert sorted(p.name for p in cache.cache_root().iterdir()) == ["git", "zypper.lock"]
+    assert cache.clean() == [cache.cache_root() / "git"]
     assert cache.clean() == []

@@ -116,9 +116,9 @@ def test_summary_json_without_side_effects(tmp_path):
     assert doc["settings"]["dev_user_password"] == {"value": "***", "source": "env DIB_DEV_USER_PASSWORD"}
     names = [e["name"] for e in doc["elements"]]
     assert "sles" in names and "sles-ipa-install" in names
-    install = next(p for p in doc["phases"] if p["name"] == "install")
-    scripts = [s["script"] for s in install["steps"]]
+    scripts = [s["name"] for s in doc["steps"] if s["stage"] == "install"]
     assert scripts.index("01-package-installs") < scripts.index("60-ironic-python-agent-ramdisk-install")
+    assert [s["stage"] for s in doc["steps"]][-1] == "outputs"  # packing and outputs are steps too
     assert "hunter2-secret" not in res.stdout + res.stderr
     assert not (tmp_path / "ws").exists()
 
@@ -154,33 +154,32 @@ def test_install_type_chosen_in_environment_d(tmp_path):
     import json
 
     doc = json.loads(res.stdout)
-    install = next(p for p in doc["phases"] if p["name"] == "install")
-    assert [s["script"] for s in install["steps"]] == ["50-app-package"]
+    assert [s["name"] for s in doc["steps"] if s["stage"] == "install"] == ["50-app-package"]
     assert doc["source_repositories"] == []  # a package install type fetches no source
 
 
 def test_ipa_python_requirement_checked_before_the_package_installs(tmp_path):
     from types import SimpleNamespace
 
-    from sles_ipa_builder import config, pipeline
+    from sles_ipa_builder import config, slessteps
     from sles_ipa_builder.errors import ConfigError
 
     src = tmp_path / "tmp/ironic-python-agent"
     src.mkdir(parents=True)
     (src / "setup.cfg").write_text("[metadata]\nname = ironic-python-agent\npython_requires = >=3.9\n")
-    assert pipeline.python_floor(src) == ((3, 9), ">=3.9")
+    assert slessteps.python_floor(src) == ((3, 9), ">=3.9")
     (src / "pyproject.toml").write_text('[project]\nname = "ironic-python-agent"\nrequires-python = ">=3.11"\n')
-    assert pipeline.python_floor(src) == ((3, 11), ">=3.11")  # pyproject.toml first, as pip reads it
+    assert slessteps.python_floor(src) == ((3, 11), ">=3.11")  # pyproject.toml first, as pip reads it
     for sp, fails in (("SP4", True), ("SP5", False)):
         cfg = config.resolve({"service_pack": sp}, environ={})
         ctx = SimpleNamespace(root=tmp_path, cfg=cfg, env={"DIB_SLES_PYTHON": cfg.python})
         if fails:
             with pytest.raises(ConfigError, match=r"requires Python >=3.11, but service pack SP4 gives .*python3.10"):
-                pipeline.python_check_step(ctx)
+                slessteps.python_check_step(ctx)
         else:
-            pipeline.python_check_step(ctx)
+            slessteps.python_check_step(ctx)
     (src / "pyproject.toml").write_text('[project]\nrequires-python = ">=3.12"\n')  # beyond any SLES 15 python
     cfg = config.resolve({"service_pack": "SP6"}, environ={})
     with pytest.raises(ConfigError) as exc:
-        pipeline.python_check_step(SimpleNamespace(root=tmp_path, cfg=cfg, env={"DIB_SLES_PYTHON": cfg.python}))
+        slessteps.python_check_step(SimpleNamespace(root=tmp_path, cfg=cfg, env={"DIB_SLES_PYTHON": cfg.python}))
     assert "no SLES 15 python310/python311 satisfies it" in exc.value.hint

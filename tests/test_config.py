@@ -8,6 +8,7 @@ import pytest
 
 from sles_ipa_builder import config
 from sles_ipa_builder.errors import ConfigError
+from sles_ipa_builder.settings import SETTINGS
 
 
 def resolve(cli=None, env=None, toml: str | None = None, tmp_path: Path | None = None):
@@ -148,3 +149,25 @@ def test_base_os_takes_the_sles_slot():
 def test_elements_path_colon_list(tmp_path):
     cfg = resolve(env={"ELEMENTS_PATH": f"{tmp_path}/a:{tmp_path}/b"})
     assert cfg.elements_path == [tmp_path / "a", tmp_path / "b"]
+
+
+def test_config_attributes_are_the_settings_table() -> None:
+    """Config is written out for mypy; this keeps it and settings.SETTINGS one list, in one order."""
+    import dataclasses
+
+    from sles_ipa_builder.config import Config, attr
+
+    kinds = {"str": "str", "int": "int", "bool": "bool", "path": "Path", "list": "list[str]",
+             "pathlist": "list[Path]", "choice": "str", "arch": "Arch"}
+    fields = [f for f in dataclasses.fields(Config) if f.name not in ("sources", "passthrough", "repo_overrides")]
+    assert [f.name for f in fields] == [attr(s.key) for s in SETTINGS]
+    for f, s in zip(fields, SETTINGS, strict=True):
+        optional = s.default is None or s.empty_ok
+        assert f.type == kinds[s.kind] + (" | None" if optional else ""), s.key
+
+
+def test_break_points_one_grammar() -> None:
+    cfg = resolve(env={"SIB_BREAK": "before-install after-error,after-cleanup"})
+    assert cfg.break_points == {"before-install", "after-error", "after-cleanup"}
+    with pytest.raises(ConfigError, match="unknown break point"):
+        resolve(env={"SIB_BREAK": "before-ramdisk"})

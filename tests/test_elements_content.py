@@ -138,10 +138,9 @@ def test_environment_defaults() -> None:
     env = _source_env({})
     assert env["DISTRO_NAME"] == "opensuse"
     assert env["DIB_INIT_SYSTEM"] == "systemd"
-    assert env["DIB_RELEASE"] == "15.4"
-    assert env["DIB_SLES_PYTHON"] == "python3.10"
     assert env["DIB_SLES_OFFLINE_TARGET_DIR"] == "/root/sles_images"  # seed: //root/sles_images, forced
-    assert env["DIB_SLES_ISO_REPO_FILE"] == "SLE-15-SP4-Full-x86_64-GM-Media1.iso"
+    for builders in ("DIB_RELEASE", "DIB_SLES_PYTHON", "DIB_SLES_ISO_REPO_FILE"):  # servicepack.py's facts
+        assert builders not in env
     assert "DIB_OFFLINE" not in env  # the seed forced it on, freezing the source cache
     assert env["IPA_REMOVE_FIRMWARE"].split(",")[0] == "amdgpu"
     assert env["DIB_IPA_ENABLE_RESCUE"] == "true"
@@ -151,14 +150,22 @@ def test_environment_defaults() -> None:
 def test_environment_honours_user_values() -> None:
     env = _source_env({"DIB_SLES_SERVICE_PACK": "SP5", "DIB_SLES_OFFLINE_TARGET_DIR": "/srv/media",
                        "IPA_REMOVE_FIRMWARE": "", "DIB_DEV_USER_USERNAME": "metal3"})
-    assert env["DIB_SLES_PYTHON"] == "python3.11"
-    assert env["DIB_RELEASE"] == "15.5"
-    assert env["DIB_SLES_ISO_REPO_FILE"] == "SLE-15-SP5-Full-x86_64-GM-Media1.iso"
     assert env["DIB_SLES_OFFLINE_TARGET_DIR"] == "/srv/media"
     assert env["IPA_REMOVE_FIRMWARE"] == ""  # empty means: remove no firmware
     assert env["DIB_DEV_USER_USERNAME"] == "metal3"
-    # the builder's value wins over the SP-derived one
-    assert _source_env({"DIB_SLES_PYTHON": "python3.12"})["DIB_SLES_PYTHON"] == "python3.12"
+
+
+def test_service_pack_facts_come_from_the_builder() -> None:
+    """servicepack.py is the one table: the builder exports its facts, the hooks read them."""
+    from sles_ipa_builder import config
+
+    for sp, python, release in (("SP4", "python3.10", "15.4"), ("SP5", "python3.11", "15.5"),
+                                ("sp7", "python3.11", "15.7")):
+        env = _source_env(config.resolve({"service_pack": sp}, environ={}).hook_env())
+        assert (env["DIB_SLES_PYTHON"], env["DIB_RELEASE"]) == (python, release), sp
+    env = config.resolve({}, environ={"DIB_SLES_SERVICE_PACK": "SP5", "DIB_RELEASE": "15.5-custom"}).hook_env()
+    assert env["DIB_SLES_ISO_REPO_FILE"] == "SLE-15-SP5-Full-x86_64-GM-Media1.iso"
+    assert env["DIB_RELEASE"] == "15.5-custom"  # DIB's own variable: the user's value wins
 
 
 # --- shellcheck ------------------------------------------------------------------------------------

@@ -46,8 +46,8 @@ def built(tmp_path_factory):
     assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
     tree = work / "unpacked"
     tree.mkdir()
-    run.run(["sh", "-c", f"zstd -dc {out}/{NAME}.initramfs | cpio -idm --quiet --no-absolute-filenames"],
-            cwd=tree)
+    run.pipe(["zstd", "-dc", out / f"{NAME}.initramfs"], ["cpio", "-idm", "--quiet", "--no-absolute-filenames"],
+             cwd=tree)
     return {"out": out, "tree": tree, "password": password, "work": work, "log": res.stdout + res.stderr}
 
 

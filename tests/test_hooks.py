@@ -27,9 +27,10 @@ from typing import Any
 
 import pytest
 
-from sles_ipa_builder import config, context, elements, hooks, namespace, packages, phases, run
+from sles_ipa_builder import config, context, elements, hooks, namespace, phases, plan, run
 from sles_ipa_builder.context import BuildContext
 from sles_ipa_builder.errors import BuildError
+from sles_ipa_builder.phase import Phase
 
 HOOKS = elements.HOOKS_DIR
 REPO = HOOKS.parent
@@ -162,9 +163,11 @@ def _context(spec: Mapping[str, Any]) -> BuildContext:
     ctx = BuildContext(cfg=cfg, build_dir=build, root=build / "root", hooks_dir=build / "hooks",
                        outputs=build.parent / "out", log_path=build.parent / "build.log", search_path=[HOOKS],
                        elements=els, tree=elements.merge(els, env), env=env, ca_bundle=None)
-    # no package installs and no clones here: the media's repositories are the end-to-end test's job
-    ctx.state["packages"] = packages.PackageLists()
-    ctx.state["source_repos"] = []
+    ctx.phase_env = plan.sourced_env(ctx)
+    elements.apply_install_types(ctx.tree, ctx.phase_env)
+    # no package installs, no clones, and none of the builder's own steps (image, media, wheelhouse):
+    # the hooks and DIB's generic elements only. The rest is the end-to-end test's job.
+    ctx.steps = [s for s in plan.steps(ctx) if s.run is None or s.element in elements.NATIVE]
     return ctx
 
 
@@ -184,7 +187,7 @@ def _child(raw: str) -> None:
     hooks.materialise(ctx)
     try:
         for p in spec["phases"]:
-            phases.run_phase(ctx, phases.Phase(p))
+            phases.run_phase(ctx, Phase(p), [s for s in ctx.steps if s.stage is Phase(p)])
     except BuildError as e:
         print("\n".join(e.tail))
         print(f"error: {e.message}")

@@ -13,12 +13,11 @@ import shutil
 import stat
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from sles_ipa_builder import appliance, image, run
+from sles_ipa_builder import appliance, config, image, run
 from sles_ipa_builder.errors import InputError
 
 IMAGES_VERSION = "v4"
@@ -167,13 +166,8 @@ def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                        os.environ.get("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg"))
 
 
-def cfg(**kw: Any) -> Any:
-    values = {"base_tree": None, "base_image": None, "images_dir": "/nonexistent"} | kw
-    ns = SimpleNamespace(**values)
-    tail = "SP4-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2"
-    d = Path(values["images_dir"])
-    ns.base_image_candidates = lambda: [d / f"SLES15-{tail}", d / f"SLE-15-{tail}"]
-    return ns
+def cfg(**kw: Any) -> config.Config:
+    return config.resolve({"images_dir": "/nonexistent", **kw}, environ={})
 
 
 def check_tree(root: Path, *, btrfs: bool) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -18,25 +17,25 @@ from conftest import (
     make_engine_elements,
 )
 
-from sles_ipa_builder import context, hooks, phases
+from sles_ipa_builder import config, context, phases, plan, target
 from sles_ipa_builder.errors import BuildError, ConfigError
+from sles_ipa_builder.phase import Phase
 
-DRIVER = Path(__file__).parent / "data" / "drive_engine.py"
 REPO = Path(__file__).resolve().parent.parent
 
 
-def steps_of(plan: dict[phases.Phase, list[phases.Step]], phase: str) -> list[tuple[str, str]]:
-    return [(s.name, s.element) for s in plan[phases.Phase(phase)]]
+def steps_of(ctx: context.BuildContext, phase: str) -> list[tuple[str, str]]:
+    return [(s.name, s.element) for s in ctx.steps if s.stage.value == phase]
 
 
 @pytest.fixture
 def engine_ctx(tmp_path: Path, no_builtin_hooks: Path) -> context.BuildContext:
     els = make_engine_elements(tmp_path / "elements")
-    return context.make_context(make_config(tmp_path, els, "bb-os"))
+    return plan.make(make_config(tmp_path, els, "bb-os"))
 
 
 def test_phase_places() -> None:
-    assert [p.value for p in phases.Phase] == [
+    assert [p.value for p in Phase] == [
         *HOST_PHASES[:2],
         *CHROOT_PHASES[:3],
         "post-root",
@@ -44,12 +43,11 @@ def test_phase_places() -> None:
         "finalise",
         "cleanup",
     ]
-    assert {p.value for p in phases.Phase if p.chroot} == set(CHROOT_PHASES)
+    assert {p.value for p in Phase if p.chroot} == set(CHROOT_PHASES)
 
 
 def test_plan_puts_native_steps_where_dib_had_them(engine_ctx: context.BuildContext) -> None:
-    plan = phases.plan(engine_ctx)
-    assert steps_of(plan, "pre-install") == [
+    assert steps_of(engine_ctx, "pre-install") == [
         ("01-install-bin", "install-bin"),
         ("05-check-bin", "bb-app"),
         ("10-package-installs", "package-installs"),
@@ -57,7 +55,7 @@ def test_plan_puts_native_steps_where_dib_had_them(engine_ctx: context.BuildCont
         ("50-maybe-sleep", "bb-os"),
         ("60-maybe-fail", "bb-os"),
     ]
-    assert steps_of(plan, "install") == [
+    assert steps_of(engine_ctx, "install") == [
         ("01-package-installs", "package-installs"),
         ("10-install-static-files", "install-static"),
         ("15-check-static", "bb-app"),
@@ -67,21 +65,44 @@ def test_plan_puts_native_steps_where_dib_had_them(engine_ctx: context.BuildCont
         ("60-maybe-fail", "bb-os"),
         ("99-package-uninstalls", "package-installs"),
     ]
-    assert steps_of(plan, "root") == [("20-record", "bb-os")]
-    assert phases.package_lists(engine_ctx).get("install.d", False) == ["bb-pkg", "bb-build", "bb-when"]
+    assert steps_of(engine_ctx, "root") == [("20-record", "bb-os")]
+    assert engine_ctx.packages.get("install.d", False) == ["bb-pkg", "bb-build", "bb-when"]
+    # sles and sles-ipa-ramdisk-base replaced by stand-ins: no image, no media repositories, no outputs
+    assert not any(s.stage.value == "outputs" or s.element == "sles" for s in engine_ctx.steps)
+
+
+def test_the_builders_own_steps_run_without_our_elements_in_the_list(tmp_path: Path, no_builtin_hooks: Path) -> None:
+    """A list without sles or sles-ipa-ramdisk-base still gets the qcow2 root, the media and the outputs
+    (as before one plan): only a user's element of that name takes them away."""
+    els = tmp_path / "elements"
+    make_element(els, "my-os", provides=["operating-system"], files={"install.d/50-x": "#!/bin/sh\n"})
+    ctx = plan.make(make_config(tmp_path, els, "my-os"))
+    assert plan.needs(ctx, "10-sles-image") and plan.needs(ctx, "05-media-repositories")
+    assert ctx.steps[-1].name == "commit"
 
 
 def test_describe_is_the_plan(tmp_path: Path, no_builtin_hooks: Path) -> None:
     els = make_engine_elements(tmp_path / "elements")
-    info = phases.describe(make_config(tmp_path, els, "bb-os"))
+    ctx = plan.make(make_config(tmp_path, els, "bb-os"))
+    info = plan.describe(ctx)
     by = {e["name"]: e["by"] for e in info["elements"]}
     assert by["bb-os"] == "requested" and by["bb-app"] == "bb-os" and by["install-static"] == "bb-app"
-    inst = next(p for p in info["phases"] if p["name"] == "install")
-    assert inst["where"] == "chroot"
-    assert inst["steps"][1] == {"script": "10-install-static-files", "element": "install-static"}
+    assert [(s["stage"], s["name"]) for s in info["steps"]] == [(s.stage.value, s.name) for s in ctx.steps]
+    inst = [s for s in info["steps"] if s["stage"] == "install"]
+    assert inst[1] == {"stage": "install", "where": "chroot", "name": "10-install-static-files",
+                       "element": "install-static", "kind": "native", "reads": "the elements' static/"}
 
 
-def test_native_name_clash_is_a_duplicate(tmp_path: Path, no_builtin_hooks: Path) -> None:
+def test_default_plan_ends_with_the_outputs(tmp_path: Path) -> None:
+    ctx = plan.make(config.resolve({"workspace": str(tmp_path)}, environ={}))
+    tail = [(s.stage.value, s.name) for s in ctx.steps if s.stage.value == "outputs"]
+    assert tail == [("outputs", f"ironic-python-agent.{x}") for x in
+                    ("kernel", "initramfs", "tar", "tar.gz", "packages", "manifest.json", "sha256")
+                    ] + [("outputs", "commit")]
+    assert plan.needs(ctx, "10-sles-image") and plan.needs(ctx, "05-media-repositories")
+
+
+def test_a_users_script_replaces_the_native_step(tmp_path: Path, no_builtin_hooks: Path) -> None:
     els = tmp_path / "elements"
     make_element(
         els,
@@ -89,9 +110,19 @@ def test_native_name_clash_is_a_duplicate(tmp_path: Path, no_builtin_hooks: Path
         provides=["operating-system"],
         files={"bin/x": "#!/bin/sh\n", "pre-install.d/01-install-bin": "#!/bin/sh\n"},
     )
-    ctx = context.make_context(make_config(tmp_path, els, "os"))
-    with pytest.raises(ConfigError, match="01-install-bin is in both os and install-bin"):
-        phases.plan(ctx)
+    ctx = plan.make(make_config(tmp_path, els, "os"))
+    assert ("01-install-bin", "os") in steps_of(ctx, "pre-install")
+    assert next(s for s in ctx.steps if s.name == "01-install-bin").run is None
+    assert ctx.replaced == ["pre-install.d/01-install-bin (install-bin) by os's script"]
+
+
+def test_a_users_sles_replaces_ours_with_its_native_steps(tmp_path: Path) -> None:
+    """A migrating user's own `sles` (root.d making the root its own way) drops our image and media steps."""
+    els = tmp_path / "elements"
+    make_element(els, "sles", provides=["operating-system"], files={"root.d/10-my-root": "#!/bin/sh\n"})
+    ctx = plan.make(make_config(tmp_path, els, "sles"))
+    assert steps_of(ctx, "root") == [("10-my-root", "sles")]
+    assert not plan.needs(ctx, "05-media-repositories") and not plan.needs(ctx, "00-zypper-refresh")
 
 
 def test_environment_d_feeds_when(tmp_path: Path, no_builtin_hooks: Path) -> None:
@@ -105,8 +136,8 @@ def test_environment_d_feeds_when(tmp_path: Path, no_builtin_hooks: Path) -> Non
             "package-installs.yaml": "a:\n  when: DIB_X=from-envd\nb:\n  when: DIB_X!=from-envd\n",
         },
     )
-    ctx = context.make_context(make_config(tmp_path, els, "os"))
-    assert phases.package_lists(ctx).get("install.d", False) == ["a"]
+    ctx = plan.make(make_config(tmp_path, els, "os"))
+    assert ctx.packages.get("install.d", False) == ["a"]
 
 
 def test_workspace_refuses_dangerous_dirs(
@@ -138,20 +169,23 @@ def drive(
     tmp_path: Path, extra_env: dict[str, str] | None = None, **flags: str
 ) -> subprocess.CompletedProcess[str]:
     els = make_engine_elements(tmp_path / "elements")
-    base = make_busybox_root(tmp_path / "base-tree")
-    cli = {
-        "workspace": str(tmp_path / "ws"),
-        "output": str(tmp_path / "out"),
-        "elements": "bb-os",
-        "elements_path": str(els),
-        "base_tree": str(base),
-        **flags,
-    }
+    return build(tmp_path, els, make_busybox_root(tmp_path / "base-tree"), extra_env, **flags)
+
+
+def build(tmp_path: Path, els: Path, base: Path, extra_env: dict[str, str] | None = None,
+          breaks: str = "", **flags: str) -> subprocess.CompletedProcess[str]:
+    """The real CLI on a busybox base tree: bb-os has no sles and no sles-ipa-ramdisk-base element, so
+    the plan has no image, no media and no outputs: only the engine."""
+    argv = [sys.executable, "-m", "sles_ipa_builder", "build", "--workspace", str(tmp_path / "ws"),
+            "--output", str(tmp_path / "out"), "--elements", "bb-os", "--elements-path", str(els),
+            "--base-tree", str(base)]
+    for key, value in flags.items():
+        argv += [f"--{key.replace('_', '-')}"] + ([] if value == "true" else [value])
+    if breaks:
+        argv += ["--break", breaks]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DIB_", "SIB_"))}
-    env.update(PYTHONPATH=f"{REPO}:{REPO / 'tests'}", **(extra_env or {}))
-    return subprocess.run(
-        [sys.executable, str(DRIVER), json.dumps(cli)], env=env, capture_output=True, text=True, timeout=300
-    )
+    env.update(extra_env or {})
+    return subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.root
@@ -228,9 +262,8 @@ def test_failing_hook_names_script_element_and_tail(tmp_path: Path) -> None:
     r = drive(tmp_path, {"DIB_FAIL_IN": "install"}, ca_bundle="")
     assert r.returncode == 1
     assert "error: hook install.d/60-maybe-fail of element bb-os exited 3" in r.stderr
-    assert (
-        "  | the last words" in r.stderr and "noise line 11" in r.stderr and "noise line 10\n" not in r.stderr
-    )
+    # the error shows the hook's last 20 lines
+    assert "  | the last words" in r.stderr and "  | noise line 12" in r.stderr and "  | noise line 11" not in r.stderr
     assert "--break after-error" in r.stderr and "build.log" in r.stderr
     assert not (tmp_path / "ws" / "build").exists()  # a failed build's tree is removed too
     assert "the last words" in (tmp_path / "ws" / "build.log").read_text()
@@ -241,23 +274,8 @@ def test_break_without_a_terminal_warns_and_goes_on(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root")
     els = make_engine_elements(tmp_path / "elements")
-    base = make_busybox_root(tmp_path / "base-tree")
-    cli = {
-        "workspace": str(tmp_path / "ws"),
-        "elements": "bb-os",
-        "elements_path": str(els),
-        "base_tree": str(base),
-    }
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIB_", "SIB_"))}
-    env.update(PYTHONPATH=str(REPO), DIB_FAIL_IN="post-install")
-    r = subprocess.run(
-        [sys.executable, str(DRIVER), json.dumps(cli), "before-install,after-error"],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    r = build(tmp_path, els, make_busybox_root(tmp_path / "base-tree"), {"DIB_FAIL_IN": "post-install"},
+              breaks="before-install,after-error")
     assert r.returncode == 1
     assert "break at before-install: stdin is not a terminal" in r.stderr
     assert "break at after-error: stdin is not a terminal" in r.stderr
@@ -268,17 +286,17 @@ def test_in_root_keeps_absolute_links_inside(tmp_path: Path) -> None:
     (root / "usr/lib").mkdir(parents=True)
     os.symlink("/usr/lib", root / "lib")
     os.symlink("../../..", root / "usr/lib/up")
-    assert hooks.in_root(root, "lib/x") == root / "usr/lib/x"
-    assert hooks.in_root(root, "lib/up/usr/lib/up/x") == root / "x"  # `..` stops at the root, as in a chroot
+    assert target.in_root(root, "lib/x") == root / "usr/lib/x"
+    assert target.in_root(root, "lib/up/usr/lib/up/x") == root / "x"  # `..` stops at the root, as in a chroot
     # a link in the middle of another link's target: still resolved inside, never on the host
     host = tmp_path / "host-side"
     host.mkdir()
     os.symlink(str(host), root / "usr/h")  # means root/<host path>, not the host's directory
     os.symlink("../usr/h/sub", root / "etc")
-    got = hooks.in_root(root, "etc/file")
+    got = target.in_root(root, "etc/file")
     assert got == root / str(host).lstrip("/") / "sub/file"
     assert not str(got.resolve()).startswith(str(host))
     os.symlink("loop-b", root / "loop-a")
     os.symlink("loop-a", root / "loop-b")
     with pytest.raises(BuildError, match="too many levels"):
-        hooks.in_root(root, "loop-a/x")
+        target.in_root(root, "loop-a/x")

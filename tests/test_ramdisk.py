@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sles_ipa_builder import ramdisk, run, sizereport
+from sles_ipa_builder import cpioread, inventory, outputs, ramdisk, run
 from sles_ipa_builder.compress import Compression
 from sles_ipa_builder.errors import BuildError, CommandError, ConfigError, InputError
 
@@ -66,9 +66,9 @@ def make_root(base: Path, *, rd_zstd: str = "y") -> Path:
     return base
 
 
-def names_in(initramfs: Path) -> dict[str, sizereport.Member]:
+def names_in(initramfs: Path) -> dict[str, cpioread.Member]:
     with initramfs.open("rb") as f:
-        return {m.name: m for m in sizereport.members(sizereport._Reader(f))}
+        return {m.name: m for m in cpioread.members(cpioread.Reader(f))}
 
 
 def test_prune_semantics_full(tmp_path: Path) -> None:
@@ -144,7 +144,7 @@ def test_kernel_config_refusal(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="CONFIG_RD_ZSTD"):
         ramdisk.pack(tree, tmp_path / "i", Compression.parse("zstd"), progress=False)
     with pytest.raises(ConfigError, match="CONFIG_RD_XZ"):
-        ramdisk.write_artifacts(tree, tmp_path / "out", "ipa", Compression.parse("xz"), size_limit_mb=None)
+        outputs.write_artifacts(tree, tmp_path / "out", "ipa", Compression.parse("xz"), size_limit_mb=None)
     assert not (tmp_path / "i").exists() and not (tmp_path / "out").exists()  # refused before any work
     ramdisk.pack(tree, tmp_path / "i", Compression.parse("gzip"), progress=False)
 
@@ -173,7 +173,7 @@ def test_find_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_write_artifacts(tmp_path: Path) -> None:
     tree = make_root(tmp_path / "root")
     out = tmp_path / "out"
-    arts = ramdisk.write_artifacts(
+    arts = outputs.write_artifacts(
         tree,
         out,
         "ironic-python-agent",
@@ -185,7 +185,7 @@ def test_write_artifacts(tmp_path: Path) -> None:
     )
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"ironic-python-agent.{s}"
-        for s in ("kernel", "initramfs", "tar", "sha256", "packages", "manifest.json")
+        for s in ("kernel", "initramfs", "tar", "tar.gz", "tar.gz.sha256", "sha256", "packages", "manifest.json")
     )
     assert arts.kernel.read_bytes() == b"KERNEL-NEW"
     with tarfile.open(arts.tar) as tar:
@@ -194,7 +194,7 @@ def test_write_artifacts(tmp_path: Path) -> None:
         assert all(m.isfile() for m in members)
         assert tar.extractfile(members[1]).read() == arts.initramfs.read_bytes()  # type: ignore[union-attr]
     run.run(["sha256sum", "--quiet", "-c", arts.sha256.name], cwd=out)
-    assert len(arts.sha256.read_text().splitlines()) == 3
+    assert len(arts.sha256.read_text().splitlines()) == 4  # kernel, initramfs, tar, tar.gz
     pkgs = arts.packages.read_text()
     assert "Babel==2.9.1\nironic-python-agent==9.1.0\n" in pkgs and "# rpm -qa" in pkgs
     doc = json.loads(arts.manifest.read_text())
@@ -204,7 +204,7 @@ def test_write_artifacts(tmp_path: Path) -> None:
     assert rd["artifacts"]["ironic-python-agent.tar"]["sha256"] == ramdisk.sha256_file(arts.tar)
     assert rd["artifacts"]["ironic-python-agent.initramfs"]["size"] == arts.initramfs.stat().st_size
     # same inputs, same bytes: the tar is reproducible too
-    again = ramdisk.write_artifacts(
+    again = outputs.write_artifacts(
         tree,
         tmp_path / "again",
         "ironic-python-agent",
@@ -216,16 +216,53 @@ def test_write_artifacts(tmp_path: Path) -> None:
     assert again.sha256s == arts.sha256s
 
 
+# The rules of metal3's ironic-ipa-downloader (get-resource.sh), with its defaults: the file name minus
+# the first of EXTENSIONS it ends with is the stem; `tar -xaf` the download; link
+# ironic-python-agent[_<arch>].{kernel,initramfs} to <stem>.{kernel,initramfs}.
+DOWNLOADER_EXTENSIONS = (".tar.gz", ".tar.gz.sha256")
+
+
+def _downloader_stem(filename: str) -> str:
+    for ext in DOWNLOADER_EXTENSIONS:
+        if filename.endswith(ext):
+            return filename[: -len(ext)]
+    return filename.rsplit(".", 2)[0] if filename.count(".") >= 2 else filename  # ${FILENAME%.*.*}
+
+
+def test_metal3_downloader_takes_the_tar_gz_as_it_is(tmp_path: Path) -> None:
+    tree = make_root(tmp_path / "root")
+    out = tmp_path / "out"
+    arts = outputs.write_artifacts(tree, out, "ironic-python-agent", Compression.parse("zstd"),
+                                   size_limit_mb=None, source_date_epoch=1_600_000_000, progress=False)
+    published = arts.files["tar.gz"]
+    stem = _downloader_stem(published.name)
+    images = tmp_path / "shared/html/images"
+    unpacked = images / f"{published.name}-etag"  # the downloader unpacks into <file>-<ETag>/
+    unpacked.mkdir(parents=True)
+    run.run(["tar", "-xaf", published], cwd=unpacked)
+    for kind in ("kernel", "initramfs"):
+        link = images / f"ironic-python-agent.{kind}"
+        link.symlink_to(f"{unpacked.name}/{stem}.{kind}")
+        assert link.resolve().read_bytes() == getattr(arts, kind).read_bytes(), kind
+    run.run(["sha256sum", "--quiet", "-c", arts.files["tar.gz.sha256"].name], cwd=out)
+    # the bare .tar is not for the downloader: its stem keeps ".tar" and the links would dangle
+    assert _downloader_stem(arts.tar.name) == "ironic-python-agent.tar"
+    # reproducible, like the tar it wraps
+    outputs.write_artifacts(tree, tmp_path / "again", "ironic-python-agent", Compression.parse("zstd"),
+                            size_limit_mb=None, source_date_epoch=1_600_000_000, progress=False)
+    assert (tmp_path / "again/ironic-python-agent.tar.gz").read_bytes() == published.read_bytes()
+
+
 def test_size_limit_fails_and_keeps_artifacts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     tree = make_root(tmp_path / "root")
     (tree / "usr/lib/firmware").mkdir(parents=True)
     (tree / "usr/lib/firmware/blob.bin").write_bytes(os.urandom(3 << 20))
     out = tmp_path / "out"
     with pytest.raises(BuildError, match=r"ipa.tar is 3 MiB, at or over the 3 MiB limit") as e:
-        ramdisk.write_artifacts(tree, out, "ipa", Compression.parse("zstd"), size_limit_mb=3, progress=False)
+        outputs.write_artifacts(tree, out, "ipa", Compression.parse("zstd"), size_limit_mb=3, progress=False)
     assert "size report" in e.value.hint
     assert (out / "ipa.tar").is_file() and (out / "ipa.initramfs").is_file()
-    assert ramdisk.check_size(out / "ipa.tar", 4) == 3
+    assert outputs.check_size(out / "ipa.tar", 4) == 3
 
 
 def test_atomic_pack_keeps_previous_output(tmp_path: Path) -> None:
@@ -244,7 +281,7 @@ def test_atomic_pack_keeps_previous_output(tmp_path: Path) -> None:
 def test_atomic_artifacts_keep_previous_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tree = make_root(tmp_path / "root")
     out = tmp_path / "out"
-    first = ramdisk.write_artifacts(
+    first = outputs.write_artifacts(
         tree, out, "ipa", Compression.parse("gzip"), size_limit_mb=None, progress=False
     )
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -252,10 +289,10 @@ def test_atomic_artifacts_keep_previous_set(tmp_path: Path, monkeypatch: pytest.
     def broken(tree: Path) -> str:
         raise BuildError("listing packages failed", "")
 
-    monkeypatch.setattr(ramdisk, "list_packages", broken)
+    monkeypatch.setattr(outputs, "list_packages", broken)
     (tree / "new-file").write_text("changes the initramfs")
     with pytest.raises(BuildError, match="listing packages failed"):
-        ramdisk.write_artifacts(
+        outputs.write_artifacts(
             tree, out, "ipa", Compression.parse("gzip"), size_limit_mb=None, progress=False
         )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -265,7 +302,7 @@ def test_atomic_artifacts_keep_previous_set(tmp_path: Path, monkeypatch: pytest.
 def test_packages_lists_rpms(tmp_path: Path, rpm_tree: Path) -> None:
     db = rpm_tree / "usr/lib/sysimage/rpm"
     before = {p.name: p.stat().st_mtime_ns for p in db.iterdir()}
-    text = sizereport.list_packages(rpm_tree)
+    text = inventory.list_packages(rpm_tree)
     assert "tinypkg-1.2-3.noarch" in text.splitlines()
     assert {p.name: p.stat().st_mtime_ns for p in db.iterdir()} == before  # queried on a copy
 
@@ -375,7 +412,7 @@ def test_packages_fall_back_to_the_trees_rpm(tmp_path: Path) -> None:
         "#!/bin/sh\necho 'zlib zlib-1.2.11-3.1.x86_64'\necho 'bash bash-4.4-9.x86_64'\n"
     )
     (tree / "usr/bin/rpm").chmod(0o755)
-    lines = sizereport.list_packages(tree).splitlines()
+    lines = inventory.list_packages(tree).splitlines()
     assert lines[:3] == ["# rpm -qa", "bash-4.4-9.x86_64", "zlib-1.2.11-3.1.x86_64"]
 
 
@@ -392,7 +429,7 @@ def test_temp_dirs_of_killed_builds_are_swept_not_busy_ones(tmp_path: Path) -> N
     busy.mkdir()
     with (busy / ".busy").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        ramdisk.write_artifacts(tree, out, "ironic-python-agent", Compression.parse("zstd"), size_limit_mb=500,
+        outputs.write_artifacts(tree, out, "ironic-python-agent", Compression.parse("zstd"), size_limit_mb=500,
                                 progress=False)
         assert not killed.exists() and busy.exists()
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [busy.name]

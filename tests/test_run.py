@@ -61,3 +61,16 @@ def test_popen_children_die_with_the_builder() -> None:
     else:
         os.kill(child, signal.SIGKILL)
         raise AssertionError("the child outlived its parent")
+
+
+def test_pipe_chains_commands_on_the_host(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("b\na\nb\n")
+    res = run.pipe(["cat", "f"], ["sort"], ["uniq", "-c"], cwd=tmp_path)
+    assert [line.split() for line in res.stdout.splitlines()] == [["1", "a"], ["2", "b"]]
+    with pytest.raises(CommandError):
+        run.pipe(["cat", "missing-file"], ["sort"], ["false"], cwd=tmp_path)
+
+
+def test_git_through_the_seam_never_prompts(tmp_path: Path) -> None:
+    repo = run.git_init(tmp_path / "r")
+    assert repo.git.environment()["GIT_TERMINAL_PROMPT"] == "0"

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import git
 import pytest
+from conftest import make_element
 
-from sles_ipa_builder import config, sources
+from sles_ipa_builder import config, elements, sources
 from sles_ipa_builder.errors import InputError
-from sles_ipa_builder.sources import SourceRepo
 
 
 @pytest.fixture(autouse=True)
@@ -36,20 +36,33 @@ def cfg(env: dict[str, str] | None = None) -> config.Config:
     return config.resolve({}, environ=env or {})
 
 
-def test_override_precedence() -> None:
-    ipa = SourceRepo("ironic-python-agent", "git", "/tmp/ironic-python-agent", "https://file/ipa", "fileref")
-    other = SourceRepo("glean", "git", "/tmp/glean", "https://file/glean", None)
+def SourceRepo(name: str, rtype: str, dest: str, location: str, ref: str | None = None,  # noqa: N802
+               element: str = "e") -> elements.SourceRepo:
+    return elements.SourceRepo(name, rtype, dest, location, ref or "", element)
+
+
+def test_override_precedence(tmp_path: Path) -> None:
+    """One place applies overrides: Config.source_env() feeds the element's source-repository lines."""
+    el = make_element(tmp_path, "os", files={
+        "source-repository-ipa": "ironic-python-agent git /tmp/ironic-python-agent https://file/ipa fileref\n",
+        "source-repository-glean": "glean git /tmp/glean https://file/glean\n"})
+    els = [elements.Element("os", el, None)]
+
+    def effective(env: dict[str, str]) -> dict[str, tuple[str, str]]:
+        c = cfg(env)
+        return {r.name: (r.location, r.ref) for r in elements.source_repos(els, {**c.passthrough, **c.source_env()})}
+
     # the seed's settings (defaults included, as build_ipa_sles.sh always exported them) beat the file
-    assert sources.effective(ipa, cfg()) == ("https://opendev.org/openstack/ironic-python-agent", "master")
-    assert sources.effective(ipa, cfg({"IPA_REPO": "https://x/ipa", "IPA_COMMIT": "stable/2023.1"})) == (
+    assert effective({})["ironic-python-agent"] == ("https://opendev.org/openstack/ironic-python-agent", "master")
+    assert effective({"IPA_REPO": "https://x/ipa", "IPA_COMMIT": "stable/2023.1"})["ironic-python-agent"] == (
         "https://x/ipa", "stable/2023.1")
     # DIB_REPOLOCATION_/DIB_REPOREF_ beat the seed settings
     env = {"IPA_REPO": "https://x/ipa", "DIB_REPOLOCATION_ironic_python_agent": "https://y/ipa",
            "DIB_REPOREF_ironic_python_agent": "refs/changes/1/1/1"}
-    assert sources.effective(ipa, cfg(env)) == ("https://y/ipa", "refs/changes/1/1/1")
+    assert effective(env)["ironic-python-agent"] == ("https://y/ipa", "refs/changes/1/1/1")
     # other repositories: the file, default ref master, DIB_ overrides
-    assert sources.effective(other, cfg()) == ("https://file/glean", "master")
-    assert sources.effective(other, cfg({"DIB_REPOREF_glean": "refs/heads/parsing_error"})) == (
+    assert effective({})["glean"] == ("https://file/glean", "master")
+    assert effective({"DIB_REPOREF_glean": "refs/heads/parsing_error"})["glean"] == (
         "https://file/glean", "refs/heads/parsing_error")
 
 
@@ -71,7 +84,7 @@ def test_fetch_ref_kinds_and_records(tmp_path: Path) -> None:
              "refs/changes/45/12345/3": change, first: first}
     for i, (ref, want) in enumerate(cases.items()):
         repo = SourceRepo(f"r{i}", "git", f"/tmp/r{i}", url, ref, element="e")
-        rows = sources.fetch_sources([repo], root, cfg=cfg(), offline=False)
+        rows = sources.fetch_sources([repo], root, offline=False, image_name="ironic-python-agent")
         assert rows[0]["commit"] == want, ref
         co = git.Repo(root / f"tmp/r{i}")
         assert co.head.commit.hexsha == want
@@ -85,13 +98,13 @@ def test_fetch_ref_kinds_and_records(tmp_path: Path) -> None:
 def test_refresh_online_not_offline(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     up = make_upstream(tmp_path / "up")
     repo = SourceRepo("ipa", "git", "/tmp/ipa", str(tmp_path / "up"), "master")
-    old = sources.fetch_sources([repo], tmp_path / "a", cfg=cfg(), offline=False)[0]["commit"]
+    old = sources.fetch_sources([repo], tmp_path / "a", offline=False)[0]["commit"]
     (tmp_path / "up" / "new").write_text("x")
     up.index.add(["new"])
     new = up.index.commit("three").hexsha
-    assert sources.fetch_sources([repo], tmp_path / "b", cfg=cfg(), offline=True)[0]["commit"] == old
+    assert sources.fetch_sources([repo], tmp_path / "b", offline=True)[0]["commit"] == old
     caplog.set_level("INFO")
-    assert sources.fetch_sources([repo], tmp_path / "c", cfg=cfg(), offline=False)[0]["commit"] == new
+    assert sources.fetch_sources([repo], tmp_path / "c", offline=False)[0]["commit"] == new
     assert f"master moved {old[:12]} → {new[:12]}" in caplog.text
 
 
@@ -100,9 +113,9 @@ def test_a_moved_change_ref_is_refetched(tmp_path: Path) -> None:
     up = make_upstream(tmp_path / "up")
     up.git.update_ref("refs/changes/01/1/1", "HEAD~1")
     repo = SourceRepo("ipa", "git", "/tmp/ipa", str(tmp_path / "up"), "refs/changes/01/1/1")
-    first = sources.fetch_sources([repo], tmp_path / "a", cfg=cfg(), offline=False)[0]["commit"]
+    first = sources.fetch_sources([repo], tmp_path / "a", offline=False)[0]["commit"]
     up.git.update_ref("refs/changes/01/1/1", "HEAD")
-    moved = sources.fetch_sources([repo], tmp_path / "b", cfg=cfg(), offline=False)[0]["commit"]
+    moved = sources.fetch_sources([repo], tmp_path / "b", offline=False)[0]["commit"]
     assert first == up.head.commit.parents[0].hexsha and moved == up.head.commit.hexsha
 
 
@@ -110,21 +123,21 @@ def test_offline_errors(tmp_path: Path) -> None:
     make_upstream(tmp_path / "up")
     repo = SourceRepo("ipa", "git", "/tmp/ipa", str(tmp_path / "up"), "master")
     with pytest.raises(InputError, match="ipa: .* is not in the cache and --offline is set"):
-        sources.fetch_sources([repo], tmp_path / "r", cfg=cfg(), offline=True)
-    sources.fetch_sources([repo], tmp_path / "r", cfg=cfg(), offline=False)
+        sources.fetch_sources([repo], tmp_path / "r", offline=True)
+    sources.fetch_sources([repo], tmp_path / "r", offline=False)
     missing = SourceRepo("ipa", "git", "/tmp/ipa", str(tmp_path / "up"), "stable/nope")
     with pytest.raises(InputError, match="ipa: ref stable/nope is not in the cached mirror"):
-        sources.fetch_sources([missing], tmp_path / "r", cfg=cfg(), offline=True)
+        sources.fetch_sources([missing], tmp_path / "r", offline=True)
 
 
 def test_missing_ref_and_unreachable_url(tmp_path: Path) -> None:
     make_upstream(tmp_path / "up")
     repo = SourceRepo("ipa", "git", "/tmp/ipa", str(tmp_path / "up"), "no-such-branch")
     with pytest.raises(InputError, match="source ipa: ref no-such-branch not found in"):
-        sources.fetch_sources([repo], tmp_path / "r", cfg=cfg(), offline=False)
+        sources.fetch_sources([repo], tmp_path / "r", offline=False)
     gone = SourceRepo("lib", "git", "/tmp/lib", str(tmp_path / "nowhere"), "master")
     with pytest.raises(InputError, match=r"source lib: cannot fetch .*nowhere \(ref master\): fatal: "):
-        sources.fetch_sources([gone], tmp_path / "r", cfg=cfg(), offline=False)
+        sources.fetch_sources([gone], tmp_path / "r", offline=False)
 
 
 def test_a_source_without_destination_never_empties_the_image(tmp_path: Path) -> None:
@@ -137,7 +150,7 @@ def test_a_source_without_destination_never_empties_the_image(tmp_path: Path) ->
     for dest in ("", "/", "//"):
         with pytest.raises(ConfigError, match="no destination directory"):
             sources.fetch_sources([SourceRepo("x", "git", dest, str(tmp_path / "up"), "master")], root,
-                                  cfg=cfg(), offline=False)
+                                  offline=False)
     assert (root / "etc/os-release").read_text() == "the image\n"
 
 
@@ -145,5 +158,4 @@ def test_unsupported_type(tmp_path: Path) -> None:
     from sles_ipa_builder.errors import BuildError
 
     with pytest.raises(BuildError, match="type tar is not supported"):
-        sources.fetch_sources([SourceRepo("x", "tar", "/x", "http://x/x.tgz")], tmp_path, cfg=cfg(),
-                              offline=False)
+        sources.fetch_sources([SourceRepo("x", "tar", "/x", "http://x/x.tgz")], tmp_path, offline=False)

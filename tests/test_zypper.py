@@ -94,7 +94,7 @@ def test_zypper_refreshes_when_another_build_did_and_runs_under_the_cache_lock(t
 
     from filelock import FileLock, Timeout
 
-    from sles_ipa_builder import hooks
+    from sles_ipa_builder import target
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     calls: list[tuple[list[str], bool]] = []
@@ -109,13 +109,13 @@ def test_zypper_refreshes_when_another_build_did_and_runs_under_the_cache_lock(t
             held = True
         calls.append((argv, held))
 
-    monkeypatch.setattr(hooks, "run_in_target", fake_run_in_target)
-    ctx = SimpleNamespace(state={"refresh_aliases": ["sle-Module-Basesystem"]})
-    other = SimpleNamespace(state={})  # a second build sharing the cache, with another ISO perhaps
-    hooks.run_zypper(ctx, zypper.install_argv(["lshw"]))  # type: ignore[arg-type]
-    hooks.run_zypper(ctx, zypper.install_argv(["mdadm"]))  # type: ignore[arg-type]  # metadata still ours
-    hooks.run_zypper(other)  # type: ignore[arg-type]  # the other build refreshes
-    hooks.run_zypper(ctx, zypper.install_argv(["fio"]))  # type: ignore[arg-type]  # so ours again first
+    monkeypatch.setattr(target, "run_in_target", fake_run_in_target)
+    ctx = SimpleNamespace(refresh_aliases=["sle-Module-Basesystem"], zypper_token="ours")
+    other = SimpleNamespace(refresh_aliases=None, zypper_token="theirs")  # a second build sharing the cache
+    target.run_zypper(ctx, zypper.install_argv(["lshw"]))  # type: ignore[arg-type]
+    target.run_zypper(ctx, zypper.install_argv(["mdadm"]))  # type: ignore[arg-type]  # metadata still ours
+    target.run_zypper(other)  # type: ignore[arg-type]  # the other build refreshes
+    target.run_zypper(ctx, zypper.install_argv(["fio"]))  # type: ignore[arg-type]  # so ours again first
     assert [(argv[-2:], held) for argv, held in calls] == [
         (["refresh", "sle-Module-Basesystem"], True), (["--no-recommends", "lshw"], True),
         (["--no-recommends", "mdadm"], True),

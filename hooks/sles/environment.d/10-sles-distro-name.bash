@@ -12,19 +12,5 @@ export DIB_SLES_SERVICE_PACK=${DIB_SLES_SERVICE_PACK:-SP4}
 export DIB_SLES_INSTALL_TYPE=${DIB_SLES_INSTALL_TYPE:-Minimal-VM}
 export DIB_SLES_IMAGE_TARGET_PLATFORM=${DIB_SLES_IMAGE_TARGET_PLATFORM:-OpenStack-Cloud-GM}
 export DIB_SLES_OFFLINE_TARGET_DIR=${DIB_SLES_OFFLINE_TARGET_DIR:-${HOME:-/root}/sles_images}
-export DIB_SLES_ISO_REPO_FILE=${DIB_SLES_ISO_REPO_FILE:-${DIB_SLES_RELEASE}-${DIB_SLES_SERVICE_PACK}-Full-x86_64-GM-Media1.iso}
-
-# DIB_RELEASE is the release key of pkg-map: "15.4" for SLE-15 SP4 (the Leap numbering).
-_sles_major=${DIB_SLES_RELEASE##*-}
-_sles_sp=${DIB_SLES_SERVICE_PACK#[Ss][Pp]}
-export DIB_RELEASE=${DIB_RELEASE:-${_sles_major}.${_sles_sp:-0}}
-unset _sles_major _sles_sp
-
-# The interpreter of the IPA venv: SP4 and older ship python3.10, SP5 and later python3.11.
-if [ -z "${DIB_SLES_PYTHON:-}" ]; then
-    case "$DIB_SLES_SERVICE_PACK" in
-        SP[1-4] | sp[1-4]) DIB_SLES_PYTHON=python3.10 ;;
-        *) DIB_SLES_PYTHON=python3.11 ;;
-    esac
-fi
-export DIB_SLES_PYTHON
+# The service-pack facts (the ISO's name, DIB_RELEASE, the IPA venv's python: DIB_SLES_PYTHON) come
+# from the builder, which exports them from its one table (sles_ipa_builder/servicepack.py).

@@ -1,0 +1,122 @@
+"""The package inventory of a tree: its rpm database (read by the host's rpm, else the tree's own) and
+the IPA venv's Python distributions. Written as `<name>.packages`; size-report and the wheelhouse use it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from . import run
+from .errors import BuildError
+
+log = logging.getLogger(__name__)
+
+RPMDB_DIRS = ("usr/lib/sysimage/rpm", "var/lib/rpm")
+RPMDB_FILES = ("rpmdb.sqlite", "Packages.db", "Packages")
+
+
+class RpmdbKeeper:
+    """Extracts the files of an rpm database (whatever the backend) found in the archive."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+
+    def __call__(self, name: str) -> Path | None:
+        d, _, base = name.rpartition("/")
+        return self.tmp / name if d in RPMDB_DIRS and base else None
+
+    def dbdir(self) -> Path | None:
+        for d in RPMDB_DIRS:
+            if any((self.tmp / d / f).is_file() for f in RPMDB_FILES):
+                return self.tmp / d
+        return None
+
+
+def rpm_lines(dbdir: Path, qf: str) -> list[tuple[str, str]]:
+    """`rpm -qa --qf` on a copy of the database (rpm may write lock/wal files next to it)."""
+    if run.which("rpm") is None:
+        raise BuildError("rpm is not installed on this host", "install rpm to list packages")
+    with tempfile.TemporaryDirectory(prefix="rpmdb-") as tmp:
+        copy = Path(tmp) / "db"
+        shutil.copytree(dbdir, copy, symlinks=True)
+        out = run.run(["rpm", "--dbpath", copy, "-qa", "--qf", qf], capture=True, check=False)
+    if out.returncode != 0 or (not out.stdout.strip() and out.stderr.strip()):
+        msg = out.stderr.strip().splitlines()[-1:] or [f"exit {out.returncode}"]
+        raise BuildError(f"rpm -qa failed: {msg[0][:200]}", "the host's rpm cannot read this database")
+    rows = [tuple(line.split(" ", 1)) for line in out.stdout.splitlines() if " " in line]
+    if not rows:
+        # rpm "reads" a database of a backend it lacks (ndb) as a new empty one
+        raise BuildError("rpm -qa found no packages", "the host's rpm may lack this database's backend")
+    return rows  # type: ignore[return-value]
+
+
+def _rpm_in_tree(tree: Path, qf: str) -> list[str]:
+    """The tree's own rpm, for a database backend the host's rpm lacks (SLE's ndb on Debian).
+
+    A query needs no /proc or /dev, so a bare chroot does (root only); the database is read-only.
+    """
+    rpm = tree / "usr/bin/rpm"
+    if os.geteuid() != 0 or not (rpm.is_file() or rpm.is_symlink()):
+        raise BuildError("no rpm in the tree (or not root to chroot)", "")
+    argv = run.chroot_argv(tree, ["rpm", "-qa", "--qf", qf], run.target_env())
+    out = run.run(argv, capture=True, check=False)
+    if out.returncode != 0:
+        raise BuildError(f"rpm -qa in the tree exited {out.returncode}", "")
+    return sorted(line.split(" ", 1)[1] for line in out.stdout.splitlines() if " " in line)
+
+
+def find_rpmdb(tree: Path) -> Path | None:
+    for d in RPMDB_DIRS:
+        p = tree / d
+        if p.is_dir() and not p.is_symlink() and any((p / f).is_file() for f in RPMDB_FILES):
+            return p
+    return None
+
+
+def pip_freeze(venv: Path, *, skip_direct: bool = False) -> list[str]:
+    """`name==version` of every distribution in the venv, from the dist-info metadata (no python run).
+
+    skip_direct: leave out what was installed from a path or URL (PEP 610 direct_url.json).
+    """
+    found: dict[str, str] = {}
+    for meta in sorted(venv.glob("lib*/python3*/site-packages/*.dist-info/METADATA")):
+        if skip_direct and (meta.parent / "direct_url.json").exists():
+            continue
+        name = version = ""
+        for line in meta.read_text(errors="replace").splitlines():
+            if not line:
+                break
+            key, _, value = line.partition(": ")
+            if key == "Name":
+                name = value.strip()
+            elif key == "Version":
+                version = value.strip()
+        if name:
+            found[name] = version
+    return [f"{n}=={v}" for n, v in sorted(found.items(), key=lambda kv: kv[0].lower())]
+
+
+def list_packages(tree: Path, venv: str = "opt/ironic-python-agent") -> str:
+    """The `<name>.packages` text: rpm -qa of the tree, then the IPA venv's pip freeze."""
+    lines = ["# rpm -qa"]
+    dbdir = find_rpmdb(tree)
+    if dbdir is None:
+        lines.append("# (no rpm database in the tree)")
+    else:
+        qf = "%{NAME} %{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}\\n"
+        try:
+            lines += sorted(nvra for _, nvra in rpm_lines(dbdir, qf))
+        except BuildError as e:
+            try:
+                lines += _rpm_in_tree(tree, qf)
+            except BuildError as e2:
+                log.warning("cannot list rpm packages: %s; %s", e.message, e2.message)
+                lines.append(f"# (rpm database not readable: {e.message})")
+    lines += ["", f"# pip freeze (/{venv})"]
+    lines += pip_freeze(tree / venv) if (tree / venv).is_dir() else ["# (no venv)"]
+    return "\n".join(lines) + "\n"
+
+

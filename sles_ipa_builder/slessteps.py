@@ -1,0 +1,80 @@
+"""The builder's own steps for the sles element: the root tree from the qcow2, the Media1 ISO as
+zypper repositories (and their removal), and an early check of IPA's Python requirement.
+Each function is a step of the plan (plan.py)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from . import image, media, zypper
+from .context import BuildContext
+from .errors import ConfigError
+from .target import run_zypper
+
+log = logging.getLogger(__name__)
+
+
+def root_step(ctx: BuildContext) -> None:
+    """root.d/10-sles-image: the base tree from the qcow2 (or --base-tree), through the cache."""
+    facts = image.prepare_root(ctx.cfg, ctx.root, accel=ctx.cfg.accel)
+    ctx.manifest.setdefault("inputs", {})["base"] = facts
+    ctx.env["SIB_BASE_IMAGE_SHA256"] = str(facts.get("sha256", "tree:" + str(facts.get("path", ""))))
+
+
+def media_step(ctx: BuildContext) -> None:
+    """The Media1 modules (and any --repo) as zypper repositories, served from the ISO on loopback."""
+    m = ctx.media or media.open_media(ctx.cfg.iso_path)
+    url = media.serve(m, ctx.stack)
+    local = media.repo_urls(m, url)
+    repos = local + zypper.remote_aliases(list(ctx.cfg.repos))
+    zypper.write_repos(ctx.root, repos)
+    zypper.zypp_conf(ctx.root)
+    ctx.zypper_repos = repos
+    # offline, only the media's repositories are refreshed: remote ones keep what was cached
+    ctx.refresh_aliases = [alias for alias, _ in local] if ctx.cfg.offline else None
+    ctx.env["SIB_MEDIA_IDENTITY"] = m.identity
+    ctx.manifest.setdefault("inputs", {})["media"] = {
+        "iso": str(ctx.cfg.iso_path),
+        "identity": m.identity,
+        "repositories": [alias for alias, _ in repos],
+    }
+
+
+def refresh_step(ctx: BuildContext) -> None:
+    """Fresh metadata once per build: the loopback port changes, and the ISO may have."""
+    run_zypper(ctx)
+
+
+def python_floor(src: Path) -> tuple[tuple[int, int], str] | None:
+    """The `>=X.Y` of a Python project's requires-python (pyproject.toml, else setup.cfg), if any."""
+    for name, pattern in (("pyproject.toml", r"^\s*requires-python\s*=\s*[\"']([^\"']+)"),
+                          ("setup.cfg", r"^\s*python[_-]requires\s*=\s*(\S+)")):
+        found = re.search(pattern, (src / name).read_text(), re.M) if (src / name).is_file() else None
+        floor = re.search(r">=\s*(\d+)\.(\d+)", found.group(1)) if found else None
+        if found and floor:
+            return (int(floor.group(1)), int(floor.group(2))), found.group(1)
+    return None
+
+
+def python_check_step(ctx: BuildContext) -> None:
+    """IPA 12+ needs Python 3.11 and SP4 has 3.10: say so now, not after the package installs.
+    (60-ironic-python-agent-ramdisk-install checks again in the target, for other users of the hook.)"""
+    src = ctx.root / "tmp/ironic-python-agent"
+    found = python_floor(src)
+    have = re.fullmatch(r"python(\d+)\.(\d+)", ctx.env.get("DIB_SLES_PYTHON", ""))
+    if found and have and (int(have.group(1)), int(have.group(2))) < found[0]:
+        older_ipa = "pick an IPA release that supports it (IPA_REF and OPENSTACK_REQUIREMENTS_REF"
+        hint = (f"build from SP5 or later media (DIB_SLES_SERVICE_PACK, python3.11), or {older_ipa}, e.g. "
+                "stable/2026.1 for IPA 11.x)" if found[0] <= (3, 11) else
+                f"no SLES 15 python310/python311 satisfies it: {older_ipa} of an older OpenStack release)")
+        raise ConfigError(f"this ironic-python-agent requires Python {found[1]}, but service pack "
+                          f"{ctx.cfg.service_pack} gives the IPA venv {have.group(0)}", hint)
+
+
+def unconfigure_step(ctx: BuildContext) -> None:
+    """No repository pointing at a loopback port of the build is left in the image."""
+    zypper.remove_repos(ctx.root, [alias for alias, _ in ctx.zypper_repos])
+
+
