@@ -21,13 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import qemu, run
+from .arch import X86_64
 from .errors import BuildError, ConfigError, InputError
 from .ironicapi import FakeIronic, Request
 from .log import progress
 
 log = logging.getLogger(__name__)
 
-QEMU = qemu.X86_64.binary
+QEMU = X86_64.qemu_binary
 MAC = qemu.MAC
 _Console = qemu.Console
 KVM_SILENCE_SECONDS = 20.0

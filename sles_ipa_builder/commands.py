@@ -172,8 +172,8 @@ def _lifecycle(args: argparse.Namespace, cfg: config_mod.Config, kernel: Path, i
     namespace.enter(net=True)  # from here on, every process dies with us and every port is private
     namespace.private_loopback(ironic.GUEST_HOST)
     for result in lifecycle.run(plan, report=report):
-        console.print(f"lifecycle passed with Ironic {plan.ironic_version}: {result.line()}")
-    console.print(f"timings and checks in {report}")
+        show(f"lifecycle passed with Ironic {plan.ironic_version}: {result.line()}")
+    show(f"timings and checks in {report}")
     return 0
 
 

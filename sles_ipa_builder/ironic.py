@@ -320,7 +320,7 @@ def _fault(raw: bytes) -> str:
             try:
                 msg = json.loads(msg)
             except ValueError:
-                return msg[:300]
+                return str(msg)[:300]
         return str(msg.get("faultstring", msg))[:300] if isinstance(msg, dict) else str(msg)[:300]
     except (ValueError, AttributeError):
         return raw.decode(errors="replace")[:300]

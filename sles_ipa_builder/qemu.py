@@ -2,8 +2,9 @@
 
 One `Machine` says what the VM is (arch, firmware, memory, CPUs, NIC, disks, kernel arguments);
 `argv()` turns it into a command line and `Console` follows the serial console file QEMU writes.
-The architecture lives in `ArchSpec`, so aarch64 is a new table entry (binary, machine, console,
-UEFI firmware), not new branches. Processes start through run.py, which kills them with us.
+The architecture's facts (binary, machine, CPU, console, UEFI firmware) come from `arch.Arch`, so
+aarch64 is a new value there, not new branches here. Processes start through run.py, which kills
+them with us.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import run
+from .arch import X86_64, Arch
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -28,35 +30,12 @@ TAIL_LINES = 30
 MAC = "52:54:00:5e:1b:01"  # fixed, so a lookup can be matched to this VM
 
 
-@dataclass(frozen=True)
-class ArchSpec:
-    name: str
-    binary: str
-    machine: str  # -machine type; "" for QEMU's default
-    console: str  # the kernel's serial console
-    cpu_tcg: str
-    ovmf_code: tuple[str, ...]  # UEFI firmware candidates (Debian, then SUSE/Fedora names)
-    ovmf_vars: tuple[str, ...]
-    install_hint: str
-
-
-X86_64 = ArchSpec(
-    name="x86_64", binary="qemu-system-x86_64", machine="", console="ttyS0", cpu_tcg="max",
-    ovmf_code=("/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_CODE.fd",
-               "/usr/share/qemu/ovmf-x86_64-code.bin", "/usr/share/edk2/ovmf/OVMF_CODE.fd"),
-    ovmf_vars=("/usr/share/OVMF/OVMF_VARS_4M.fd", "/usr/share/OVMF/OVMF_VARS.fd",
-               "/usr/share/qemu/ovmf-x86_64-vars.bin", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
-    install_hint="apt-get install qemu-system-x86 ovmf (or zypper in qemu-x86 qemu-ovmf-x86_64)",
-)  # fmt: skip
-ARCHES = {"x86_64": X86_64}
-
-
-def ovmf(arch: ArchSpec = X86_64) -> tuple[Path, Path]:
-    """(code, vars template) of the first installed UEFI firmware whose code and vars sizes match."""
-    for code, vars_ in zip(arch.ovmf_code, arch.ovmf_vars, strict=True):
+def ovmf(arch: Arch = X86_64) -> tuple[Path, Path]:
+    """(code, vars template) of the first installed UEFI firmware pair (their sizes must match)."""
+    for code, vars_ in arch.uefi_firmware:
         if Path(code).is_file() and Path(vars_).is_file():
             return Path(code), Path(vars_)
-    raise ConfigError(f"no UEFI firmware (OVMF) for {arch.name} found", arch.install_hint)
+    raise ConfigError(f"no UEFI firmware (OVMF) for {arch} found", arch.qemu_hint)
 
 
 @dataclass
@@ -76,7 +55,7 @@ class Machine:
     hostfwd: list[str] = field(default_factory=list)  # "tcp:127.0.0.1:9999-:9999"
     uefi: bool = False
     uefi_vars: Path | None = None  # a writable copy of the vars template (made by prepare())
-    arch: ArchSpec = X86_64
+    arch: Arch = X86_64
     name: str = "sles-ipa-builder"
 
     def prepare(self, workdir: Path) -> None:
@@ -87,8 +66,8 @@ class Machine:
             shutil.copyfile(template, self.uefi_vars)
 
     def argv(self) -> list[str]:
-        cpu = "host" if self.accel == "kvm" else self.arch.cpu_tcg
-        machine = ",".join(p for p in (self.arch.machine, f"accel={self.accel}") if p)
+        cpu = "host" if self.accel == "kvm" else self.arch.qemu_cpu
+        machine = ",".join(p for p in (self.arch.qemu_machine, f"accel={self.accel}") if p)
         nic = ",".join(["user", f"model={self.nic_model}", f"mac={self.mac}", *(f"hostfwd={f}" for f in self.hostfwd)])
         firmware: list[str] = []
         if self.uefi:
@@ -103,7 +82,7 @@ class Machine:
         for disk in self.disks:
             drives += ["-drive", f"file={disk},format=raw,if=virtio,cache=unsafe"]
         return [
-            self.arch.binary, "-name", self.name,
+            self.arch.qemu_binary, "-name", self.name,
             "-machine", machine, "-cpu", cpu, "-m", str(self.memory_mb), "-smp", str(self.smp),
             "-nodefaults", "-display", "none", "-monitor", "none",
             # append: a VM started again (the lifecycle's second boot) adds to its console, not over it
@@ -118,9 +97,9 @@ class Machine:
         ]  # fmt: skip
 
 
-def require(arch: ArchSpec = X86_64) -> None:
-    if run.which(arch.binary) is None:
-        raise ConfigError(f"{arch.binary} not found", arch.install_hint)
+def require(arch: Arch = X86_64) -> None:
+    if run.which(arch.qemu_binary) is None:
+        raise ConfigError(f"{arch.qemu_binary} not found", arch.qemu_hint)
 
 
 def start(machine: Machine, err_path: Path) -> Popen[bytes]:

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from sles_ipa_builder import ironic, qemu, run, vmdisk
+from sles_ipa_builder.arch import X86_64
 from sles_ipa_builder.errors import InputError
 from sles_ipa_builder.ironic import StageFailed
 from sles_ipa_builder.lifecycle import check_inventory, uefi_entry
@@ -238,7 +239,7 @@ def fake_agent(dest: Path) -> tuple[Path, Path]:
     fakeagent = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fakeagent)
     kernel = fakeagent.host_kernel()
-    if kernel is None or fakeagent.static_busybox() is None or shutil.which(qemu.X86_64.binary) is None:
+    if kernel is None or fakeagent.static_busybox() is None or shutil.which(X86_64.qemu_binary) is None:
         pytest.skip("needs a host kernel, busybox-static and qemu")
     return kernel, fakeagent.build(dest)
 
@@ -275,7 +276,7 @@ def test_sigkill_of_the_tool_ends_ironic_and_qemu(tmp_path: Path) -> None:
                              "--memory", "512"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     try:
         deadline = time.monotonic() + 600
-        while not any(argv0(pid).endswith(qemu.X86_64.binary) for pid in processes_mentioning(str(keep))):
+        while not any(argv0(pid).endswith(X86_64.qemu_binary) for pid in processes_mentioning(str(keep))):
             assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
             assert time.monotonic() < deadline, "QEMU never started"
             time.sleep(0.5)
@@ -283,7 +284,7 @@ def test_sigkill_of_the_tool_ends_ironic_and_qemu(tmp_path: Path) -> None:
         names = [argv0(pid) for pid in started]
         # Ironic's master and its worker (renamed, so found as a child), QEMU, and the tool itself
         assert any(n.startswith("ironic: master") for n in names), names
-        assert any("worker" in n for n in names) and any(n.endswith(qemu.X86_64.binary) for n in names), names
+        assert any("worker" in n for n in names) and any(n.endswith(X86_64.qemu_binary) for n in names), names
         proc.kill()
         proc.wait(timeout=30)
         deadline = time.monotonic() + 30
