@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import qemu, run
-from .arch import X86_64
+from .arch import HOST_DEFAULT, X86_64
 from .errors import BuildError, ConfigError, InputError
 from .ironicapi import FakeIronic, Request
 from .log import progress
@@ -36,7 +36,8 @@ DISK_BYTES = 8 * 2**30
 ACCEL_ENV = "SIB_ACCEL"  # auto|kvm|tcg; overrides accel='auto' (e.g. CI hosts where KVM hangs)
 # Kernel arguments IPA reads, plus a console and a panic that ends qemu instead of hanging it.
 BASE_APPEND = (
-    "console=ttyS0,115200 ipa-insecure=1 systemd.journald.forward_to_console=1 panic=1 ipa-lookup-timeout=600"
+    f"console={HOST_DEFAULT.console},115200 ipa-insecure=1 systemd.journald.forward_to_console=1 panic=1 "
+    "ipa-lookup-timeout=600"
 )
 
 
@@ -261,7 +262,8 @@ def _failure(
     elif console.panic:
         hint = "the ramdisk cannot boot: check its /init and that the kernel matches its modules"
     elif not console.any_output:
-        hint = "nothing on the serial console: is console=ttyS0 honoured, is the kernel an x86_64 bzImage?"
+        hint = (f"nothing on the serial console: is console={HOST_DEFAULT.console} honoured, is the kernel an "
+                f"{HOST_DEFAULT} kernel?")
     elif lookup is None:
         hint = "the agent never looked the node up: check its network (virtio_net) and ipa-api-url (console)"
     else:

@@ -28,6 +28,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from .arch import HOST_DEFAULT
+
 log = logging.getLogger(__name__)
 
 MIN_VERSION = "1.1"
@@ -80,7 +82,7 @@ class FakeNode:
         node = {
             "uuid": self.uuid,
             "name": self.name,
-            "properties": {"cpu_arch": "x86_64"},
+            "properties": {"cpu_arch": HOST_DEFAULT.suse},
             "instance_info": {},
             "driver_internal_info": {"agent_secret_token_pregenerated": False},
             "provision_state": "cleaning",

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from . import ironic, qemu, vmdisk
+from .arch import HOST_DEFAULT
 from .errors import BuildError, InputError
 from .ironic import AGENT_PORT, API_PORT, GUEST_HOST, Api, StageFailed
 from .log import progress
@@ -47,7 +48,7 @@ MACS = {"bios": "52:54:00:5e:1b:11", "uefi": "52:54:00:5e:1b:12"}
 # The agent reaches Ironic at 10.0.2.2; the conductor reaches the agent at 127.0.0.1:9999, which
 # QEMU forwards into the VM (the guest's own 10.0.2.15 is not routable from the host side).
 APPEND = (
-    "console=ttyS0,115200 systemd.journald.forward_to_console=1 panic=1 ipa-insecure=1 "
+    f"console={HOST_DEFAULT.console},115200 systemd.journald.forward_to_console=1 panic=1 ipa-insecure=1 "
     f"ipa-api-url=http://{GUEST_HOST}:{API_PORT} "
     f"ipa-inspection-callback-url=http://{GUEST_HOST}:{API_PORT}/v1/continue_inspection "
     "ipa-inspection-collectors=default,extra-hardware,logs "
