@@ -68,17 +68,21 @@ def which(name: str) -> str | None:
     return shutil.which(name)
 
 
-def command(argv: Sequence[str | os.PathLike[str]]) -> BaseCommand:
-    """The plumbum command for argv: the program looked up on the host's PATH (kept as given when it
-    is not there, so starting it fails with FileNotFoundError as exec would), its arguments bound."""
+def command(argv: Sequence[str | os.PathLike[str]], env: Mapping[str, str] | None = None) -> BaseCommand | None:
+    """The plumbum command for argv, the program looked up on the PATH the process will have (env's,
+    else ours), as exec would; None when it is not there."""
     prog, *args = (os.fspath(a) for a in argv)
-    path = prog if "/" in prog else which(prog) or prog
-    return local[LocalPath(path)][tuple(args)]
+    path = prog if "/" in prog else shutil.which(prog, path=(os.environ if env is None else env).get("PATH"))
+    return local[LocalPath(path)][tuple(args)] if path else None
 
 
-def _argv(argv: Sequence[str | os.PathLike[str]]) -> tuple[list[str], str]:
-    """The argv to exec (the program found on PATH) and its shell-quoted form for the log."""
-    cmd = command(argv)
+def _argv(argv: Sequence[str | os.PathLike[str]], env: Mapping[str, str] | None) -> tuple[list[str], str]:
+    """The argv to exec and its shell-quoted form for the log. A program that is not found stays as
+    given, so starting it raises FileNotFoundError as it always did."""
+    cmd = command(argv, env)
+    if cmd is None:
+        given = _given(argv)
+        return given, " ".join(given)
     return list(cmd.formulate()), str(cmd)
 
 
@@ -106,7 +110,7 @@ def run(
     Otherwise output goes to `stdout`/`stderr` (default: inherited). A non-zero exit raises
     CommandError when check=True.
     """
-    args, shown = _argv(argv)
+    args, shown = _argv(argv, env)
     log.debug("run: %s", shown)
     text = not isinstance(input, bytes)
     proc = subprocess.run(
@@ -146,7 +150,7 @@ def popen(
     The child gets SIGKILL when this process dies, even by SIGKILL (which runs no clean-up): a VM
     or a compressor never outlives the builder.
     """
-    args, shown = _argv(argv)
+    args, shown = _argv(argv, env)
     log.debug("popen: %s", shown)
     return subprocess.Popen(
         args, env=dict(env) if env is not None else None, cwd=cwd, stdin=stdin, stdout=stdout, stderr=stderr,
@@ -171,7 +175,7 @@ def stream(
 
     Returns the tail of the output. Used for hooks and other long steps whose output is logged live.
     """
-    args, shown = _argv(argv)
+    args, shown = _argv(argv, env)
     log.debug("stream: %s", shown)
     tail: list[str] = []
     proc = subprocess.Popen(
@@ -222,9 +226,15 @@ def stream(
 def pipe(*argvs: Sequence[str | os.PathLike[str]], cwd: str | os.PathLike[str] | None = None,
          check: bool = True, hint: str = "") -> Result:
     """`a | b | ...` on the host (plumbum's pipeline, the host's environment); stdout of the last one."""
-    chain = command(argvs[0])
-    for argv in argvs[1:]:
-        chain = chain | command(argv)
+    cmds = []
+    for argv in argvs:
+        cmd = command(argv)
+        if cmd is None:
+            raise FileNotFoundError(f"{_given(argv)[0]}: command not found")
+        cmds.append(cmd)
+    chain = cmds[0]
+    for cmd in cmds[1:]:
+        chain = chain | cmd
     log.debug("pipe: %s", chain)
     with local.cwd(cwd or os.getcwd()):
         rc, out, err = chain.run(retcode=None)
