@@ -89,25 +89,12 @@ def has_partition_table(head: bytes) -> bool:
     return all(e[0] in (0, 0x80) for e in entries) and any(e[4] != 0 for e in entries)
 
 
-def region_sha256(path: Path, length: int) -> str:
-    h = hashlib.sha256()
-    left = length
-    with path.open("rb") as f:
-        while left > 0:
-            chunk = f.read(min(left, 4 * MiB))
-            if not chunk:
-                break
-            h.update(chunk)
-            left -= len(chunk)
-    return h.hexdigest()
-
-
-def _extent_sha256(path: Path, length: int, skip_gpt_header: bool) -> str:
-    """sha256 of the first `length` bytes, LBA 0 and 1 left out when asked."""
+def region_sha256(path: Path, length: int, *, skip: int = 0) -> str:
+    """sha256 of the first `length` bytes of `path`, the first `skip` bytes left out."""
     h = hashlib.sha256()
     with path.open("rb") as f:
-        f.seek(2 * SECTOR if skip_gpt_header else 0)
-        left = length - f.tell()
+        f.seek(skip)
+        left = length - skip
         while left > 0:
             chunk = f.read(min(left, 4 * MiB))
             if not chunk:
@@ -124,8 +111,9 @@ def written(disk: Path, raw_image: Path) -> tuple[bool, str]:
         f.seek(SECTOR)
         header = f.read(SECTOR)
     gpt = header[:8] == b"EFI PART"
-    want = _extent_sha256(raw_image, length, gpt)
-    got = _extent_sha256(disk, length, gpt)
+    skip = 2 * SECTOR if gpt else 0  # LBA 0 and 1: the headers the agent rewrites (see below)
+    want = region_sha256(raw_image, length, skip=skip)
+    got = region_sha256(disk, length, skip=skip)
     what = f"disk[0:{length}]" + (" except LBA 0-1 (the GPT headers the agent rewrites)" if gpt else "")
     if got != want:
         return False, f"{what} has sha256 {got[:16]}..., the image {want[:16]}..."
