@@ -140,15 +140,13 @@ def write_targz(st: Staging) -> None:
     """The tar, gzipped (zlib-ng, threaded, no name or mtime in the header): the form metal3's
     ironic-ipa-downloader fetches. It strips `.tar.gz` from the file name and links
     <stem>.kernel and <stem>.initramfs, the tar's members."""
-    h = hashlib.sha256()
     with st.staged("tar").open("rb") as src, st.staged("tar.gz").open("wb") as out:
         w = HashingWriter(out)
         gz = Compression("gzip", TARGZ_LEVEL).open(w)  # type: ignore[arg-type]
         while chunk := src.read(4 << 20):
             gz.write(chunk)
         gz.finish()
-        h = w.sha
-    st.sha256["tar.gz"] = h.hexdigest()
+    st.sha256["tar.gz"] = w.sha.hexdigest()
     st.staged("tar.gz.sha256").write_text(f"{st.sha256['tar.gz']}  {st.final('tar.gz').name}\n")
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from . import run
 from .errors import CommandError, ConfigError, InputError
+from .ramdisk import sha256_file
 
 MiB = 2**20
 SECTOR = 512
@@ -127,10 +128,6 @@ def written(disk: Path, raw_image: Path) -> tuple[bool, str]:
     return True, f"{what}: sha256 {got} = the image's"
 
 
-def file_sha256(path: Path) -> str:
-    return region_sha256(path, path.stat().st_size)
-
-
 def deploy_image(workdir: Path) -> DeployImage:
     """The default deploy image: made in a second, deterministic content, qcow2."""
     for tool, pkg in (("sgdisk", "gdisk"), ("mkfs.vfat", "dosfstools"), ("mcopy", "mtools"),
@@ -159,7 +156,7 @@ def deploy_image(workdir: Path) -> DeployImage:
         f.write(e.read())
     qcow2 = workdir / "deploy.qcow2"
     run.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, qcow2], capture=True)
-    return DeployImage(qcow2, "qcow2", file_sha256(qcow2), raw)
+    return DeployImage(qcow2, "qcow2", sha256_file(qcow2), raw)
 
 
 def check_image(path: Path, workdir: Path, disk_size: int) -> DeployImage:
@@ -185,4 +182,4 @@ def check_image(path: Path, workdir: Path, disk_size: int) -> DeployImage:
     if size > disk_size:
         raise InputError(f"deploy image {path} ({size / MiB:.0f} MiB) is larger than the VM's disk",
                          "use a smaller image")
-    return DeployImage(path, fmt, file_sha256(path), raw)
+    return DeployImage(path, fmt, sha256_file(path), raw)
