@@ -40,7 +40,7 @@ test: media
 check: setup
 	$(VENV)/bin/ruff check sles_ipa_builder tests bench fixtures
 	$(VENV)/bin/mypy sles_ipa_builder
-	$(PY) -m pytest -q -m "not root and not guestfs and not qemu and not media and not slow" tests
+	$(PY) -m pytest -q -m "not guestfs and not qemu and not media and not slow" tests
 
 # The build ends with the quick fake-API boot test; then a real Ironic inspects, cleans and deploys
 # through the ramdisk in BIOS and UEFI mode (README: "Verified against Ironic").

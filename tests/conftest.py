@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import hooktree
 import pytest
 
-from sles_ipa_builder import config, elements
+from sles_ipa_builder import config, elements, run
 
 BUSYBOX = "/bin/busybox"
 # A zypper stand-in for the target: records its argv, one call a line.
@@ -224,6 +227,33 @@ def make_engine_elements(base: Path) -> Path:
         },
     )
     return base
+
+
+@pytest.fixture(scope="session")
+def hook_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The base root of the hook tests: a small tree made from this host (hooktree.host_tree), built
+    once per session, or SIB_TEST_ROOT_TREE (a root tree of your own, e.g. the test media's)."""
+    if not is_root():
+        pytest.skip("needs root (chroot, overlay mounts)")
+    if run.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is missing")
+    given = os.environ.get("SIB_TEST_ROOT_TREE")
+    if given:
+        yield Path(given)
+        return
+    place = hooktree.tree_place(tmp_path_factory.getbasetemp())
+    if place is None:
+        pytest.skip("no directory on /usr's filesystem to hard-link the small tree into")
+    home = Path(tempfile.mkdtemp(prefix="sib-hook-base-", dir=place))
+    try:
+        yield hooktree.host_tree(home / "root")
+    finally:
+        hooktree.remove_tree(home)
+
+
+@pytest.fixture
+def target(tmp_path: Path, hook_base: Path) -> hooktree.Target:
+    return hooktree.Target(tmp_path, hook_base)
 
 
 @pytest.fixture(scope="session")
