@@ -51,17 +51,34 @@ FULL_PRUNE = MINIMAL_PRUNE + (
 )
 # Python falls back to the source when a .pyc is missing, except for the codecs it needs to start.
 KEEP_PYC = "*/encodings/*.pyc"
+# PEP 552 flags of a .pyc checked neither against its source's mtime nor its hash: what the agent's
+# precompile hook writes (sles-ipa-install/finalise.d/50-ipa-precompile). Valid whatever the archive
+# does to mtimes; timestamp .pyc files would be stale once mtimes are clamped, so they stay out.
+UNCHECKED_HASH = 0b01
 
 
-def prune_rule(minimal: bool = False) -> cpio.Exclude:
-    """The exclusion predicate for cpio.scan: the seed's prune list plus *.pyc/*.pyo."""
+def unchecked_pyc(path: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return False
+    return len(head) == 8 and int.from_bytes(head[4:8], "little") & 0b11 == UNCHECKED_HASH
+
+
+def prune_rule(minimal: bool = False, tree: os.PathLike[str] | str | None = None) -> cpio.Exclude:
+    """The exclusion predicate for cpio.scan: the seed's prune list plus *.pyc/*.pyo, except the
+    precompiled unchecked-hash .pyc files when `tree` (the tree scanned) is given."""
     patterns = MINIMAL_PRUNE if minimal else FULL_PRUNE
     rx = re.compile(b"|".join(b"(?:%s)" % fnmatch.translate(p).encode() for p in patterns))
     keep = re.compile(fnmatch.translate(KEEP_PYC).encode())
+    base = os.fsencode(os.fspath(tree)) if tree is not None else None
 
     def exclude(rel: bytes, is_dir: bool) -> bool:
         if rel.endswith((b".pyc", b".pyo")):
-            return keep.match(rel) is None
+            if keep.match(rel) is not None:
+                return False
+            return base is None or not unchecked_pyc(os.path.join(base, rel))
         return rx.match(rel) is not None
 
     return exclude
@@ -212,7 +229,7 @@ def pack(
         check_kernel_support(compression, tree_kernel_config(tree))
     scan = cpio.scan(
         tree,
-        exclude=prune_rule(minimal_prune),
+        exclude=prune_rule(minimal_prune, tree),
         synthetic=synthetic_entries(),
         source_date_epoch=source_date_epoch,
     )

@@ -59,12 +59,15 @@ def fake_package(dest: str, name: str, entry_points: list[str], extra: Mapping[s
     out = [f"mkdir -p {dest}"]
     for fname, text in files.items():
         b64 = base64.b64encode(text.encode()).decode()
+        if "/" in fname:
+            out.append(f"mkdir -p {dest}/{fname.rsplit('/', 1)[0]}")
         out.append(f"echo {b64} | base64 -d > {dest}/{fname}")
     return "\n".join(out)
 
 
-def fake_ipa_setup() -> str:
-    """A tiny 'ironic-python-agent' (with a certifi stand-in) and constraints where the clones go."""
+def fake_ipa_setup(more: Mapping[str, str] | None = None) -> str:
+    """A tiny 'ironic-python-agent' (with a certifi stand-in, and `more` files) and constraints where
+    the clones go."""
     certifi = {
         "certifi.py": "import os\n\n\ndef where():\n"
                       "    return os.path.join(os.path.dirname(__file__), 'cacert.pem')\n",
@@ -72,7 +75,7 @@ def fake_ipa_setup() -> str:
     }
     return "\n".join([
         fake_package("$ROOT/tmp/ironic-python-agent", "ironic-python-agent",
-                      ["ironic-python-agent", "ironic-collect-introspection-data"], certifi),
+                      ["ironic-python-agent", "ironic-collect-introspection-data"], {**certifi, **(more or {})}),
         "mkdir -p $ROOT/tmp/requirements $ROOT/tmp/ironic-lib",
         "echo 'pbr===6.0.0' > $ROOT/tmp/requirements/upper-constraints.txt",
     ])

@@ -14,7 +14,7 @@ import pytest
 from hookfakes import fake_ipa_setup, fake_package
 from hooktree import HOOKS, Target
 
-from sles_ipa_builder import run
+from sles_ipa_builder import ramdisk, run
 
 pytestmark = [pytest.mark.root]
 
@@ -67,6 +67,43 @@ def test_ipa_install_refuses_a_python_the_agent_does_not_support(target: Target)
     assert "requires Python >=3.99, but" in target.output
     assert "DIB_SLES_SERVICE_PACK" in target.output
     assert not target.exists("opt/ironic-python-agent/bin/python")
+
+
+AGENT_PACKAGE = {  # the agent's entry point module, importing a stdlib module of its own
+    "ironic_python_agent/__init__.py": "",
+    "ironic_python_agent/cmd/__init__.py": "",
+    "ironic_python_agent/cmd/agent.py": "import json\n\n\ndef run():\n    return json.dumps({})\n",
+}
+
+
+def _pyc(target: Target, source: str) -> Path | None:
+    """The .pyc the hooks wrote for `source` (a path in the tree), if any."""
+    src = Path(source)
+    found = list(target.upper.glob(f"{src.parent.relative_to('/')}/__pycache__/{src.stem}.cpython-*.pyc"))
+    return found[0] if found else None
+
+
+def test_precompile_writes_unchecked_pyc_for_what_the_agent_imports(target: Target) -> None:
+    setup = fake_ipa_setup(AGENT_PACKAGE)
+    target.run(["sles-ipa-install"], ["install.d", "finalise.d"], env={"PIP_NO_INDEX": "1"}, setup=setup)
+    assert "precompiled" in target.output
+    site = next(target.upper.glob("opt/ironic-python-agent/lib/python3*/site-packages"))
+    agent = _pyc(target, "/" + str((site / "ironic_python_agent/cmd/agent.py").relative_to(target.upper)))
+    stdlib = next(target.upper.glob("usr/lib*/python3*/json/__pycache__/__init__.cpython-*.pyc"), None)
+    for pyc in (agent, stdlib):
+        assert pyc is not None and ramdisk.unchecked_pyc(bytes(pyc)), pyc
+    # what the agent does not import keeps pip's timestamp .pyc, which the packer leaves out
+    other = _pyc(target, "/" + str((site / "fake_ironic_python_agent.py").relative_to(target.upper)))
+    assert other is None or not ramdisk.unchecked_pyc(bytes(other))
+
+
+def test_precompile_off(target: Target) -> None:
+    setup = fake_ipa_setup(AGENT_PACKAGE)
+    target.run(["sles-ipa-install"], ["install.d", "finalise.d"],
+               env={"PIP_NO_INDEX": "1", "DIB_IPA_COMPILE_PYTHON": "0"}, setup=setup)
+    assert "not precompiled (DIB_IPA_COMPILE_PYTHON=0)" in target.output
+    unchecked = [p for p in target.upper.rglob("*.pyc") if ramdisk.unchecked_pyc(bytes(p))]
+    assert unchecked == []
 
 
 def _post_install_only(target: Target, env: Mapping[str, str], extra_setup: str = "") -> None:

@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import py_compile
 import stat
 import tarfile
 from pathlib import Path
@@ -433,3 +434,23 @@ def test_temp_dirs_of_killed_builds_are_swept_not_busy_ones(tmp_path: Path) -> N
                                 progress=False)
         assert not killed.exists() and busy.exists()
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [busy.name]
+
+
+def test_only_unchecked_hash_pyc_files_are_packed(tmp_path: Path) -> None:
+    """A timestamp or checked .pyc is stale or useless once mtimes are clamped; an unchecked one is kept."""
+    tree = make_root(tmp_path / "root")
+    site = tree / "opt/ironic-python-agent/lib/python3.11/site-packages"
+    modes = {"timestamp": py_compile.PycInvalidationMode.TIMESTAMP,
+             "checked": py_compile.PycInvalidationMode.CHECKED_HASH,
+             "unchecked": py_compile.PycInvalidationMode.UNCHECKED_HASH}
+    pycs = {}
+    for name, mode in modes.items():
+        src = site / f"{name}.py"
+        src.parent.mkdir(parents=True, exist_ok=True)
+        src.write_text(f"WHO = {name!r}\n")
+        pycs[name] = Path(py_compile.compile(str(src), invalidation_mode=mode, doraise=True)).relative_to(tree)
+    out = tmp_path / "initrd"
+    ramdisk.pack(tree, out, NONE, progress=False)
+    names = names_in(out)
+    assert [n for n, rel in pycs.items() if str(rel) in names] == ["unchecked"]
+    assert names[str(pycs["unchecked"])].size == (tree / pycs["unchecked"]).stat().st_size
