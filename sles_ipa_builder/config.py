@@ -56,8 +56,12 @@ def convert(setting: Setting, value: Any, where: str) -> Any:
                 f"{where}: '{value}' is not a whole number", f"give {setting.key} a number, e.g. {setting.default}"
             ) from None
     if kind == "list":
-        items = value if isinstance(value, list) else str(value).split()
-        return [str(i) for i in items]
+        items = [str(i) for i in (value if isinstance(value, list) else str(value).split())]
+        wrong = [i for i in items if setting.choices and i not in setting.choices]
+        if wrong:
+            raise ConfigError(f"{where}: '{wrong[0]}' is not one of {', '.join(setting.choices)}",
+                              f"give {setting.key} items of {', '.join(setting.choices)}, or none")
+        return items
     if kind == "pathlist":
         items = value if isinstance(value, list) else [p for p in str(value).split(":") if p]
         return [Path(os.path.expanduser(str(p))) for p in items]
@@ -132,6 +136,7 @@ class Config:
     compress_level: int | None
     release: bool
     minimal_prune: bool
+    cut_modules: list[str]
     size_limit_mb: int
     source_date_epoch: int | None
     ca_bundle: Path | None

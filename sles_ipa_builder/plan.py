@@ -74,6 +74,8 @@ NATIVES: tuple[Native, ...] = (
            "the elements' static/", lambda ctx: bool(ctx.tree.subtree("static"))),
     Native(Phase.POST_INSTALL, "99-pip-wheelhouse", "sles-ipa-install", wheels.save_step,
            "the IPA venv (for later --offline builds)", lambda ctx: not ctx.cfg.offline, owned="ours"),
+    Native(Phase.FINALISE, "60-cut-kernel-modules", "sles-ipa-ramdisk-base", slessteps.cut_step,
+           "kernel module classes (cut_modules), their firmware", owned="ours"),
     Native(Phase.CLEANUP, "01-copy-manifests-dir", "manifests", dibsteps.copy_manifests, "the DIB_* environment"),
     Native(Phase.CLEANUP, "05-remove-media-repositories", "sles", slessteps.unconfigure_step,
            "the repositories the build added", owned="ours"),

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .arch import ARCHES, HOST_DEFAULT
+from .cuts import DEFAULT_CUT, MODULE_CLASSES
 
 DEFAULT_ELEMENTS = (
     "sles-ipa-install sles sles-zypper-config sles-ipa-ramdisk-base dynamic-login "
@@ -121,7 +122,10 @@ SETTINGS: tuple[Setting, ...] = (
       ("DIB_IPA_COMPRESS_CMD", "DIB_IPA_COMPRESS_COMMAND")),
     S("compress_level", None, "int", "Compression level (zstd 1-19, gzip 1-9, xz 0-9)."),
     S("release", False, "bool", "Release profile: zstd level 19 unless a level is given."),
-    S("minimal_prune", False, "bool", "Skip most ramdisk pruning.", ("DIB_IPA_MINIMAL_PRUNE",)),
+    S("minimal_prune", False, "bool", "Skip most ramdisk pruning (and the module cut).", ("DIB_IPA_MINIMAL_PRUNE",)),
+    S("cut_modules", list(DEFAULT_CUT), "list",
+      "Kernel module classes cut from the ramdisk, with the firmware only they use; empty keeps all.",
+      ("DIB_IPA_CUT_MODULES",), choices=tuple(MODULE_CLASSES)),
     S("size_limit_mb", 500, "int", "The tar may not reach this size (MiB).", ("IRONIC_SIZE_LIMIT_MB",)),
     S("source_date_epoch", None, "int", "Clamp mtimes in the initramfs to this time.", ("SOURCE_DATE_EPOCH",)),
     # --- build behaviour

@@ -1,5 +1,6 @@
 """The builder's own steps for the sles element: the root tree from the qcow2, the Media1 ISO as
-zypper repositories (and their removal), and an early check of IPA's Python requirement.
+zypper repositories (and their removal), and an early check of IPA's Python requirement; for
+sles-ipa-ramdisk-base, the cut of unused kernel modules.
 Each function is a step of the plan (plan.py)."""
 
 from __future__ import annotations
@@ -8,10 +9,10 @@ import logging
 import re
 from pathlib import Path
 
-from . import image, media, zypper
+from . import cuts, image, media, zypper
 from .context import BuildContext
 from .errors import ConfigError
-from .target import run_zypper
+from .target import run_in_target, run_zypper
 
 log = logging.getLogger(__name__)
 
@@ -78,3 +79,17 @@ def unconfigure_step(ctx: BuildContext) -> None:
     zypper.remove_repos(ctx.root, [alias for alias, _ in ctx.zypper_repos])
 
 
+
+
+def cut_step(ctx: BuildContext) -> None:
+    """Kernel modules of classes the agent does not use, and the firmware only they name (cuts.py);
+    then depmod in the target for each kernel whose module tree changed."""
+    if ctx.cfg.minimal_prune or not ctx.cfg.cut_modules:
+        log.info("no kernel modules cut (%s)", "minimal prune" if ctx.cfg.minimal_prune else "cut_modules is empty")
+        return
+    done, kernels = cuts.cut_modules(ctx.root, ctx.cfg.cut_modules)
+    for kver in kernels:
+        run_in_target(ctx, ["depmod", "-a", kver], label="depmod")
+    for c in done:
+        log.info("cut %s: %d files, %.1f MiB", c.rule, c.files, c.bytes / 2**20)
+    ctx.manifest["cuts"] = [c.record() for c in done]

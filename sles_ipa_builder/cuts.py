@@ -1,0 +1,146 @@
+"""Cutting what the agent never uses out of the tree: kernel modules by class, and the firmware only
+those modules asked for. Each cut says what it removed, with bytes, in the log and the manifest.
+
+Classes are directories of the kernel's module tree, so a class is cut whole and the rule reads
+like the kernel's own layout. Storage, network (InfiniBand/RDMA included), RAID/HBA, NVMe,
+USB/HID, virtio and platform drivers are never in a class. Graphics keeps the DRM core, the simple
+framebuffers (drivers/gpu/drm/tiny) and the BMC consoles servers have (ast, mgag200), and cuts the
+desktop GPUs.
+
+Firmware follows the modules: a file goes when a removed module names it (MODULE_FIRMWARE, read
+from the module's .modinfo strings as `modinfo -F firmware` does) and no kept module does. Firmware
+that no module names stays: some drivers load files they never declare.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import lzma
+import os
+import re
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zstandard
+
+log = logging.getLogger(__name__)
+
+GPU_DESKTOP = tuple(f"drivers/gpu/drm/{d}" for d in (
+    "amd", "radeon", "nouveau", "i915", "xe", "gma500", "msm", "etnaviv", "lima", "panfrost", "vc4", "v3d",
+    "imx", "rockchip", "exynos", "tegra", "mediatek", "meson", "sun4i", "nova", "arm", "hisilicon/kirin",
+))  # fmt: skip
+MODULE_CLASSES: dict[str, tuple[str, ...]] = {
+    "sound": ("sound",),
+    "gpu": GPU_DESKTOP,
+    "wireless": ("drivers/net/wireless", "net/wireless", "net/mac80211"),
+    "bluetooth": ("drivers/bluetooth", "net/bluetooth"),
+    "media": ("drivers/media",),
+    "staging": ("drivers/staging",),
+}
+DEFAULT_CUT = tuple(MODULE_CLASSES)
+MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
+FIRMWARE_SUFFIXES = ("", ".xz", ".zst")
+MODULE_DIRS = ("usr/lib/modules", "lib/modules")
+FIRMWARE_DIRS = ("usr/lib/firmware", "lib/firmware")
+_FIRMWARE = re.compile(rb"(?:^|\0)firmware=([^\0]+)")
+
+
+@dataclass
+class Cut:
+    """What one rule removed."""
+
+    rule: str
+    files: int = 0
+    bytes: int = 0
+    paths: list[str] = field(default_factory=list)  # the removed directories or files, relative to the tree
+
+    def record(self) -> dict[str, object]:
+        return {"rule": self.rule, "files": self.files, "bytes": self.bytes}
+
+
+def module_firmware(path: Path) -> list[str]:
+    """The firmware files a module declares (its `firmware=` .modinfo strings)."""
+    data = path.read_bytes()
+    if path.name.endswith(".xz"):
+        data = lzma.decompress(data)
+    elif path.name.endswith(".zst"):
+        data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+    elif path.name.endswith(".gz"):
+        data = gzip.decompress(data)
+    return [m.decode(errors="replace") for m in _FIRMWARE.findall(data)]
+
+
+def _modules(under: Path) -> list[Path]:
+    return [Path(d, f) for d, _, files in os.walk(under) for f in files if f.endswith(MODULE_SUFFIXES)]
+
+
+def _size(paths: Iterable[Path]) -> tuple[int, int]:
+    files = total = 0
+    for p in paths:
+        for f in ([p] if not p.is_dir() or p.is_symlink() else
+                  [Path(d, n) for d, _, names in os.walk(p) for n in names]):
+            files += 1
+            total += f.lstat().st_size
+    return files, total
+
+
+def _distinct_dirs(tree: Path, rels: Iterable[str]) -> list[Path]:
+    """The directories that exist, each once (lib/ is usr/lib/ on a merged-/usr tree)."""
+    seen: dict[str, Path] = {}
+    for d in (tree / r for r in rels):
+        if d.is_dir():
+            seen.setdefault(os.path.realpath(d), d)
+    return list(seen.values())
+
+
+def _module_trees(tree: Path) -> list[Path]:
+    """<modules dir>/<version> of each kernel in the tree."""
+    return [d / kver for d in _distinct_dirs(tree, MODULE_DIRS) for kver in sorted(os.listdir(d))
+            if (d / kver / "kernel").is_dir()]
+
+
+def cut_modules(tree: Path, classes: Iterable[str]) -> tuple[list[Cut], list[str]]:
+    """Remove the classes' module directories in every kernel of the tree, then the firmware only
+    they named; return one Cut per class and one for firmware, and the kernel versions whose module
+    tree changed (depmod must run for them)."""
+    cuts = {c: Cut(f"kernel modules: {c}") for c in classes}
+    kernels: list[str] = []
+    removed_fw: set[str] = set()
+    for modules in _module_trees(tree):
+        gone = {c: [modules / "kernel" / rel for rel in MODULE_CLASSES[c] if (modules / "kernel" / rel).is_dir()]
+                for c in cuts}
+        if not any(gone.values()):
+            continue
+        kernels.append(modules.name)
+        removed_fw.update(fw for dirs in gone.values() for d in dirs for m in _modules(d) for fw in module_firmware(m))
+        for c, dirs in gone.items():
+            files, size = _size(dirs)
+            cuts[c].files += files
+            cuts[c].bytes += size
+            cuts[c].paths += [str(d.relative_to(tree)) for d in dirs]
+            for d in dirs:
+                shutil.rmtree(d)
+    firmware = Cut("firmware only removed modules named")
+    candidates = _firmware_files(tree, removed_fw)
+    if candidates:  # reading every kept module is only worth it when there is something to remove
+        kept = {fw for modules in _module_trees(tree) for m in _modules(modules) for fw in module_firmware(m)}
+        firmware.paths = _firmware_files(tree, removed_fw - kept)
+        firmware.files, firmware.bytes = _size(tree / p for p in firmware.paths)
+        for rel in firmware.paths:
+            os.unlink(tree / rel)
+    return [*cuts.values(), firmware], kernels
+
+
+def _firmware_files(tree: Path, names: set[str]) -> list[str]:
+    """The files (plain or compressed) of these firmware names in the tree."""
+    out = []
+    for fw_dir in _distinct_dirs(tree, FIRMWARE_DIRS):
+        for name in sorted(names):
+            for suffix in FIRMWARE_SUFFIXES:
+                p = fw_dir / (name + suffix)
+                if p.is_file() or p.is_symlink():
+                    out.append(str(p.relative_to(tree)))
+    return out

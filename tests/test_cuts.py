@@ -1,0 +1,98 @@
+"""Kernel module classes cut from the tree, and the firmware that follows them (cuts.py)."""
+
+from __future__ import annotations
+
+import lzma
+import os
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from sles_ipa_builder import config, cuts, run
+from sles_ipa_builder.errors import ConfigError
+
+KVER = "6.4.0-150700.51-default"
+
+
+def _module(path: Path, firmware: list[str], pad: int = 1000) -> None:
+    """A module file whose .modinfo strings name `firmware`, compressed as its suffix says."""
+    info = b"".join(b"firmware=%s\0" % f.encode() for f in firmware)
+    data = b"\x7fELF" + b"\0" * pad + b"license=GPL\0" + info + b"depends=\0"
+    if path.name.endswith(".xz"):
+        data = lzma.compress(data)
+    elif path.name.endswith(".zst"):
+        data = zstandard.ZstdCompressor().compress(data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def _tree(base: Path) -> Path:
+    k = base / f"usr/lib/modules/{KVER}/kernel"
+    _module(k / "sound/pci/snd-hda-intel.ko.zst", ["intel/sof.bin", "shared.bin"])
+    _module(k / "drivers/gpu/drm/amd/amdgpu/amdgpu.ko.xz", ["amdgpu/navi10_sos.bin"])
+    _module(k / "drivers/gpu/drm/tiny/simpledrm.ko.xz", [])
+    _module(k / "drivers/gpu/drm/ast/ast.ko.xz", [])
+    _module(k / "drivers/net/wireless/intel/iwlwifi/iwlwifi.ko", ["iwlwifi-cc-a0-77.ucode"])
+    _module(k / "drivers/net/ethernet/broadcom/tg3.ko.xz", ["tigon/tg3.bin", "shared.bin"])
+    _module(k / "drivers/nvme/host/nvme.ko.xz", [])
+    fw = base / "usr/lib/firmware"
+    for name in ("intel/sof.bin.xz", "amdgpu/navi10_sos.bin.zst", "iwlwifi-cc-a0-77.ucode", "tigon/tg3.bin",
+                 "shared.bin", "undeclared/loaded-by-name.bin"):
+        (fw / name).parent.mkdir(parents=True, exist_ok=True)
+        (fw / name).write_bytes(b"f" * 100)
+    (base / "lib").symlink_to("usr/lib")  # merged /usr: one module tree, seen once
+    return base
+
+
+def _exists(tree: Path, rel: str) -> bool:
+    return os.path.lexists(tree / rel)
+
+
+def test_classes_and_the_firmware_only_they_name_are_cut(tmp_path: Path) -> None:
+    tree = _tree(tmp_path)
+    k = f"usr/lib/modules/{KVER}/kernel"
+    size_before = {c: sum(f.stat().st_size for f in (tree / k / d).rglob("*") if f.is_file())
+                   for c, d in (("sound", "sound"), ("wireless", "drivers/net/wireless"))}
+    done, kernels = cuts.cut_modules(tree, ["sound", "gpu", "wireless"])
+    assert kernels == [KVER]
+    for gone in ("sound", "drivers/gpu/drm/amd", "drivers/net/wireless"):
+        assert not _exists(tree, f"{k}/{gone}"), gone
+    for kept in ("drivers/gpu/drm/tiny/simpledrm.ko.xz", "drivers/gpu/drm/ast/ast.ko.xz",
+                 "drivers/net/ethernet/broadcom/tg3.ko.xz", "drivers/nvme/host/nvme.ko.xz"):
+        assert _exists(tree, f"{k}/{kept}"), kept
+    fw = "usr/lib/firmware"
+    for gone in ("intel/sof.bin.xz", "amdgpu/navi10_sos.bin.zst", "iwlwifi-cc-a0-77.ucode"):
+        assert not _exists(tree, f"{fw}/{gone}"), gone
+    for kept in ("tigon/tg3.bin", "shared.bin", "undeclared/loaded-by-name.bin"):  # a kept module, or none, names it
+        assert _exists(tree, f"{fw}/{kept}"), kept
+    by_rule = {c.rule: c for c in done}
+    assert by_rule["kernel modules: sound"].bytes == size_before["sound"]
+    assert by_rule["kernel modules: wireless"].files == 1
+    assert by_rule["kernel modules: wireless"].bytes == size_before["wireless"]
+    firmware = by_rule["firmware only removed modules named"]
+    assert (firmware.files, firmware.bytes) == (3, 300)
+    assert [c.record()["rule"] for c in done] == [*(f"kernel modules: {c}" for c in ("sound", "gpu", "wireless")),
+                                                  "firmware only removed modules named"]
+
+
+def test_nothing_to_cut_leaves_the_tree_and_needs_no_depmod(tmp_path: Path) -> None:
+    tree = _tree(tmp_path)
+    done, kernels = cuts.cut_modules(tree, ["staging", "bluetooth"])
+    assert kernels == [] and all(c.files == 0 for c in done)
+    assert _exists(tree, "usr/lib/firmware/intel/sof.bin.xz")
+
+
+def test_firmware_names_as_modinfo_reads_them() -> None:
+    """Our reading of a real module of this host against `modinfo -F firmware`."""
+    found = sorted(Path("/usr/lib/modules").glob("*/kernel/drivers/net/ethernet/broadcom/tg3.ko*"))
+    if not found or run.which("modinfo") is None:
+        pytest.skip("no tg3 module or modinfo on this host")
+    theirs = run.output(["modinfo", "-F", "firmware", found[0]]).split()
+    assert theirs and sorted(cuts.module_firmware(found[0])) == sorted(theirs)
+
+
+def test_unknown_class_is_a_configuration_error() -> None:
+    with pytest.raises(ConfigError, match="'nic' is not one of sound"):
+        config.resolve(cli={"cut_modules": "sound nic"}, environ={})
+    assert config.resolve(cli={}, environ={"DIB_IPA_CUT_MODULES": ""}).cut_modules == []
