@@ -1,6 +1,6 @@
 """The builder's own steps for the sles element: the root tree from the qcow2, the Media1 ISO as
 zypper repositories (and their removal), and an early check of IPA's Python requirement; for
-sles-ipa-ramdisk-base, the cut of unused kernel modules.
+sles-ipa-ramdisk-base, the cut of unused kernel modules; for the agent, the check of its tools.
 Each function is a step of the plan (plan.py)."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import logging
 import re
 from pathlib import Path
 
-from . import cuts, image, media, zypper
+from . import agenttools, cuts, image, media, zypper
 from .context import BuildContext
-from .errors import ConfigError
+from .errors import BuildError, ConfigError
 from .target import run_in_target, run_zypper
 
 log = logging.getLogger(__name__)
@@ -93,3 +93,18 @@ def cut_step(ctx: BuildContext) -> None:
     for c in done:
         log.info("cut %s: %d files, %.1f MiB", c.rule, c.files, c.bytes / 2**20)
     ctx.manifest["cuts"] = [c.record() for c in done]
+
+
+def tools_step(ctx: BuildContext) -> None:
+    """The tools the agent runs (agenttools.py), on the tree's PATH: a missing core tool fails the build."""
+    package = agenttools.agent_package(ctx.root)
+    if package is None:
+        log.warning("no ironic_python_agent package in the tree: its tools were not checked")
+    core, others = agenttools.missing(ctx.root, package)
+    if others:
+        log.warning("tools the agent calls are not in the ramdisk: %s",
+                    "; ".join(f"{t} ({', '.join(sorted(where))})" for t, where in others.items()))
+    ctx.manifest["agent_tools_missing"] = sorted(others)
+    if core:
+        raise BuildError(f"the ramdisk lacks tools the agent needs: {', '.join(core)}",
+                         "install the packages that provide them (package-installs.yaml of an element)")
