@@ -91,7 +91,10 @@ def cut_step(ctx: BuildContext) -> None:
     for kver in kernels:
         run_in_target(ctx, ["depmod", "-a", kver], label="depmod")
     for c in done:
-        log.info("cut %s: %d files, %.1f MiB", c.rule, c.files, c.bytes / 2**20)
+        if c.files:
+            log.info("cut %s: %d files, %.1f MiB", c.rule, c.files, c.bytes / 2**20)
+    if not any(c.files for c in done):
+        log.info("no kernel modules of the classes %s in the tree", " ".join(ctx.cfg.cut_modules))
     ctx.manifest["cuts"] = [c.record() for c in done]
 
 
