@@ -77,7 +77,8 @@ def _modules(under: Path) -> list[Path]:
     return [Path(d, f) for d, _, files in os.walk(under) for f in files if f.endswith(MODULE_SUFFIXES)]
 
 
-def _size(paths: Iterable[Path]) -> tuple[int, int]:
+def size_of(paths: Iterable[Path]) -> tuple[int, int]:
+    """(files, bytes) of these files and directories (links counted as themselves)."""
     files = total = 0
     for p in paths:
         for f in ([p] if not p.is_dir() or p.is_symlink() else
@@ -117,7 +118,7 @@ def cut_modules(tree: Path, classes: Iterable[str]) -> tuple[list[Cut], list[str
         kernels.append(modules.name)
         removed_fw.update(fw for dirs in gone.values() for d in dirs for m in _modules(d) for fw in module_firmware(m))
         for c, dirs in gone.items():
-            files, size = _size(dirs)
+            files, size = size_of(dirs)
             cuts[c].files += files
             cuts[c].bytes += size
             cuts[c].paths += [str(d.relative_to(tree)) for d in dirs]
@@ -128,7 +129,7 @@ def cut_modules(tree: Path, classes: Iterable[str]) -> tuple[list[Cut], list[str
     if candidates:  # reading every kept module is only worth it when there is something to remove
         kept = {fw for modules in _module_trees(tree) for m in _modules(modules) for fw in module_firmware(m)}
         firmware.paths = _firmware_files(tree, removed_fw - kept)
-        firmware.files, firmware.bytes = _size(tree / p for p in firmware.paths)
+        firmware.files, firmware.bytes = size_of(tree / p for p in firmware.paths)
         for rel in firmware.paths:
             os.unlink(tree / rel)
     return [*cuts.values(), firmware], kernels

@@ -166,6 +166,7 @@ def write_manifest(st: Staging) -> None:
         "entries": st.pack.entries,
         "uncompressed_bytes": st.pack.uncompressed,
         "pack_seconds": round(st.pack.seconds, 2),
+        "pruned": [c.record() for c in st.pack.pruned],
         "artifacts": {st.final(s).name: {"size": sizes[s], "sha256": d} for s, d in st.sha256.items()},
     }
     st.staged("manifest.json").write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")

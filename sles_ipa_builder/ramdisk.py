@@ -15,13 +15,14 @@ import re
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from . import cpio, log
 from .arch import HOST_DEFAULT, Arch
 from .compress import Compression, Compressor, check_kernel_support
+from .cuts import Cut, size_of
 from .errors import BuildError, InputError
 from .target import in_root
 
@@ -48,6 +49,8 @@ FULL_PRUNE = MINIMAL_PRUNE + (
     "usr/share/misc/m*",
     "var/cache/*",
     "var/log/*",
+    "usr/lib*/*.a",  # static libraries: only a linker reads them
+    "usr/lib/udev/hwdb.d/*",  # the sources of hwdb.bin, which udev reads
 )
 # Python falls back to the source when a .pyc is missing, except for the codecs it needs to start.
 KEEP_PYC = "*/encodings/*.pyc"
@@ -66,22 +69,51 @@ def unchecked_pyc(path: bytes) -> bool:
     return len(head) == 8 and int.from_bytes(head[4:8], "little") & 0b11 == UNCHECKED_HASH
 
 
-def prune_rule(minimal: bool = False, tree: os.PathLike[str] | str | None = None) -> cpio.Exclude:
+PYC_RULE = "*.pyc, *.pyo (all but unchecked-hash)"
+
+
+class Prune:
     """The exclusion predicate for cpio.scan: the seed's prune list plus *.pyc/*.pyo, except the
-    precompiled unchecked-hash .pyc files when `tree` (the tree scanned) is given."""
-    patterns = MINIMAL_PRUNE if minimal else FULL_PRUNE
-    rx = re.compile(b"|".join(b"(?:%s)" % fnmatch.translate(p).encode() for p in patterns))
-    keep = re.compile(fnmatch.translate(KEEP_PYC).encode())
-    base = os.fsencode(os.fspath(tree)) if tree is not None else None
+    precompiled unchecked-hash .pyc files when `tree` (the tree scanned) is given. It remembers what
+    each rule left out, for the build report."""
 
-    def exclude(rel: bytes, is_dir: bool) -> bool:
+    def __init__(self, minimal: bool = False, tree: os.PathLike[str] | str | None = None) -> None:
+        patterns = MINIMAL_PRUNE if minimal else FULL_PRUNE
+        self._any = re.compile(b"|".join(b"(?:%s)" % fnmatch.translate(p).encode() for p in patterns))
+        self._each = [(p, re.compile(fnmatch.translate(p).encode())) for p in patterns]
+        self._keep = re.compile(fnmatch.translate(KEEP_PYC).encode())
+        self._base = os.fsencode(os.fspath(tree)) if tree is not None else None
+        self.left_out: dict[str, list[bytes]] = {}
+
+    def __call__(self, rel: bytes, is_dir: bool) -> bool:
         if rel.endswith((b".pyc", b".pyo")):
-            if keep.match(rel) is not None:
+            if self._keep.match(rel) is not None:
                 return False
-            return base is None or not unchecked_pyc(os.path.join(base, rel))
-        return rx.match(rel) is not None
+            if self._base is not None and unchecked_pyc(os.path.join(self._base, rel)):
+                return False
+            self.left_out.setdefault(PYC_RULE, []).append(rel)
+            return True
+        if self._any.match(rel) is None:
+            return False
+        rule = next(p for p, rx in self._each if rx.match(rel))
+        self.left_out.setdefault(rule, []).append(rel)
+        return True
 
-    return exclude
+    def report(self) -> list[Cut]:
+        """Per rule that left something out: files and bytes (under a pruned directory, all of it)."""
+        if self._base is None:
+            return []
+        out = []
+        for rule, rels in self.left_out.items():
+            cut = Cut(f"left out {rule}")
+            cut.files, cut.bytes = size_of(Path(os.fsdecode(os.path.join(self._base, rel))) for rel in rels)
+            if cut.files:
+                out.append(cut)
+        return sorted(out, key=lambda c: -c.bytes)
+
+
+def prune_rule(minimal: bool = False, tree: os.PathLike[str] | str | None = None) -> Prune:
+    return Prune(minimal, tree)
 
 
 def synthetic_entries() -> dict[str, cpio.Synthetic]:
@@ -203,6 +235,7 @@ class PackResult:
     seconds: float
     entries: int
     uncompressed: int
+    pruned: list[Cut] = field(default_factory=list)  # what each prune rule left out
 
 
 def _atomic_output(out: Path) -> tuple[Path, IO[bytes]]:
@@ -227,9 +260,10 @@ def pack(
         raise InputError(f"not a directory: {tree}", "pass the root of an unpacked image tree")
     if check_kernel:
         check_kernel_support(compression, tree_kernel_config(tree))
+    prune = Prune(minimal_prune, tree)
     scan = cpio.scan(
         tree,
-        exclude=prune_rule(minimal_prune, tree),
+        exclude=prune,
         synthetic=synthetic_entries(),
         source_date_epoch=source_date_epoch,
     )
@@ -260,4 +294,7 @@ def pack(
         "packed %d entries, %.1f MiB -> %.1f MiB %s in %.1fs",
         len(scan.entries), raw / 2**20, size / 2**20, compression.describe(), secs,
     )  # fmt: skip
-    return PackResult(out, size, digest, secs, len(scan.entries), raw)
+    pruned = prune.report()
+    for c in pruned:
+        logger.info("%s: %d files, %.1f MiB", c.rule, c.files, c.bytes / 2**20)
+    return PackResult(out, size, digest, secs, len(scan.entries), raw, pruned)

@@ -454,3 +454,22 @@ def test_only_unchecked_hash_pyc_files_are_packed(tmp_path: Path) -> None:
     names = names_in(out)
     assert [n for n, rel in pycs.items() if str(rel) in names] == ["unchecked"]
     assert names[str(pycs["unchecked"])].size == (tree / pycs["unchecked"]).stat().st_size
+
+
+def test_each_prune_rule_reports_what_it_left_out(tmp_path: Path) -> None:
+    tree = make_root(tmp_path / "root")
+    extra = {"usr/lib/x86_64-linux-gnu/libc.a": 5000, "usr/lib/udev/hwdb.d/20-pci.hwdb": 700,
+             "usr/lib/udev/hwdb.bin": 900}
+    for rel, size in extra.items():
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_bytes(b"x" * size)
+    result = ramdisk.pack(tree, tmp_path / "initrd", NONE, progress=False)
+    names = names_in(tmp_path / "initrd")
+    assert "usr/lib/udev/hwdb.bin" in names
+    assert "usr/lib/x86_64-linux-gnu/libc.a" not in names and "usr/lib/udev/hwdb.d/20-pci.hwdb" not in names
+    report = {c.rule: (c.files, c.bytes) for c in result.pruned}
+    assert report["left out usr/lib*/*.a"] == (1, 5000)
+    assert report["left out usr/lib/udev/hwdb.d/*"] == (1, 700)
+    assert report["left out usr/share/doc/*"] == (1, len(b"doc"))  # the files under the pruned directory
+    assert report[f"left out {ramdisk.PYC_RULE}"] == (2, len(b"pyc") + len(b"pyo"))
+    assert [c.bytes for c in result.pruned] == sorted((c.bytes for c in result.pruned), reverse=True)
