@@ -69,7 +69,7 @@ def sample_tree(tree: Path, dest: Path, every: int) -> Path:
 
     Runs of neighbours, not single files, so the locality a compressor's window sees is kept.
     """
-    scan = cpio.scan(tree, exclude=ramdisk.prune_rule(False))
+    scan = cpio.scan(tree, exclude=ramdisk.Prune())
     dest.mkdir()
     files = 0
     for e in scan.entries[1:]:

@@ -114,13 +114,14 @@ def repos(args: argparse.Namespace, cli: dict[str, Any]) -> int:
 
 def pack(args: argparse.Namespace, cli: dict[str, Any]) -> int:
     from . import compress, ramdisk
+    from .cuts import PruneSettings
 
     if not args.tree.is_dir():
         raise InputError(f"{args.tree} is not a directory", "give the root tree to pack")
     level = args.compress_level if args.compress_level is not None else (19 if args.release else None)
     comp = compress.Compression.parse(args.compress, level)
     result = ramdisk.pack(
-        args.tree, args.output, comp, minimal_prune=args.minimal_prune, source_date_epoch=args.source_date_epoch
+        args.tree, args.output, comp, prune=PruneSettings(args.minimal_prune), source_date_epoch=args.source_date_epoch
     )
     show(f"{args.output}: {result.size / 2**20:.1f} MiB, sha256 {result.sha256}, "
                   f"{result.entries} entries, {result.seconds:.1f}s")

@@ -19,6 +19,7 @@ from typing import Any
 from . import servicepack
 from .arch import Arch
 from .compress import Compression
+from .cuts import PruneSettings
 from .errors import ConfigError
 from .phase import parse_break_points
 from .settings import BY_KEY, SETTINGS, Setting
@@ -137,6 +138,8 @@ class Config:
     release: bool
     minimal_prune: bool
     cut_modules: list[str]
+    keep_paths: list[str]
+    prune_paths: list[str]
     size_limit_mb: int
     source_date_epoch: int | None
     ca_bundle: Path | None
@@ -194,6 +197,10 @@ class Config:
     def python(self) -> str:
         """Interpreter for the IPA venv (servicepack.PYTHON)."""
         return servicepack.python(self.service_pack)
+
+    @property
+    def prune(self) -> PruneSettings:
+        return PruneSettings(self.minimal_prune, tuple(self.keep_paths), tuple(self.prune_paths))
 
     @property
     def compression(self) -> Compression:

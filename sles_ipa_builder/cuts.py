@@ -1,5 +1,6 @@
 """Cutting what the agent never uses out of the tree: kernel modules by class, and the firmware only
-those modules asked for. Each cut says what it removed, with bytes, in the log and the manifest.
+those modules asked for; and the settings of what the packer leaves out (ramdisk.Prune). Each cut
+says what it removed, with bytes, in the log and the manifest.
 
 Classes are directories of the kernel's module tree, so a class is cut whole and the rule reads
 like the kernel's own layout. Storage, network (InfiniBand/RDMA included), RAID/HBA, NVMe,
@@ -46,6 +47,19 @@ FIRMWARE_SUFFIXES = ("", ".xz", ".zst")
 MODULE_DIRS = ("usr/lib/modules", "lib/modules")
 FIRMWARE_DIRS = ("usr/lib/firmware", "lib/firmware")
 _FIRMWARE = re.compile(rb"(?:^|\0)firmware=([^\0]+)")
+
+
+@dataclass(frozen=True)
+class PruneSettings:
+    """What the packer leaves out: the seed's full list or only its minimal one, paths (globs relative
+    to the root) kept although a rule matches them, and paths left out on top."""
+
+    minimal: bool = False
+    keep: tuple[str, ...] = ()
+    more: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, object]:
+        return {"minimal": self.minimal, "keep": list(self.keep), "more": list(self.more)}
 
 
 @dataclass

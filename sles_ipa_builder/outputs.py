@@ -26,6 +26,7 @@ from typing import IO, Any
 from . import log
 from .arch import HOST_DEFAULT, Arch
 from .compress import Compression, check_kernel_support
+from .cuts import PruneSettings
 from .errors import BuildError
 from .inventory import list_packages
 from .ramdisk import HashingWriter, Kernel, PackResult, find_kernel, pack
@@ -49,7 +50,7 @@ class Staging:
     work: Path  # the temp dir inside output_dir
     busy: IO[str]  # flock'ed while this build writes there; a killed build's lock is gone with it
     manifest: dict[str, Any] = field(default_factory=dict)
-    minimal_prune: bool = False
+    prune: PruneSettings = field(default_factory=PruneSettings)
     source_date_epoch: int | None = None
     size_limit_mb: int | None = None
     progress: bool = True
@@ -114,7 +115,7 @@ def write_kernel(st: Staging) -> None:
 
 
 def write_initramfs(st: Staging) -> None:
-    st.pack = pack(st.tree, st.staged("initramfs"), st.compression, minimal_prune=st.minimal_prune,
+    st.pack = pack(st.tree, st.staged("initramfs"), st.compression, prune=st.prune,
                    source_date_epoch=st.source_date_epoch, progress=st.progress, check_kernel=False)
     st.sha256["initramfs"] = st.pack.sha256
 
@@ -161,7 +162,7 @@ def write_manifest(st: Staging) -> None:
     doc["ramdisk"] = {
         "compression": st.compression.as_dict(),
         "kernel": {"version": st.kernel.version, "source": str(st.kernel.path.relative_to(st.tree))},
-        "minimal_prune": st.minimal_prune,
+        "prune": st.prune.as_dict(),
         "source_date_epoch": st.source_date_epoch,
         "entries": st.pack.entries,
         "uncompressed_bytes": st.pack.uncompressed,

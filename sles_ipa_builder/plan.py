@@ -139,7 +139,7 @@ def staging(ctx: BuildContext) -> Staging:
         ctx.manifest["timings"] = ctx.timings.as_dict()
         cfg = ctx.cfg
         ctx.staging = open_staging(ctx.root, ctx.outputs, cfg.name, cfg.compression, arch=cfg.arch,
-                                   manifest=ctx.manifest, minimal_prune=cfg.minimal_prune,
+                                   manifest=ctx.manifest, prune=cfg.prune,
                                    source_date_epoch=cfg.source_date_epoch, size_limit_mb=cfg.size_limit_mb)
         ctx.stack.callback(close, ctx.staging)
     return ctx.staging

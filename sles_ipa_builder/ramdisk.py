@@ -22,7 +22,7 @@ from typing import IO
 from . import cpio, log
 from .arch import HOST_DEFAULT, Arch
 from .compress import Compression, Compressor, check_kernel_support
-from .cuts import Cut, size_of
+from .cuts import Cut, PruneSettings, size_of
 from .errors import BuildError, InputError
 from .target import in_root
 
@@ -70,6 +70,7 @@ def unchecked_pyc(path: bytes) -> bool:
 
 
 PYC_RULE = "*.pyc, *.pyo (all but unchecked-hash)"
+FULL = PruneSettings()  # the default: the full list, nothing kept or added
 
 
 class Prune:
@@ -77,18 +78,22 @@ class Prune:
     precompiled unchecked-hash .pyc files when `tree` (the tree scanned) is given. It remembers what
     each rule left out, for the build report."""
 
-    def __init__(self, minimal: bool = False, tree: os.PathLike[str] | str | None = None) -> None:
-        patterns = MINIMAL_PRUNE if minimal else FULL_PRUNE
-        self._any = re.compile(b"|".join(b"(?:%s)" % fnmatch.translate(p).encode() for p in patterns))
-        self._each = [(p, re.compile(fnmatch.translate(p).encode())) for p in patterns]
-        self._keep = re.compile(fnmatch.translate(KEEP_PYC).encode())
+    def __init__(self, settings: PruneSettings = FULL, tree: os.PathLike[str] | str | None = None) -> None:
+        patterns = (*(MINIMAL_PRUNE if settings.minimal else FULL_PRUNE), *settings.more)
+        self._any = _glob_rx(patterns)
+        self._each = [(p, _glob_rx([p])) for p in patterns]
+        self._keep = _glob_rx([KEEP_PYC, *settings.keep])
+        # a directory holding a kept path is scanned, so that the rules apply to its entries one by one
+        self._keep_dirs = tuple(re.split(r"[*?\[]", k)[0].encode() for k in settings.keep)
         self._base = os.fsencode(os.fspath(tree)) if tree is not None else None
         self.left_out: dict[str, list[bytes]] = {}
 
     def __call__(self, rel: bytes, is_dir: bool) -> bool:
+        if self._keep.match(rel) is not None:
+            return False
+        if is_dir and any(k.startswith(rel + b"/") for k in self._keep_dirs):
+            return False
         if rel.endswith((b".pyc", b".pyo")):
-            if self._keep.match(rel) is not None:
-                return False
             if self._base is not None and unchecked_pyc(os.path.join(self._base, rel)):
                 return False
             self.left_out.setdefault(PYC_RULE, []).append(rel)
@@ -112,8 +117,8 @@ class Prune:
         return sorted(out, key=lambda c: -c.bytes)
 
 
-def prune_rule(minimal: bool = False, tree: os.PathLike[str] | str | None = None) -> Prune:
-    return Prune(minimal, tree)
+def _glob_rx(patterns: list[str] | tuple[str, ...]) -> re.Pattern[bytes]:
+    return re.compile(b"|".join(b"(?:%s)" % fnmatch.translate(p).encode() for p in patterns) or b"(?!)")
 
 
 def synthetic_entries() -> dict[str, cpio.Synthetic]:
@@ -249,7 +254,7 @@ def pack(
     out: Path,
     compression: Compression,
     *,
-    minimal_prune: bool = False,
+    prune: PruneSettings = FULL,
     source_date_epoch: int | None = None,
     progress: bool = True,
     check_kernel: bool = True,
@@ -260,10 +265,10 @@ def pack(
         raise InputError(f"not a directory: {tree}", "pass the root of an unpacked image tree")
     if check_kernel:
         check_kernel_support(compression, tree_kernel_config(tree))
-    prune = Prune(minimal_prune, tree)
+    rule = Prune(prune, tree)
     scan = cpio.scan(
         tree,
-        exclude=prune,
+        exclude=rule,
         synthetic=synthetic_entries(),
         source_date_epoch=source_date_epoch,
     )
@@ -294,7 +299,7 @@ def pack(
         "packed %d entries, %.1f MiB -> %.1f MiB %s in %.1fs",
         len(scan.entries), raw / 2**20, size / 2**20, compression.describe(), secs,
     )  # fmt: skip
-    pruned = prune.report()
+    pruned = rule.report()
     for c in pruned:
         logger.info("%s: %d files, %.1f MiB", c.rule, c.files, c.bytes / 2**20)
     return PackResult(out, size, digest, secs, len(scan.entries), raw, pruned)

@@ -126,6 +126,10 @@ SETTINGS: tuple[Setting, ...] = (
     S("cut_modules", list(DEFAULT_CUT), "list",
       "Kernel module classes cut from the ramdisk, with the firmware only they use; empty keeps all.",
       ("DIB_IPA_CUT_MODULES",), choices=tuple(MODULE_CLASSES)),
+    S("keep_paths", [], "list", "Paths (globs relative to the root) the ramdisk keeps although a prune rule "
+      "matches them.", ("SIB_KEEP_PATHS",)),
+    S("prune_paths", [], "list", "More paths (globs relative to the root) to leave out of the ramdisk.",
+      ("SIB_PRUNE_PATHS",)),
     S("size_limit_mb", 500, "int", "The tar may not reach this size (MiB).", ("IRONIC_SIZE_LIMIT_MB",)),
     S("source_date_epoch", None, "int", "Clamp mtimes in the initramfs to this time.", ("SOURCE_DATE_EPOCH",)),
     # --- build behaviour

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from sles_ipa_builder import cpioread, inventory, outputs, ramdisk, run
+from sles_ipa_builder import config, cpioread, inventory, outputs, ramdisk, run
 from sles_ipa_builder.compress import Compression
+from sles_ipa_builder.cuts import PruneSettings
 from sles_ipa_builder.errors import BuildError, CommandError, ConfigError, InputError
 
 KVER = "5.14.21-150400.22-default"
@@ -94,7 +95,7 @@ def test_prune_semantics_full(tmp_path: Path) -> None:
 def test_prune_semantics_minimal(tmp_path: Path) -> None:
     tree = make_root(tmp_path / "root")
     out = tmp_path / "initrd"
-    ramdisk.pack(tree, out, NONE, minimal_prune=True, progress=False)
+    ramdisk.pack(tree, out, NONE, prune=PruneSettings(minimal=True), progress=False)
     names = names_in(out)
     assert "usr/share/doc/pkg/README" in names and "var/log/messages" in names
     assert "usr/share/misc/magic" in names
@@ -473,3 +474,19 @@ def test_each_prune_rule_reports_what_it_left_out(tmp_path: Path) -> None:
     assert report["left out usr/share/doc/*"] == (1, len(b"doc"))  # the files under the pruned directory
     assert report[f"left out {ramdisk.PYC_RULE}"] == (2, len(b"pyc") + len(b"pyo"))
     assert [c.bytes for c in result.pruned] == sorted((c.bytes for c in result.pruned), reverse=True)
+
+
+def test_kept_and_extra_paths(tmp_path: Path) -> None:
+    tree = make_root(tmp_path / "root")
+    (tree / "usr/share/doc/other").mkdir()
+    (tree / "usr/share/doc/other/NEWS").write_bytes(b"news")
+    (tree / "usr/lib/firmware/big").mkdir(parents=True)
+    (tree / "usr/lib/firmware/big/fw.bin").write_bytes(b"fw")
+    prune = PruneSettings(keep=("usr/share/doc/pkg/*", "var/log/messages"), more=("usr/lib/firmware/big/*",))
+    result = ramdisk.pack(tree, tmp_path / "initrd", NONE, prune=prune, progress=False)
+    names = names_in(tmp_path / "initrd")
+    assert "usr/share/doc/pkg/README" in names and "var/log/messages" in names  # kept under pruned dirs
+    assert "usr/share/doc/other/NEWS" not in names and "usr/lib/firmware/big/fw.bin" not in names
+    assert {c.rule: c.files for c in result.pruned}["left out usr/lib/firmware/big/*"] == 1
+    cfg = config.resolve(cli={"keep_paths": "usr/share/doc/pkg/*", "prune_paths": "a/* b/*"}, environ={})
+    assert cfg.prune == PruneSettings(False, ("usr/share/doc/pkg/*",), ("a/*", "b/*"))
