@@ -18,6 +18,9 @@ def test_dhcp_networkd(target: Target) -> None:
     net = target.read("etc/systemd/network/80-dhcp-all-interfaces.network")
     assert "Type=ether" in net and "DHCP=yes" in net
     assert target.enabled("systemd-networkd.service")
+    wait = target.read("etc/systemd/system/systemd-networkd-wait-online.service.d/10-any-interface.conf")
+    assert "ExecStart=\nExecStart=/usr/lib/systemd/systemd-networkd-wait-online --any\n" in wait \
+        or "ExecStart=\nExecStart=/lib/systemd/systemd-networkd-wait-online --any\n" in wait
 
 
 NM_UNIT = "printf '[Unit]\\nDescription=NM\\n[Install]\\nWantedBy=multi-user.target\\n' > " \
