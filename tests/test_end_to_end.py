@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sles_ipa_builder import run
+from sles_ipa_builder import ramdisk, run
 from sles_ipa_builder.commands import load_testmedia
 
 pytestmark = [pytest.mark.root, pytest.mark.guestfs, pytest.mark.qemu, pytest.mark.media, pytest.mark.slow]
@@ -99,6 +99,21 @@ def test_tree_holds_what_the_elements_promise(built):
         "127.0.0.1" in p.read_text() for p in (t / "etc/zypp/repos.d").glob("*.repo"))
     assert not (t / "tmp/ironic-python-agent").exists()
     assert not list(t.glob("lldpad*"))
+
+
+def test_what_the_ramdisk_leaves_out_and_precompiles(built):
+    t = built["tree"]
+    manifest = json.loads((built["out"] / f"{NAME}.manifest.json").read_text())
+    assert not (t / "usr/bin/git").exists()  # build-only
+    site = next((t / "opt/ironic-python-agent/lib").glob("python3*/site-packages"))
+    agent = list(site.glob("ironic_python_agent/cmd/__pycache__/agent.cpython-*.pyc"))
+    assert agent and ramdisk.unchecked_pyc(bytes(agent[0]))
+    stale = [p for p in t.rglob("*.pyc") if not ramdisk.unchecked_pyc(bytes(p)) and "/encodings/" not in str(p)]
+    assert stale == []
+    pruned = {c["rule"]: c for c in manifest["ramdisk"]["pruned"]}
+    assert pruned["left out usr/lib*/*.a"]["bytes"] > 0 and not list(t.glob("usr/lib/*/*.a"))
+    assert [c["rule"] for c in manifest["cuts"]][-1] == "firmware only removed modules named"
+    assert "lsblk" not in manifest["agent_tools_missing"]  # a core tool: the build would have failed
 
 
 def test_no_secret_outside_shadow(built):
