@@ -265,7 +265,7 @@ def test_python_interpreter_follows_the_service_pack() -> None:
 def test_build_only_packages_are_removed_again() -> None:
     data = yaml.safe_load((HOOKS / "sles-ipa-install" / "package-installs.yaml").read_text())
     build_only = {p for p, v in data.items() if v and v.get("build-only")}
-    assert build_only == {"gcc", "libffi-devel", "libopenssl-devel"}
+    assert build_only == {"gcc", "libffi-devel", "libopenssl-devel", "git-core"}
     # nothing forces python3* out of the image any more (seed: zypper remove --force-resolution "python3*")
     for f in HOOKS.rglob("*"):
         if f.is_file() and f.name != "README.rst":
