@@ -9,7 +9,8 @@ SIB := $(VENV)/bin/sles-ipa-builder
 STAMP := $(VENV)/.setup-done
 APT_PACKAGES := python3 python3-venv python3-guestfs libguestfs-tools linux-image-amd64 qemu-system-x86 \
 	qemu-utils debootstrap rpm createrepo-c zypper cpio zstd git openssl shellcheck busybox-static \
-	gdisk dosfstools btrfs-progs e2fsprogs ca-certificates acl xz-utils fdisk iproute2 ovmf mtools
+	gdisk dosfstools btrfs-progs e2fsprogs ca-certificates acl xz-utils fdisk iproute2 ovmf mtools \
+	skopeo docker-registry apache2-utils minisign
 # libguestfs and qemu guests hang under KVM on some hosts; the tool falls back by itself,
 # tests and demo go straight to TCG unless the caller says otherwise.
 export LIBGUESTFS_BACKEND_SETTINGS ?= force_tcg
@@ -40,7 +41,7 @@ test: media
 check: setup
 	$(VENV)/bin/ruff check sles_ipa_builder tests bench fixtures
 	$(VENV)/bin/mypy sles_ipa_builder
-	$(PY) -m pytest -q -m "not guestfs and not qemu and not media and not slow" tests
+	$(PY) -m pytest -q -m "not guestfs and not qemu and not media and not slow and not registry" tests
 
 # The build ends with the quick fake-API boot test; then a real Ironic inspects, cleans and deploys
 # through the ramdisk in BIOS and UEFI mode (README: "Verified against Ironic").

@@ -115,6 +115,16 @@ def parser() -> argparse.ArgumentParser:
     _common(c, settings=True)
     c.add_argument("-f", "--force", action="count", default=0, help="-f: workspace; -ff: caches too")
 
+    pb = sub.add_parser("publish", help="push the artifacts as an OCI artifact to a registry or an OCI layout")
+    _common(pb, settings=False)
+    pb.add_argument("destination", metavar="DEST", help="oci://REGISTRY[:PORT]/REPO:TAG or oci-layout:DIR[:TAG]")
+    pb.add_argument("--output", type=Path, metavar="DIR", help="directory of the artifacts")
+    pb.add_argument("--name", help="artifact base name")
+    pb.add_argument("--insecure", action="store_true", help="plain HTTP, or skip TLS verification")
+    pb.add_argument("--authfile", type=Path, metavar="FILE",
+                    help="container auth file (default: skopeo's: $REGISTRY_AUTH_FILE, "
+                         "${XDG_RUNTIME_DIR}/containers/auth.json, ~/.docker/config.json)")
+
     f = sub.add_parser("fixtures", help="build or refresh the test media (not SUSE software)")
     _common(f, settings=False)
     f.add_argument("--force", action="store_true", help="rebuild even when cached")

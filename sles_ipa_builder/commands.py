@@ -218,6 +218,26 @@ def clean(args: argparse.Namespace, cli: dict[str, Any]) -> int:
     return 0
 
 
+def publish(args: argparse.Namespace, cli: dict[str, Any]) -> int:
+    from . import publish as publish_mod
+
+    cfg = resolve(args, {})
+    out = Path(args.output or cfg.output_dir)
+    name = args.name or cfg.name
+    done = publish_mod.publish(out, name, _built_arch(out / f"{name}.manifest.json", cfg.arch.suse), args.destination,
+                               insecure=args.insecure or cfg.publish_insecure, authfile=args.authfile)
+    show(publish_mod.result_line(done))
+    return 0
+
+
+def _built_arch(manifest: Path, default: str) -> str:
+    """The architecture the artifacts were built for (their manifest's settings), else the configured one."""
+    try:
+        return str(json.loads(manifest.read_text())["settings"]["arch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return default
+
+
 def load_testmedia() -> ModuleType:
     """fixtures/testmedia.py of the source checkout (not a package: loaded by path, once)."""
     if "sib_testmedia" in sys.modules:
@@ -265,6 +285,7 @@ VERBS: dict[str, Callable[[argparse.Namespace, dict[str, Any]], int]] = {
     "size-report": size_report,
     "clean": clean,
     "fixtures": fixtures,
+    "publish": publish,
 }
 
 

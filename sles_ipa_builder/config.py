@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import servicepack
+from . import publish, servicepack, sign
 from .arch import Arch
 from .compress import Compression
 from .cuts import PruneSettings
@@ -147,6 +147,9 @@ class Config:
     keep_workspace: bool
     break_: str | None
     report: Path | None
+    sign_key: Path | None
+    publish: str | None
+    publish_insecure: bool
     boot_test: bool
     boot_timeout: int
     boot_memory: int
@@ -401,6 +404,10 @@ def validate(cfg: Config) -> None:
     if cfg.dev_user_password and not cfg.dev_user_username:
         raise ConfigError("a dev user password is set but no user name",
                           "set DIB_DEV_USER_USERNAME, or drop DIB_DEV_USER_PASSWORD")
+    if cfg.sign_key is not None:
+        sign.check_key(cfg.sign_key)
+    if cfg.publish is not None:
+        publish.parse_destination(cfg.publish)
     if cfg.base_tree is not None and not cfg.base_tree.is_dir():
         raise ConfigError(f"base tree {cfg.base_tree} is not a directory", "give an extracted root filesystem")
     cfg.break_points  # noqa: B018 - phase.py parses break points, here as at the build

@@ -99,22 +99,34 @@ def pip_freeze(venv: Path, *, skip_direct: bool = False) -> list[str]:
     return [f"{n}=={v}" for n, v in sorted(found.items(), key=lambda kv: kv[0].lower())]
 
 
+def rpm_query(tree: Path, qf: str) -> list[str]:
+    """`rpm -qa --qf` of the tree's database, sorted: the host's rpm, else the tree's own (root only).
+
+    `qf` starts with `%{NAME} `: that first word is dropped from each line. BuildError when neither
+    rpm can read the database."""
+    dbdir = find_rpmdb(tree)
+    if dbdir is None:
+        raise BuildError("no rpm database in the tree", "")
+    try:
+        return sorted(rest for _, rest in rpm_lines(dbdir, qf))
+    except BuildError as e:
+        try:
+            return _rpm_in_tree(tree, qf)
+        except BuildError as e2:
+            raise BuildError(f"{e.message}; {e2.message}", e.hint) from None
+
+
 def list_packages(tree: Path, venv: str = "opt/ironic-python-agent") -> str:
     """The `<name>.packages` text: rpm -qa of the tree, then the IPA venv's pip freeze."""
     lines = ["# rpm -qa"]
-    dbdir = find_rpmdb(tree)
-    if dbdir is None:
+    if find_rpmdb(tree) is None:
         lines.append("# (no rpm database in the tree)")
     else:
-        qf = "%{NAME} %{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}\\n"
         try:
-            lines += sorted(nvra for _, nvra in rpm_lines(dbdir, qf))
+            lines += rpm_query(tree, "%{NAME} %{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}\\n")
         except BuildError as e:
-            try:
-                lines += _rpm_in_tree(tree, qf)
-            except BuildError as e2:
-                log.warning("cannot list rpm packages: %s; %s", e.message, e2.message)
-                lines.append(f"# (rpm database not readable: {e.message})")
+            log.warning("cannot list rpm packages: %s", e.message)
+            lines.append(f"# (rpm database not readable: {e.message.split(';')[0]})")
     lines += ["", f"# pip freeze (/{venv})"]
     lines += pip_freeze(tree / venv) if (tree / venv).is_dir() else ["# (no venv)"]
     return "\n".join(lines) + "\n"

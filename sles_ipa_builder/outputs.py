@@ -23,18 +23,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from . import log
+from . import log, sbom, sign
 from .arch import HOST_DEFAULT, Arch
 from .compress import Compression, check_kernel_support
 from .cuts import PruneSettings
 from .errors import BuildError
 from .inventory import list_packages
-from .ramdisk import HashingWriter, Kernel, PackResult, find_kernel, pack
+from .ramdisk import HashingWriter, Kernel, PackResult, find_kernel, pack, sha256_file
 from .sizereport import analyze, render
 
 logger = logging.getLogger(__name__)
 
 LAST = "sha256"  # renamed last: see the module doc
+SIG = f"{LAST}.{sign.SIG_SUFFIX}"  # its signature, when signed
 TARGZ_LEVEL = 1  # the tar holds a compressed initramfs: deflating it harder saves nothing
 
 
@@ -56,6 +57,7 @@ class Staging:
     progress: bool = True
     sha256: dict[str, str] = field(default_factory=dict)  # suffix -> digest
     pack: PackResult | None = None
+    sign_key: Path | None = None  # minisign secret key: <name>.sha256 gets a .minisig
 
     def staged(self, suffix: str) -> Path:
         return self.work / f"{self.name}.{suffix}"
@@ -151,8 +153,22 @@ def write_targz(st: Staging) -> None:
     st.staged("tar.gz.sha256").write_text(f"{st.sha256['tar.gz']}  {st.final('tar.gz').name}\n")
 
 
+def _hash_staged(st: Staging, suffix: str) -> None:
+    st.sha256[suffix] = sha256_file(st.staged(suffix))
+
+
 def write_packages(st: Staging) -> None:
     st.staged("packages").write_text(list_packages(st.tree))
+    _hash_staged(st, "packages")
+
+
+def write_sbom(st: Staging) -> None:
+    """CycloneDX SBOM of the tree (sbom.py): RPMs, the IPA venv, sources, kernel, inputs."""
+    bom = sbom.make_bom(st.tree, name=st.name, kernel_version=st.kernel.version, kernel_sha256=st.sha256["kernel"],
+                        manifest=st.manifest, artifacts={st.final(s).name: d for s, d in st.sha256.items()},
+                        source_date_epoch=st.source_date_epoch)  # fmt: skip
+    st.staged(sbom.SUFFIX).write_text(sbom.to_json(bom))
+    _hash_staged(st, sbom.SUFFIX)
 
 
 def write_manifest(st: Staging) -> None:
@@ -171,10 +187,14 @@ def write_manifest(st: Staging) -> None:
         "artifacts": {st.final(s).name: {"size": sizes[s], "sha256": d} for s, d in st.sha256.items()},
     }
     st.staged("manifest.json").write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+    _hash_staged(st, "manifest.json")
 
 
 def write_sums(st: Staging) -> None:
+    """One checksum file for every artifact; signed (minisign) when a key is given."""
     st.staged(LAST).write_text("".join(f"{d}  {st.final(s).name}\n" for s, d in st.sha256.items()))
+    if st.sign_key is not None:
+        sign.sign(st.staged(LAST), st.sign_key, st.staged(SIG), comment=f"file:{st.final(LAST).name}")
 
 
 OUTPUTS: tuple[Output, ...] = (
@@ -184,8 +204,9 @@ OUTPUTS: tuple[Output, ...] = (
     Output("tar.gz", write_targz, "the tar gzipped, with its .tar.gz.sha256 (metal3's ironic-ipa-downloader)",
            also=("tar.gz.sha256",)),
     Output("packages", write_packages, "rpm -qa of the tree and the IPA venv's pip freeze"),
+    Output(sbom.SUFFIX, write_sbom, "CycloneDX SBOM: RPMs, Python packages, sources, kernel, inputs"),
     Output("manifest.json", write_manifest, "inputs, commits, elements, settings, sizes, timings"),
-    Output(LAST, write_sums, "sha256sum lines of kernel, initramfs and tar"),
+    Output(LAST, write_sums, "sha256sum lines of every artifact, signed with --sign-key", also=(SIG,)),
 )
 
 
@@ -216,6 +237,8 @@ def commit(st: Staging) -> Artifacts:
     sizes = {s: st.staged(s).stat().st_size for s in st.sha256}
     for suffix in sorted(written, key=lambda s: (s.endswith("sha256"), s == LAST)):
         os.replace(st.staged(suffix), st.final(suffix))
+    for suffix in (f for o in OUTPUTS for f in o.files if f not in written):
+        st.final(suffix).unlink(missing_ok=True)  # an earlier build's signature would not match these sums
     arts = Artifacts(st.final("kernel"), st.final("initramfs"), st.final("tar"),
                      {s: st.final(s) for s in written}, {st.final(s).name: d for s, d in st.sha256.items()},
                      sizes, st.pack)

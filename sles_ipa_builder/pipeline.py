@@ -11,7 +11,7 @@ import json
 import logging
 from pathlib import Path
 
-from . import __version__, boottest, image, media, phases, plan, wheels
+from . import __version__, boottest, image, media, phases, plan, publish, wheels
 from . import log as logmod
 from .config import Config
 from .context import BuildContext
@@ -59,6 +59,10 @@ def build(cfg: Config) -> Artifacts | None:
         log.info("no outputs: a sles-ipa-ramdisk-base of your own replaced the builder's, and with it its outputs")
         return None
     report_artifacts(ctx.artifacts)
+    if cfg.publish:
+        with logmod.step(f"publish to {cfg.publish}"):
+            done = publish.publish(ctx.outputs, cfg.name, cfg.arch.suse, cfg.publish, insecure=cfg.publish_insecure)
+        show(publish.result_line(done))
     if cfg.boot_test:
         boot(cfg, ctx.artifacts)
     return ctx.artifacts

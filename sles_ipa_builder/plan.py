@@ -140,7 +140,8 @@ def staging(ctx: BuildContext) -> Staging:
         cfg = ctx.cfg
         ctx.staging = open_staging(ctx.root, ctx.outputs, cfg.name, cfg.compression, arch=cfg.arch,
                                    manifest=ctx.manifest, prune=cfg.prune,
-                                   source_date_epoch=cfg.source_date_epoch, size_limit_mb=cfg.size_limit_mb)
+                                   source_date_epoch=cfg.source_date_epoch, size_limit_mb=cfg.size_limit_mb,
+                                   sign_key=cfg.sign_key)
         ctx.stack.callback(close, ctx.staging)
     return ctx.staging
 

@@ -140,6 +140,11 @@ SETTINGS: tuple[Setting, ...] = (
     S("break", None, "str", "Open a shell in the target: before-<phase>, after-<phase> or after-error (comma list).",
       ("SIB_BREAK", "break")),
     S("report", None, "path", "Also write the build report (manifest, timings) to this JSON file."),
+    S("sign_key", None, "path", "minisign secret key: sign <name>.sha256 (<name>.sha256.minisig); "
+      "an encrypted key's password comes from SIB_SIGN_PASSWORD."),
+    S("publish", None, "str", "After the build, publish the artifacts: oci://REGISTRY/REPO:TAG or "
+      "oci-layout:DIR[:TAG] (see `publish`)."),
+    S("publish_insecure", False, "bool", "The publish registry speaks plain HTTP or has an untrusted certificate."),
     S("boot_test", False, "bool", "Boot the result in QEMU at the end of the build.", ("ENABLE_BOOTSTRAP_TEST",)),
     S("boot_timeout", 600, "int", "Seconds the boot test waits for the agent."),
     S("boot_memory", 2048, "int", "Boot test VM memory (MiB)."),

@@ -97,7 +97,7 @@ def test_default_plan_ends_with_the_outputs(tmp_path: Path) -> None:
     ctx = plan.make(config.resolve({"workspace": str(tmp_path)}, environ={}))
     tail = [(s.stage.value, s.name) for s in ctx.steps if s.stage.value == "outputs"]
     assert tail == [("outputs", f"ironic-python-agent.{x}") for x in
-                    ("kernel", "initramfs", "tar", "tar.gz", "packages", "manifest.json", "sha256")
+                    ("kernel", "initramfs", "tar", "tar.gz", "packages", "cdx.json", "manifest.json", "sha256")
                     ] + [("outputs", "commit")]
     assert plan.needs(ctx, "10-sles-image") and plan.needs(ctx, "05-media-repositories")
 
