@@ -214,7 +214,9 @@ def write_layout(output_dir: Path, name: str, arch: str, layout_dir: Path, tag: 
         "annotations": {TITLE: name},
     }  # fmt: skip
     platform = {"architecture": OCI_ARCH.get(arch, arch), "os": "linux"}
-    m_desc = {**lay.blob_bytes(_canonical(manifest), MANIFEST), "artifactType": ARTIFACT_TYPE, "platform": platform}
+    # no artifactType in the index's descriptor (OCI 1.1 allows it): skopeo 1.9 would have to rewrite such an
+    # index, which --preserve-digests forbids; the manifest itself carries it
+    m_desc = {**lay.blob_bytes(_canonical(manifest), MANIFEST), "platform": platform}
     index = {"schemaVersion": 2, "mediaType": INDEX, "manifests": [m_desc]}
     i_desc = lay.blob_bytes(_canonical(index), INDEX)
     lay.tag(i_desc, tag)
