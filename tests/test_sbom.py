@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
-from sles_ipa_builder import outputs, sbom
+from sles_ipa_builder import outputs, run, sbom
 from sles_ipa_builder.compress import Compression
 
 KVER = "6.4.0-150600.23.25-default"
@@ -148,16 +149,43 @@ def test_no_rpm_database_still_gives_a_valid_sbom(tmp_path: Path) -> None:
     assert not [c for c in json.loads(text)["components"] if c.get("purl", "").startswith("pkg:rpm/")]
 
 
-@pytest.mark.media
-def test_sbom_of_the_test_media_tree(fixture_media: Any) -> None:
-    """The real rpm database of the test media's root tree, read by the host's rpm."""
-    tree = Path(fixture_media.root_tree)
-    if sbom.find_rpmdb(tree) is None:
-        pytest.skip("the test media's root tree has no rpm database")
-    bom = sbom.make_bom(tree, name="ipa", kernel_version="x", kernel_sha256="e" * 64, manifest={},
+SPEC = """Name: {name}
+Version: 1.2.3
+Release: 4.5
+Epoch: {epoch}
+Summary: a package of the SBOM test
+License: {licence}
+BuildArch: noarch
+%description
+test
+%files
+"""
+
+
+@pytest.mark.skipif(not shutil.which("rpmbuild"), reason="rpmbuild is not installed")
+def test_sbom_reads_a_real_rpm_database(tmp_path: Path) -> None:
+    """Real RPMs installed into a real database (sqlite, as SLE 15 SP3+ has), read by the host's rpm."""
+    tree = make_tree(tmp_path / "root")
+    (tree / "usr/lib/sysimage/rpm/rpmdb.sqlite").unlink()
+    rpms = []
+    for name, epoch, licence in (("sib-one", 0, "MIT"), ("sib-two", 3, "GPL-2.0-or-later AND MIT"),
+                                 ("sib-three", 0, "SUSE-Freeware")):
+        spec = tmp_path / f"{name}.spec"
+        spec.write_text(SPEC.format(name=name, epoch=epoch, licence=licence))
+        run.run(["rpmbuild", "-bb", "--define", f"_topdir {tmp_path / 'rpmbuild'}", "--define",
+                 f"_rpmdir {tmp_path / 'rpms'}", spec], capture=True)
+        rpms.append(tmp_path / f"rpms/noarch/{name}-1.2.3-4.5.noarch.rpm")
+    dbargs = ["--root", str(tree), "--dbpath", "/usr/lib/sysimage/rpm"]
+    run.run(["rpm", *dbargs, "--initdb"], capture=True)
+    run.run(["rpm", *dbargs, "--justdb", "--nodeps", "--noscripts", "-i", *rpms], capture=True)
+    bom = sbom.make_bom(tree, name="ipa", kernel_version=KVER, kernel_sha256="e" * 64, manifest={},
                         artifacts={"ipa.kernel": "e" * 64})
     text = sbom.to_json(bom)
     assert _validate(text) is None
-    rpms = [c for c in json.loads(text)["components"] if c.get("purl", "").startswith("pkg:rpm/")]
-    assert len(rpms) > 10 and all(c["version"] for c in rpms)
-    assert any(c.get("licenses") for c in rpms)
+    got = {c["name"]: c for c in json.loads(text)["components"] if c.get("purl", "").startswith("pkg:rpm/")}
+    assert sorted(got) == ["sib-one", "sib-three", "sib-two"]
+    assert got["sib-one"]["version"] == "1.2.3-4.5" and got["sib-one"]["licenses"] == [{"license": {"id": "MIT"}}]
+    assert got["sib-two"]["version"] == "3:1.2.3-4.5"
+    assert got["sib-two"]["purl"] == "pkg:rpm/suse/sib-two@1.2.3-4.5?arch=noarch&distro=sles-15.6&epoch=3"
+    assert got["sib-two"]["licenses"] == [{"expression": "GPL-2.0-or-later AND MIT"}]
+    assert got["sib-three"]["licenses"] == [{"license": {"name": "SUSE-Freeware"}}]

@@ -71,6 +71,7 @@ def test_signature_is_reproducible_and_goes_when_unsigned(tmp_path: Path) -> Non
     assert not (tmp_path / "a/ipa.sha256.minisig").exists() and (tmp_path / "a/ipa.sha256").is_file()
 
 
+@pytest.mark.slow  # minisign derives the key with scrypt: seconds a call
 def test_encrypted_key_takes_its_password_from_the_environment(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     sec, pub = keypair(tmp_path, password="s3cret-pw")
