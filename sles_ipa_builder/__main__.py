@@ -88,6 +88,7 @@ def parser() -> argparse.ArgumentParser:
     bt.add_argument("--append", default="", help="extra kernel arguments")
     bt.add_argument("--keep-console", type=Path, metavar="FILE", help="save the serial console here")
     bt.add_argument("--accel", choices=("auto", "kvm", "tcg"), help="acceleration (auto: KVM, else TCG)")
+    bt.add_argument("--addon", type=Path, metavar="FILE", help="an add-on cpio given after the initramfs")
     bt.add_argument("--metal3-dev-env", nargs="?", const="", metavar="DIR",
                     help="run metal3-dev-env's make / make test with the tar instead of QEMU")
     bt.add_argument("--ironic", action="store_true",
@@ -124,6 +125,15 @@ def parser() -> argparse.ArgumentParser:
     pb.add_argument("--authfile", type=Path, metavar="FILE",
                     help="container auth file (default: skopeo's: $REGISTRY_AUTH_FILE, "
                          "${XDG_RUNTIME_DIR}/containers/auth.json, ~/.docker/config.json)")
+
+    ad = sub.add_parser("addon", help="write an add-on cpio (CA bundle, SSH keys, network data) for a built ramdisk")
+    _common(ad, settings=False)
+    ad.add_argument("--ca-bundle", type=Path, metavar="FILE", help="PEM CA certificates the agent will trust")
+    ad.add_argument("--ssh-key", type=Path, metavar="FILE", help="OpenSSH public key(s) for the dev user")
+    ad.add_argument("--ssh-user", metavar="NAME", help="user who gets the keys (default: the build's dev user)")
+    ad.add_argument("--network-data", type=Path, metavar="FILE",
+                    help="OpenStack network_data.json or an NMState YAML document: static network at boot")
+    ad.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help="the add-on cpio to write")
 
     f = sub.add_parser("fixtures", help="build or refresh the test media (not SUSE software)")
     _common(f, settings=False)

@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,13 +104,16 @@ def qemu_argv(
     nic_model: str = "virtio-net-pci",
     smp: int = 2,
     disk: Path | None = None,
+    scheme: str = "http",
+    hostfwd: Sequence[str] = (),
 ) -> list[str]:
-    cmdline = f"{BASE_APPEND} ipa-api-url=http://10.0.2.2:{port} {append}".strip()
+    cmdline = f"{BASE_APPEND} ipa-api-url={scheme}://10.0.2.2:{port} {append}".strip()
     # After the lookup IPA waits up to 30 s for a root-device candidate (>= 4 GiB) before it
     # heartbeats: give it an empty sparse disk so the heartbeat is not delayed.
     return qemu.Machine(
         kernel=kernel, initramfs=initramfs, append=cmdline, console=console, accel=accel, memory_mb=memory_mb,
         smp=smp, nic_model=nic_model, disks=[disk] if disk else [], name="sles-ipa-builder-boot-test",
+        hostfwd=list(hostfwd),
     ).argv()  # fmt: skip
 
 
@@ -127,14 +131,30 @@ def boot_test(
     keep_console: Path | None = None,
     accel: str = "auto",
     nic_model: str = "virtio-net-pci",
+    addon: Path | None = None,
+    tls: tuple[Path, Path] | None = None,
+    hostfwd: Sequence[str] = (),
+    while_up: Callable[[], None] | None = None,
 ) -> BootResult:
-    """Boot kernel+initramfs and wait for the agent's lookup and heartbeat; raise BuildError otherwise."""
-    for what, p in (("kernel", kernel), ("initramfs", initramfs)):
-        if not Path(p).is_file():
+    """Boot kernel+initramfs and wait for the agent's lookup and heartbeat; raise BuildError otherwise.
+
+    addon: an add-on cpio given after the initramfs, as a boot loader passes a second initrd (the
+    initramfs file itself is not changed). tls: the fake API serves HTTPS with this (certificate,
+    key); add `ipa-insecure=0` to `append` for the agent to verify it. hostfwd: QEMU user-network
+    forwards. while_up: called after the heartbeat, while the VM still runs (an SSH check)."""
+    for what, p in (("kernel", kernel), ("initramfs", initramfs), ("add-on", addon)):
+        if p is not None and not Path(p).is_file():
             raise InputError(f"boot test: {what} {p} not found", "build first, or pass --output/--name")
     qemu.require()
     plan = accel_plan(accel)
-    with tempfile.TemporaryDirectory(prefix="sib-boot-") as tmp, FakeIronic() as api:
+    with tempfile.TemporaryDirectory(prefix="sib-boot-") as tmp, FakeIronic(tls=tls) as api:
+        if addon is not None:  # what a boot loader does with two initrds: one after the other in memory
+            both = Path(tmp) / f"{Path(initramfs).name}+{Path(addon).name}"
+            with both.open("wb") as f:
+                for part in (Path(initramfs), Path(addon)):
+                    with part.open("rb") as src:
+                        shutil.copyfileobj(src, f, 4 << 20)
+            initramfs = both
         disk = Path(tmp) / "disk.raw"
         with disk.open("wb") as f:
             f.truncate(DISK_BYTES)  # sparse: costs no space
@@ -145,6 +165,7 @@ def boot_test(
                     api, Path(kernel), Path(initramfs), acc, console, Path(tmp) / f"qemu-{acc}.err",
                     timeout=timeout, memory_mb=memory_mb, append=append, nic_model=nic_model, disk=disk,
                     silence_limit=KVM_SILENCE_SECONDS if acc == "kvm" and i + 1 < len(plan) else None,
+                    hostfwd=hostfwd, while_up=while_up,
                 )  # fmt: skip
             except _KvmSilent as e:
                 log.warning("KVM guest %s; retrying under TCG (set %s=tcg to skip KVM)", e, ACCEL_ENV)
@@ -162,11 +183,11 @@ def boot_test(
 def _attempt(
     api: FakeIronic, kernel: Path, initramfs: Path, accel: str, console_path: Path, err_path: Path, *,
     timeout: float, memory_mb: int, append: str, nic_model: str, disk: Path | None,
-    silence_limit: float | None,
+    silence_limit: float | None, hostfwd: Sequence[str] = (), while_up: Callable[[], None] | None = None,
 ) -> BootResult:  # fmt: skip
     argv = qemu_argv(
         kernel, initramfs, accel=accel, console=console_path, port=api.port, memory_mb=memory_mb,
-        append=append, nic_model=nic_model, disk=disk,
+        append=append, nic_model=nic_model, disk=disk, scheme=api.scheme, hostfwd=hostfwd,
     )  # fmt: skip
     console = _Console(console_path)
     log.info("booting %s under %s, fake Ironic API on %s", initramfs.name, accel, api.url)
@@ -210,6 +231,8 @@ def _attempt(
                 bar.update(task, completed=min(elapsed, timeout),
                            description=f"boot test ({accel}) {status} | {console.last()[:60]}")  # fmt: skip
                 time.sleep(0.5)
+        if while_up is not None and not failure and beat is not None:
+            while_up()
     finally:
         qemu.stop(proc)
         console.poll()

@@ -151,7 +151,7 @@ def boot_test(args: argparse.Namespace, cli: dict[str, Any]) -> int:
     result = boottest.boot_test(
         kernel, initramfs,
         timeout=args.timeout or cfg.boot_timeout, memory_mb=args.memory or cfg.boot_memory,
-        append=args.append, keep_console=args.keep_console, accel=args.accel or cfg.accel,
+        append=args.append, keep_console=args.keep_console, accel=args.accel or cfg.accel, addon=args.addon,
     )
     show(result.summary())
     return 0
@@ -230,6 +230,15 @@ def publish(args: argparse.Namespace, cli: dict[str, Any]) -> int:
     return 0
 
 
+def addon(args: argparse.Namespace, cli: dict[str, Any]) -> int:
+    from . import addon as addon_mod
+
+    files = addon_mod.make_addon(args.output, ca_bundle=args.ca_bundle, ssh_key=args.ssh_key,
+                                 network_data=args.network_data, ssh_user=args.ssh_user)
+    show(f"{args.output}: {args.output.stat().st_size} bytes, " + ", ".join(f"{n} ({s} B)" for n, s in files.items()))
+    return 0
+
+
 def _built_arch(manifest: Path, default: str) -> str:
     """The architecture the artifacts were built for (their manifest's settings), else the configured one."""
     try:
@@ -286,6 +295,7 @@ VERBS: dict[str, Callable[[argparse.Namespace, dict[str, Any]], int]] = {
     "clean": clean,
     "fixtures": fixtures,
     "publish": publish,
+    "addon": addon,
 }
 
 

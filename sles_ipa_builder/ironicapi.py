@@ -19,12 +19,14 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import ssl
 import threading
 import time
 import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -108,13 +110,20 @@ class FakeNode:
 class FakeIronic:
     """The endpoint: `with FakeIronic() as api: ... api.url`, or start()/stop()."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, node: FakeNode | None = None) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, node: FakeNode | None = None,
+                 tls: tuple[Path, Path] | None = None) -> None:  # fmt: skip
+        """tls: (certificate chain, key) to serve HTTPS, for a client that must verify the API."""
         self.node = node or FakeNode()
+        self.scheme = "https" if tls else "http"
         self._requests: list[Request] = []
         self._cond = threading.Condition()
         self._started = time.monotonic()
         self._server = ThreadingHTTPServer((host, port), _handler_for(self))
         self._server.daemon_threads = True
+        if tls is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+            self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
         self._thread: threading.Thread | None = None
 
     @property
@@ -123,7 +132,7 @@ class FakeIronic:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> FakeIronic:
         self._started = time.monotonic()

@@ -146,3 +146,88 @@ def test_offline_rebuild_contacts_nothing(built, tmp_path):
     assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
     packages = (out / f"{NAME}.packages").read_text()
     assert "ironic-python-agent==" in packages and "hardware==" in packages
+
+
+# --- add-on cpio: trust, SSH key and network of an unchanged ramdisk --------------------------------
+STATIC_IP = "10.0.2.77"  # in QEMU's user network (10.0.2.0/24, gateway and host 10.0.2.2), not its DHCP range
+
+
+def _tls_pair(d: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a server certificate it signed for 10.0.2.2 (the fake API as the VM sees it)."""
+    ca_key, ca, key, csr, cert = (d / n for n in ("ca.key", "ca.pem", "api.key", "api.csr", "api.pem"))
+    run.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
+             "-days", "2", "-subj", "/CN=sib add-on test CA"], capture=True)
+    run.run(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+             "-subj", "/CN=10.0.2.2"], capture=True)
+    ext = d / "ext.cnf"
+    ext.write_text("subjectAltName=IP:10.0.2.2\n")
+    run.run(["openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+             "-days", "2", "-extfile", ext], capture=True)
+    return ca, cert, key
+
+
+def check_addon_boot(kernel: Path, initramfs: Path, dev_user: str, work: Path) -> dict[str, str]:
+    """Boot the ramdisk with an add-on cpio: the agent must verify the API's TLS with the add-on's CA
+    (ipa-insecure=0), the dev user must let in the add-on's SSH key, and the agent must call back
+    from the add-on's static address. The initramfs file is not changed."""
+    import socket
+
+    from sles_ipa_builder import boottest, qemu
+
+    work.mkdir(parents=True, exist_ok=True)
+    ca, cert, key = _tls_pair(work)
+    ssh_key = work / "id_ed25519"
+    run.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", ssh_key], capture=True)
+    net = work / "network_data.json"
+    net.write_text(json.dumps({
+        "links": [{"id": "nic0", "type": "phy", "ethernet_mac_address": qemu.MAC}],
+        "networks": [{"id": "net0", "link": "nic0", "type": "ipv4", "ip_address": STATIC_IP,
+                      "netmask": "255.255.255.0",
+                      "routes": [{"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": "10.0.2.2"}]}],
+        "services": [{"type": "dns", "address": "10.0.2.3"}],
+    }))  # fmt: skip
+    cpio = work / "addon.cpio"
+    res = run.run([sys.executable, "-m", "sles_ipa_builder", "addon", "--ca-bundle", str(ca), "--ssh-key",
+                   f"{ssh_key}.pub", "--network-data", str(net), "-o", str(cpio)], capture=True, check=False)
+    assert res.returncode == 0, res.stderr
+    before = hashlib.sha256(initramfs.read_bytes()).hexdigest()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        ssh_port = s.getsockname()[1]
+    seen: dict[str, str] = {}
+
+    def ssh_in() -> None:
+        argv = ["ssh", "-i", str(ssh_key), "-p", str(ssh_port), "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=90",
+                f"{dev_user}@127.0.0.1", "id -un; ip -4 -o addr show"]  # fmt: skip
+        for _ in range(3):  # sshd under emulation can miss a first banner deadline
+            out = run.run(argv, capture=True, check=False)
+            seen.update(rc=str(out.returncode), out=out.stdout, err=out.stderr[-2000:])
+            if out.returncode != 255:
+                break
+
+    result = boottest.boot_test(kernel, initramfs, timeout=900, accel=os.environ.get("SIB_ACCEL", "tcg"),
+                                addon=cpio, tls=(cert, key), append="ipa-insecure=0",
+                                hostfwd=[f"tcp:127.0.0.1:{ssh_port}-{STATIC_IP}:22"], while_up=ssh_in,
+                                keep_console=work / "console.log")  # fmt: skip
+    assert hashlib.sha256(initramfs.read_bytes()).hexdigest() == before  # unchanged
+    console = (work / "console.log").read_text(errors="replace")
+    # trust: lookup and heartbeat went over TLS that the agent verified with the add-on's CA
+    assert result.heartbeat_seconds > 0 and "sles-ipa-addon: trusted 1 CA certificate(s)" in console
+    # SSH: the add-on's key opens the dev user's account
+    assert seen.get("rc") == "0", seen
+    assert seen["out"].splitlines()[0] == dev_user
+    # network: the static address from network_data.json, and the agent calls back from it
+    assert f"inet {STATIC_IP}/24" in seen["out"], seen["out"]
+    beats = [r for r in result.requests if r.method == "POST" and "/heartbeat" in r.path]
+    assert beats and STATIC_IP in str(beats[-1].body.get("callback_url", "")), beats[-1].body
+    return seen
+
+
+def test_addon_changes_trust_ssh_and_network_without_a_rebuild(built, tmp_path):
+    from sles_ipa_builder import config
+
+    media = load_testmedia().ensure()
+    dev_user = config.resolve({}, config_file=media.profile, environ={}).dev_user_username
+    out = built["out"]
+    check_addon_boot(out / f"{NAME}.kernel", out / f"{NAME}.initramfs", dev_user, tmp_path / "addon")
