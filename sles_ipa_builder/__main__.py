@@ -134,6 +134,8 @@ def parser() -> argparse.ArgumentParser:
     ad.add_argument("--network-data", type=Path, metavar="FILE",
                     help="OpenStack network_data.json or an NMState YAML document: static network at boot")
     ad.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help="the add-on cpio to write")
+    ad.add_argument("--initramfs", type=Path, metavar="FILE",
+                    help="also write FILE+ADDON: the initramfs, aligned, then the add-on (one initrd for both)")
 
     f = sub.add_parser("fixtures", help="build or refresh the test media (not SUSE software)")
     _common(f, settings=False)

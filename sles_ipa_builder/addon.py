@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import stat
 from pathlib import Path
 
@@ -95,6 +96,22 @@ def entries(files: dict[str, tuple[bytes, int]], mtime: int = 0) -> list[cpio.En
         data, perm = files[name]
         out.append(cpio.Entry(f"{DIR}/{name}".encode(), stat.S_IFREG | perm, 0, 0, mtime, len(data), data=data))
     return out
+
+
+ALIGN = 4  # the kernel looks for an uncompressed cpio only at 4-byte aligned offsets; boot loaders align initrds
+
+
+def combine(initramfs: Path, addon: Path, output: Path) -> None:
+    """initramfs, zero padding to the next 4 bytes (the kernel skips zeros between archives), the add-on:
+    what a boot loader puts in memory for two initrds. A plain `cat` misaligns the add-on, and the
+    kernel then reports "invalid magic at start of compressed archive" and ignores it."""
+    tmp = output.with_name(f".{output.name}.tmp")
+    with tmp.open("wb") as f:
+        with initramfs.open("rb") as src:
+            shutil.copyfileobj(src, f, 4 << 20)
+        f.write(b"\0" * (-f.tell() % ALIGN))
+        f.write(addon.read_bytes())
+    tmp.replace(output)
 
 
 def make_addon(output: Path, *, ca_bundle: Path | None = None, ssh_key: Path | None = None,

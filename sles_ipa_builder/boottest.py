@@ -150,10 +150,9 @@ def boot_test(
     with tempfile.TemporaryDirectory(prefix="sib-boot-") as tmp, FakeIronic(tls=tls) as api:
         if addon is not None:  # what a boot loader does with two initrds: one after the other in memory
             both = Path(tmp) / f"{Path(initramfs).name}+{Path(addon).name}"
-            with both.open("wb") as f:
-                for part in (Path(initramfs), Path(addon)):
-                    with part.open("rb") as src:
-                        shutil.copyfileobj(src, f, 4 << 20)
+            from .addon import combine
+
+            combine(Path(initramfs), Path(addon), both)
             initramfs = both
         disk = Path(tmp) / "disk.raw"
         with disk.open("wb") as f:

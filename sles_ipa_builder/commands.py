@@ -233,9 +233,15 @@ def publish(args: argparse.Namespace, cli: dict[str, Any]) -> int:
 def addon(args: argparse.Namespace, cli: dict[str, Any]) -> int:
     from . import addon as addon_mod
 
+    if args.initramfs is not None and not args.initramfs.is_file():
+        raise InputError(f"{args.initramfs} not found", "give the built <name>.initramfs")
     files = addon_mod.make_addon(args.output, ca_bundle=args.ca_bundle, ssh_key=args.ssh_key,
                                  network_data=args.network_data, ssh_user=args.ssh_user)
     show(f"{args.output}: {args.output.stat().st_size} bytes, " + ", ".join(f"{n} ({s} B)" for n, s in files.items()))
+    if args.initramfs is not None:
+        combined = args.output.with_name(f"{args.initramfs.name}+{args.output.name}")
+        addon_mod.combine(args.initramfs, args.output, combined)
+        show(f"{combined}: {args.initramfs.name} and the add-on, for a boot loader that takes one initrd")
     return 0
 
 

@@ -129,3 +129,19 @@ def test_the_boot_script_runs_on_the_oldest_python_it_meets() -> None:
 
     tree = ast.parse(SCRIPT.read_text(), feature_version=(3, 6))
     assert tree.body
+
+
+def test_combined_initrd_puts_the_addon_where_the_kernel_looks(tmp_path: Path, inputs: dict[str, Path]) -> None:
+    """The kernel takes an uncompressed cpio only at a 4-byte aligned offset: a plain `cat` after an
+    initramfs of odd length hides the add-on. combine() pads with zeros, as a boot loader aligns."""
+    cpio_file = tmp_path / "addon.cpio"
+    addon.make_addon(cpio_file, ssh_key=inputs["key"])
+    for size in (1001, 1002, 1003, 1004):
+        initramfs = tmp_path / f"i{size}"
+        initramfs.write_bytes(b"\x28\xb5\x2f\xfd" + b"z" * (size - 4))
+        both = tmp_path / f"both{size}"
+        addon.combine(initramfs, cpio_file, both)
+        data = both.read_bytes()
+        at = data.index(b"070701", size)
+        assert at % 4 == 0 and data[size:at] == b"\0" * (at - size) and at - size < 4
+        assert data[:size] == initramfs.read_bytes() and data[at:] == cpio_file.read_bytes()
