@@ -62,6 +62,35 @@ def test_artifacts_and_checksums(built):
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == digest
 
 
+def test_sbom_of_the_build_validates_and_matches_the_package_list(built):
+    """The CycloneDX schema accepts the real build's SBOM; it lists what <name>.packages lists (rpm -qa and
+    the venv), the manifest's source commits, the kernel and both inputs with their sha256."""
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    out = built["out"]
+    text = (out / f"{NAME}.cdx.json").read_text()
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    doc = json.loads(text)
+    comps = doc["components"]
+    packages = (out / f"{NAME}.packages").read_text().split("# pip freeze")
+    rpm_lines = [x for x in packages[0].splitlines() if x and not x.startswith("#")]
+    pip_lines = [x for x in packages[1].splitlines()[1:] if x and not x.startswith("#")]
+    rpms = [c for c in comps if c.get("purl", "").startswith("pkg:rpm/")]
+    pys = {f"{c['name']}=={c['version']}" for c in comps if c.get("purl", "").startswith("pkg:pypi/")}
+    assert len(rpms) == len([x for x in rpm_lines if not x.startswith("gpg-pubkey")]) > 10
+    assert all(c["version"] and "arch=" in c["purl"] for c in rpms)
+    assert pys == set(pip_lines)
+    manifest = json.loads((out / f"{NAME}.manifest.json").read_text())
+    commits = {c["version"] for c in comps if c["bom-ref"].startswith("git:")}
+    assert commits == {s["commit"] for s in manifest["sources"]} and commits
+    files = {c["name"]: c["hashes"][0]["content"] for c in comps if c["type"] == "file"}
+    kernel = hashlib.sha256((out / f"{NAME}.kernel").read_bytes()).hexdigest()
+    assert files[f"{NAME}.kernel"] == kernel
+    assert manifest["inputs"]["base"]["sha256"] in files.values()
+    assert len([c for c in comps if c.get("scope") == "excluded"]) == 2  # base image and Media1 ISO
+
+
 def test_boot_test_saw_the_agent(built):
     assert "lookup" in built["log"] and "heartbeat" in built["log"]
 
