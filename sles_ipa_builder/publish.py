@@ -37,6 +37,7 @@ from typing import Any
 
 from . import run
 from .errors import BuildError, ConfigError, InputError
+from .ramdisk import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -135,14 +136,6 @@ def collect(output_dir: Path, name: str) -> list[tuple[Path, str]]:
     return found
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(4 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_sums(output_dir: Path, name: str, digests: dict[str, str]) -> None:
     sums = output_dir / f"{name}.sha256"
     if not sums.is_file():
@@ -200,7 +193,7 @@ def _canonical(doc: dict[str, Any]) -> bytes:
 def write_layout(output_dir: Path, name: str, arch: str, layout_dir: Path, tag: str) -> Published:
     """Add the artifacts to an OCI image layout under `tag` (the directory is made if missing)."""
     files = collect(output_dir, name)
-    digests = {p.name: _digest(p) for p, _ in files}
+    digests = {p.name: sha256_file(p) for p, _ in files}
     _check_sums(output_dir, name, digests)
     if layout_dir.exists() and not layout_dir.is_dir():
         raise InputError(f"{layout_dir} is not a directory", "give a directory for the OCI layout")
