@@ -86,6 +86,15 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
 
 
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, read in large chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def file_sha256(path: Path) -> str:
     """sha256 of a file, remembered by (path, size, mtime_ns, inode) so a 1 GB qcow2 is hashed once."""
     st = path.stat()
@@ -95,11 +104,7 @@ def file_sha256(path: Path) -> str:
     known = _read_json(index_path).get(real)
     if isinstance(known, dict) and known.get("stamp") == stamp:
         return str(known["sha256"])
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    digest = h.hexdigest()
+    digest = sha256_file(path)
     with locked(index_path):
         index = _read_json(index_path)
         index[real] = {"stamp": stamp, "sha256": digest}

@@ -25,11 +25,12 @@ from typing import IO, Any
 
 from . import log, sbom, sign
 from .arch import HOST_DEFAULT, Arch
+from .cache import sha256_file
 from .compress import Compression, check_kernel_support
 from .cuts import PruneSettings
 from .errors import BuildError
 from .inventory import list_packages
-from .ramdisk import HashingWriter, Kernel, PackResult, find_kernel, pack, sha256_file
+from .ramdisk import HashingWriter, Kernel, PackResult, find_kernel, pack
 from .sizereport import analyze, render
 
 logger = logging.getLogger(__name__)

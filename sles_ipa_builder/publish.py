@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from . import run
+from .cache import sha256_file
 from .errors import BuildError, ConfigError, InputError
-from .ramdisk import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ from typing import IO
 
 from . import cpio, log
 from .arch import HOST_DEFAULT, Arch
+from .cache import sha256_file
 from .compress import Compression, Compressor, check_kernel_support
 from .cuts import Cut, PruneSettings, size_of
 from .errors import BuildError, InputError
@@ -222,14 +223,6 @@ class HashingWriter:
 
     def flush(self) -> None:
         self.f.flush()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(4 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass

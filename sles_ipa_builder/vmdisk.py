@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import run
+from .cache import sha256_file
 from .errors import CommandError, ConfigError, InputError
-from .ramdisk import sha256_file
 
 MiB = 2**20
 SECTOR = 512
