@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import publish, servicepack, sign
+from . import repos as repositories
 from .arch import Arch
 from .compress import Compression
 from .cuts import PruneSettings
@@ -102,9 +103,11 @@ class Config:
     iso_name: str | None
     sles_release: str
     service_pack: str
+    sles_python: str | None
     install_type: str
     image_platform: str
     repos: list[str]
+    repo_credentials: list[Path]
     elements: list[str]
     elements_path: list[Path]
     ipa_repo: str
@@ -198,8 +201,8 @@ class Config:
 
     @property
     def python(self) -> str:
-        """Interpreter for the IPA venv (servicepack.PYTHON)."""
-        return servicepack.python(self.service_pack)
+        """Interpreter for the IPA venv: sles_python, else the service pack's (servicepack.py)."""
+        return self.sles_python or servicepack.python(self.service_pack)
 
     @property
     def prune(self) -> PruneSettings:
@@ -211,7 +214,7 @@ class Config:
 
     @property
     def iso_file_name(self) -> str:
-        return self.iso_name or f"{self.sles_release}-{self.service_pack}-Full-{self.arch.suse}-GM-Media1.iso"
+        return self.iso_name or servicepack.iso_name(self.sles_release, self.service_pack, self.arch.suse)
 
     @property
     def iso_path(self) -> Path:
@@ -220,10 +223,9 @@ class Config:
 
     def base_image_candidates(self) -> list[Path]:
         """Names the base image may have in images_dir: SUSE's download name and the seed's name."""
-        tail = f"{self.install_type}.{self.arch.suse}-{self.image_platform}.qcow2"
-        names = [f"{self.sles_release.replace('SLE-', 'SLES')}-{self.service_pack}-{tail}",
-                 f"{self.sles_release}-{self.service_pack}-{tail}"]
-        return [self.images_dir / n for n in dict.fromkeys(names)]
+        names = servicepack.base_image_names(self.sles_release, self.service_pack, self.install_type,
+                                             self.arch.suse, self.image_platform)
+        return [self.images_dir / n for n in names]
 
     def source_env(self) -> dict[str, str]:
         """DIB_REPOLOCATION_/DIB_REPOREF_ of every source the user set: the seed's three repositories
@@ -243,6 +245,8 @@ class Config:
         value = self.value(key)
         if BY_KEY[key].secret and value:
             return "***"
+        if key == "repos":  # a URL may carry a password or a token
+            return [repositories.mask(u) for u in value]
         return value
 
     def shown_settings(self) -> dict[str, Any]:
@@ -267,7 +271,6 @@ class Config:
             "DIB_SLES_INSTALL_TYPE": self.install_type,
             "DIB_SLES_IMAGE_TARGET_PLATFORM": self.image_platform,
             "DIB_SLES_ISO_REPO_FILE": self.iso_file_name,
-            "DIB_SLES_PYTHON": self.python,
             "DIB_ADDITIONAL_IPA_KERNEL_MODULES": self.kernel_modules,
             "DIB_IPA_ENABLE_RESCUE": "true" if self.enable_rescue else "false",
             "IPA_REMOVE_FIRMWARE": self.remove_firmware,
@@ -290,12 +293,16 @@ class Config:
             "DIB_DEV_USER_AUTHORIZED_KEYS": self.dev_user_authorized_keys,
         }
         env.update(seed)
+        env.update(servicepack.hook_env(self.service_pack, self.python))
         env.update({k: str(val) for k, val in optional.items() if val not in (None, "")})
         return env
 
     def secrets(self) -> list[str]:
         """Secret values, so logs and manifests can be checked for them."""
-        return [str(self.value(s.key)) for s in SETTINGS if s.secret and self.value(s.key)]
+        out = [str(self.value(s.key)) for s in SETTINGS if s.secret and self.value(s.key)]
+        out += [secret for r in repositories.parse(self.repos) for secret in r.secrets()]
+        out += [c.password for c in repositories.load_credentials(self.repo_credentials).values() if c.password]
+        return out
 
 
 def load_toml(path: Path) -> dict[str, Any]:
@@ -411,5 +418,8 @@ def validate(cfg: Config) -> None:
     if cfg.base_tree is not None and not cfg.base_tree.is_dir():
         raise ConfigError(f"base tree {cfg.base_tree} is not a directory", "give an extracted root filesystem")
     cfg.break_points  # noqa: B018 - phase.py parses break points, here as at the build
+    creds = repositories.load_credentials(cfg.repo_credentials)
+    for repo in repositories.parse(cfg.repos):
+        repositories.credentials_for(repo, creds)
     if not cfg.elements:
         raise ConfigError("the element list is empty", "give at least an operating-system element such as sles")

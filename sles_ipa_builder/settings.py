@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from . import servicepack
 from .arch import ARCHES, HOST_DEFAULT
 from .cuts import DEFAULT_CUT, MODULE_CLASSES
 
@@ -63,14 +64,19 @@ SETTINGS: tuple[Setting, ...] = (
     S("iso_name", None, "str", "Media1 ISO file name in images_dir (default SLE-15-<SP>-Full-<arch>-GM-Media1.iso).",
       ("DIB_SLES_ISO_REPO_FILE",), flag=False),
     S("sles_release", "SLE-15", "str", "SLES release used in the image names.", ("DIB_SLES_RELEASE",), flag=False),
-    S("service_pack", "SP4", "str", "SLES service pack (SP4 uses python3.10, SP5 and later python3.11).",
+    S("service_pack", servicepack.DEFAULT, "str", "SLES service pack, SP4 to SP7 (see servicepack.py).",
       ("DIB_SLES_SERVICE_PACK",)),
+    S("sles_python", None, "choice", "Interpreter of the IPA venv (default: python3.11; on SP4 python3.11 when "
+      "a repository provides python311, else python3.10).", ("DIB_SLES_PYTHON",), choices=(servicepack.PY310,
+      servicepack.PY311), flag_name="python"),
     S("install_type", "Minimal-VM", "str", "Image type in the base image name.", ("DIB_SLES_INSTALL_TYPE",),
       flag=False),
     S("image_platform", "OpenStack-Cloud-GM", "str", "Platform in the base image name.",
       ("DIB_SLES_IMAGE_TARGET_PLATFORM",), flag=False),
-    S("repos", [], "list", "Extra zypper repositories (URLs) added next to the Media1 modules.", ("SIB_REPOS",),
-      flag_name="repo"),
+    S("repos", [], "list", "Extra zypper repositories (URLs) added next to the Media1 modules; with them the "
+      "ISO is optional.", ("SIB_REPOS",), flag_name="repo"),
+    S("repo_credentials", [], "pathlist", "zypper credentials files (or credentials.d directories) for repository "
+      "URLs that name them with ?credentials=NAME.", ("SIB_REPO_CREDENTIALS",)),
     # --- elements
     S("elements", DEFAULT_ELEMENTS, "list", "Element list (replaces the default list).", ("SIB_ELEMENTS",)),
     S("elements_path", [], "pathlist", "Extra element directories, searched before the built-in hooks/.",

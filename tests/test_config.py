@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sles_ipa_builder import config
+from sles_ipa_builder import config, servicepack
 from sles_ipa_builder.errors import ConfigError
 from sles_ipa_builder.settings import SETTINGS
 
@@ -79,18 +79,42 @@ def test_booleans(text, expected):
 
 def test_images_dir_and_both_base_image_names(tmp_path):
     cfg = resolve(env={"DIB_SLES_OFFLINE_TARGET_DIR": str(tmp_path)})
+    assert cfg.service_pack == "SP7"  # the upstream's default since 2025-08
     names = [p.name for p in cfg.base_image_candidates()]
     assert names == [
-        "SLES15-SP4-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2",
-        "SLE-15-SP4-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2",
+        "SLES15-SP7-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2",
+        "SLE-15-SP7-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2",
     ]
     assert all(p.parent == tmp_path for p in cfg.base_image_candidates())
-    assert cfg.iso_file_name == "SLE-15-SP4-Full-x86_64-GM-Media1.iso"
+    assert cfg.iso_file_name == "SLE-15-SP7-Full-x86_64-GM-Media1.iso"
+
+
+@pytest.mark.parametrize("sp", ["SP4", "SP5", "SP6", "SP7"])
+def test_every_first_class_service_pack_names_its_media(sp):
+    cfg = resolve(env={"DIB_SLES_SERVICE_PACK": sp})
+    assert cfg.iso_file_name == f"SLE-15-{sp}-Full-x86_64-GM-Media1.iso"
+    assert [p.name for p in cfg.base_image_candidates()][0] == f"SLES15-{sp}-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2"
+    env = cfg.hook_env()
+    assert env["DIB_SLES_SERVICE_PACK"] == sp and env["DIB_RELEASE"] == f"15.{sp[2:]}"
+    assert env["DIB_SLES_PYTHON_PACKAGE"] == env["DIB_SLES_PYTHON"].replace(".", "")
+    assert env["DIB_SLES_PKG_MKINITRD"] == ("mkinitrd" if sp == "SP4" else "dracut-mkinitrd-deprecated")
 
 
 def test_python_per_service_pack():
-    assert resolve().python == "python3.10"
+    assert resolve().python == "python3.11"
+    assert resolve(env={"DIB_SLES_SERVICE_PACK": "SP4"}).python == "python3.10"  # the GM media's
     assert resolve(env={"DIB_SLES_SERVICE_PACK": "SP5"}).python == "python3.11"
+    assert resolve(env={"DIB_SLES_SERVICE_PACK": "SP9"}).python == "python3.11"  # newer than the table
+    # SP4 takes python311 when a repository provides it (the update channel), else python310
+    sp4 = servicepack.facts("SP4")
+    assert sp4.python_for(lambda name: name == "python311") == "python3.11"
+    assert sp4.python_for(lambda name: False) == "python3.10"
+    assert servicepack.facts("SP7").python_for(lambda name: False) == "python3.11"
+    # an explicit choice wins, and a wrong one is refused
+    cfg = resolve(env={"DIB_SLES_SERVICE_PACK": "SP4", "DIB_SLES_PYTHON": "python3.11"})
+    assert cfg.python == "python3.11" and cfg.hook_env()["DIB_SLES_PYTHON_PACKAGE"] == "python311"
+    with pytest.raises(ConfigError, match="not one of"):
+        resolve(env={"DIB_SLES_PYTHON": "python3.6"})
 
 
 @pytest.mark.parametrize("env,fragment", [

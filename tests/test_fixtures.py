@@ -76,7 +76,7 @@ def test_iso_lists_products_and_each_is_a_repository(iso: Any) -> None:
     rows = _products(iso)
     dirs = {row[0].lstrip("/") for row in rows}
     assert REQUIRED_DIRS <= dirs
-    assert ["/Module-Basesystem", "sle-module-basesystem", "15.4-0"] in rows
+    assert ["/Module-Basesystem", "sle-module-basesystem", "15.7-0"] in rows
     for d in dirs:
         assert b"<repomd" in _read(iso, f"/{d}/repodata/repomd.xml"), d
     assert _read(iso, "/media.1/media").splitlines()[1].endswith(b"Media1")
@@ -210,11 +210,11 @@ def test_profile_points_at_the_media(media: Any) -> None:
 
     profile = tomllib.loads(media.profile.read_text())
     assert Path(profile["base_image"]) == media.base_ext4 and Path(profile["iso"]) == media.iso
-    assert profile["env"]["DIB_SLES_SERVICE_PACK"] == "SP5"
+    assert "DIB_SLES_SERVICE_PACK" not in profile["env"]  # the default (SP7) names the files
     assert profile["env"]["DIB_REPOLOCATION_ironic_python_agent"] == media.repos["ironic-python-agent"]
     assert "not_suse" in profile["fixture"]
-    assert (media.images_dir / "SLES15-SP4-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2").is_file()
-    assert (media.images_dir / "SLE-15-SP4-Full-x86_64-GM-Media1.iso").is_file()
+    assert (media.images_dir / "SLES15-SP7-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2").is_file()
+    assert (media.images_dir / "SLE-15-SP7-Full-x86_64-GM-Media1.iso").is_file()
 
 
 def test_second_ensure_is_a_fast_cache_hit(media: Any) -> None:

@@ -235,19 +235,19 @@ def test_base_tree_is_copied(tmp_path: Path) -> None:
 
 
 def test_missing_image_lists_names(tmp_path: Path) -> None:
-    with pytest.raises(InputError, match=r"no base image in .*SLES15-SP4-Minimal-VM.*SLE-15-SP4-Minimal-VM"):
+    with pytest.raises(InputError, match=r"no base image in .*SLES15-SP7-Minimal-VM.*SLE-15-SP7-Minimal-VM"):
         image.prepare_root(cfg(images_dir=str(tmp_path)), tmp_path / "root")
     with pytest.raises(InputError, match="base image .* not found"):
         image.prepare_root(cfg(base_image=tmp_path / "nope.qcow2"), tmp_path / "root")
 
 
 def test_found_by_download_name(tmp_path: Path) -> None:
-    (tmp_path / "SLE-15-SP4-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2").write_bytes(b"x")
-    assert image.find_image(cfg(images_dir=str(tmp_path))).name.startswith("SLE-15-SP4")
+    (tmp_path / "SLE-15-SP7-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2").write_bytes(b"x")
+    assert image.find_image(cfg(images_dir=str(tmp_path))).name.startswith("SLE-15-SP7")
 
 
 def test_not_a_disk_image(tmp_path: Path) -> None:
-    f = tmp_path / "SLES15-SP4-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2"
+    f = tmp_path / "SLES15-SP7-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2"
     f.write_bytes(b"<html>not found</html>" * 100)
     with pytest.raises(InputError, match="is not a disk image"):
         image.prepare_root(cfg(images_dir=str(tmp_path)), tmp_path / "root")
@@ -258,7 +258,7 @@ def test_truncated_qcow2(tmp_path: Path) -> None:
     whole = tmp_path / "whole.qcow2"
     run.run(["qemu-img", "create", "-q", "-f", "qcow2", whole, "64M"])
     run.run(["qemu-io", "-c", "write -P 0x5a 0 32M", whole], capture=True)
-    cut = tmp_path / "SLES15-SP4-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2"
+    cut = tmp_path / "SLES15-SP7-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2"
     cut.write_bytes(whole.read_bytes()[: 16 << 20])
     assert image.sniff(whole) == "qcow2"
     with pytest.raises(InputError, match="is a damaged qcow2"):
@@ -309,8 +309,8 @@ def test_root_from_fixture_images(fixture_media: Any, tmp_path: Path, variant: s
 
 def test_default_image_search_uses_fixture_names(tmp_path: Path) -> None:
     # the fixtures put the qcow2 in images_dir under SUSE's download name; the config's candidates find it
-    (tmp_path / "SLES15-SP4-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2").write_bytes(b"QFI\xfb")
-    assert image.find_image(cfg(images_dir=str(tmp_path))).name.startswith("SLES15-SP4")
+    (tmp_path / "SLES15-SP7-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2").write_bytes(b"QFI\xfb")
+    assert image.find_image(cfg(images_dir=str(tmp_path))).name.startswith("SLES15-SP7")
 
 
 @pytest.mark.guestfs
