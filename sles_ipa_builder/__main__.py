@@ -18,7 +18,7 @@ from .errors import BuildError
 from .settings import SETTINGS, Setting
 
 # Flags with a shape of their own (lists take several words; bools get --x/--no-x).
-LIST_FLAGS = {"elements", "elements_path", "repos"}
+LIST_FLAGS = {"elements", "elements_path", "repos", "repo_credentials"}
 BUILD_ONLY = {"boot_timeout", "boot_memory"}
 
 

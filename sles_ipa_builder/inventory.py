@@ -116,8 +116,9 @@ def rpm_query(tree: Path, qf: str) -> list[str]:
             raise BuildError(f"{e.message}; {e2.message}", e.hint) from None
 
 
-def list_packages(tree: Path, venv: str = "opt/ironic-python-agent") -> str:
-    """The `<name>.packages` text: rpm -qa of the tree, then the IPA venv's pip freeze."""
+def list_packages(tree: Path, venv: str = "opt/ironic-python-agent", sources: dict[str, str] | None = None) -> str:
+    """The `<name>.packages` text: rpm -qa of the tree, the IPA venv's pip freeze, then the repository
+    each package the build installed came from (`sources`, name -> repository; secrets masked)."""
     lines = ["# rpm -qa"]
     if find_rpmdb(tree) is None:
         lines.append("# (no rpm database in the tree)")
@@ -129,6 +130,9 @@ def list_packages(tree: Path, venv: str = "opt/ironic-python-agent") -> str:
             lines.append(f"# (rpm database not readable: {e.message.split(';')[0]})")
     lines += ["", f"# pip freeze (/{venv})"]
     lines += pip_freeze(tree / venv) if (tree / venv).is_dir() else ["# (no venv)"]
+    if sources:
+        lines += ["", "# repository of each package this build installed (zypper history; the rest came with the base)"]
+        lines += [f"{name} {repo}" for name, repo in sources.items()]
     return "\n".join(lines) + "\n"
 
 

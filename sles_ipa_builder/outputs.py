@@ -159,7 +159,7 @@ def _hash_staged(st: Staging, suffix: str) -> None:
 
 
 def write_packages(st: Staging) -> None:
-    st.staged("packages").write_text(list_packages(st.tree))
+    st.staged("packages").write_text(list_packages(st.tree, sources=st.manifest.get("package_repositories")))
     _hash_staged(st, "packages")
 
 

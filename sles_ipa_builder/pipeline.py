@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from pathlib import Path
 
-from . import __version__, boottest, image, media, phases, plan, publish, wheels
+from . import __version__, boottest, image, media, phases, plan, publish, repos, servicepack, wheels
 from . import log as logmod
 from .config import Config
 from .context import BuildContext
@@ -23,24 +24,59 @@ from .results import show
 log = logging.getLogger(__name__)
 
 
+def iso_optional(cfg: Config) -> bool:
+    """With --repo URLs and no ISO given or found by name, the repositories alone provide the packages."""
+    return bool(cfg.repos) and cfg.iso is None and not cfg.iso_path.is_file()
+
+
 def check_inputs(ctx: BuildContext) -> None:
     """Missing or wrong inputs the plan reads stop the build before any work, not after a minute of
     extraction. Both checks are cheap: the image's first KiB, the ISO's directory records. The opened
     media is kept, so the build does not index the ISO twice."""
     cfg = ctx.cfg
-    wanted = {"base image": plan.needs(ctx, "10-sles-image"), "Media1 ISO": plan.needs(ctx, "05-media-repositories")}
+    wanted = {"base image": plan.needs(ctx, "10-sles-image"),
+              "Media1 ISO": plan.needs(ctx, "05-media-repositories") and not iso_optional(cfg)}
+    if plan.needs(ctx, "05-media-repositories") and iso_optional(cfg):
+        log.info("no Media1 ISO (%s): packages come from the --repo repositories only", cfg.iso_path)
     for c in input_checks(cfg):
         if wanted.get(c.name, True) and not c.ok:
             raise InputError(f"{c.name} not found: {c.detail}",
                              "put the files in images_dir (DIB_SLES_OFFLINE_TARGET_DIR) or give --base-image/--iso")
     if wanted["base image"]:
         image.sniff(image.find_image(cfg))
-    if wanted["Media1 ISO"]:
+    if wanted["Media1 ISO"] and ctx.media is None:
         ctx.media = media.open_media(cfg.iso_path)
 
 
+def settle(cfg: Config) -> tuple[Config, media.Media | None]:
+    """Before the plan: every --repo must answer with rpm-md metadata (else exit 2, naming it), and a
+    service pack whose python depends on the repositories (SP4: python311 from the update channel)
+    gets it decided. Returns the config to build with and the ISO when it was opened for that."""
+    user = repos.parse(list(cfg.repos))
+    creds = repos.load_credentials(list(cfg.repo_credentials))
+    provided: dict[str, set[str]] = {}
+    if not cfg.offline:  # offline, remote repositories are not contacted: zypper uses their cache
+        for r in user:
+            provided[r.shown] = repos.probe(r, creds, cfg.ca_bundle)
+            log.info("repository %s: %d packages", r.shown, len(provided[r.shown]))
+    sp = servicepack.facts(cfg.service_pack)
+    if cfg.sles_python is not None or not sp.may_change_python:
+        return cfg, None
+    opened = None
+    if not iso_optional(cfg) and cfg.iso_path.is_file():
+        opened = media.open_media(cfg.iso_path)
+        provided[f"the Media1 ISO {cfg.iso_path.name}"] = repos.media_packages(opened)
+    where = next((name for name, names in provided.items() if sp.python_if in names), None)
+    python = sp.python_for(lambda pkg: where is not None)
+    source = f"{sp.python_if} in {where}" if where else f"{sp.name}: no repository provides {sp.python_if}"
+    log.info("IPA venv python: %s (%s)", python, source)
+    return replace(cfg, sles_python=python, sources={**cfg.sources, "sles_python": source}), opened
+
+
 def build(cfg: Config) -> Artifacts | None:
+    cfg, opened = settle(cfg)
     ctx = plan.make(cfg)
+    ctx.media = opened
     check_inputs(ctx)
     wheels.check_offline(ctx)
     phases.prepare_workspace(ctx)

@@ -9,12 +9,14 @@ import logging
 import re
 from pathlib import Path
 
-from . import agenttools, cuts, image, media, zypper
+from . import agenttools, cuts, image, media, repos, zypper
 from .context import BuildContext
 from .errors import BuildError, ConfigError
 from .target import run_in_target, run_zypper
 
 log = logging.getLogger(__name__)
+
+HISTORY = "var/log/zypp/history"
 
 
 def root_step(ctx: BuildContext) -> None:
@@ -25,21 +27,27 @@ def root_step(ctx: BuildContext) -> None:
 
 
 def media_step(ctx: BuildContext) -> None:
-    """The Media1 modules (and any --repo) as zypper repositories, served from the ISO on loopback."""
-    m = ctx.media or media.open_media(ctx.cfg.iso_path)
-    url = media.serve(m, ctx.stack)
-    local = media.repo_urls(m, url)
-    repos = local + zypper.remote_aliases(list(ctx.cfg.repos))
-    zypper.write_repos(ctx.root, repos)
+    """The Media1 modules (and any --repo) as zypper repositories, served from the ISO on loopback.
+    With --repo URLs the ISO is optional (the input checks leave ctx.media None when there is none)."""
+    cfg = ctx.cfg
+    m = ctx.media
+    if m is None and (not cfg.repos or cfg.iso is not None or cfg.iso_path.is_file()):
+        m = media.open_media(cfg.iso_path)
+    local = media.repo_urls(m, media.serve(m, ctx.stack)) if m is not None else []
+    user = repos.parse(list(cfg.repos))
+    remote = [(r.alias, r.url) for r in user]
+    repos.write_credentials(ctx.root, user, repos.load_credentials(list(cfg.repo_credentials)))
+    zypper.write_repos(ctx.root, local + remote)
     zypper.zypp_conf(ctx.root)
-    ctx.zypper_repos = repos
+    ctx.zypper_repos = local + remote
     # offline, only the media's repositories are refreshed: remote ones keep what was cached
-    ctx.refresh_aliases = [alias for alias, _ in local] if ctx.cfg.offline else None
-    ctx.env["SIB_MEDIA_IDENTITY"] = m.identity
+    ctx.refresh_aliases = [alias for alias, _ in local] if cfg.offline else None
+    ctx.env["SIB_MEDIA_IDENTITY"] = m.identity if m is not None else "none"
     ctx.manifest.setdefault("inputs", {})["media"] = {
-        "iso": str(ctx.cfg.iso_path),
-        "identity": m.identity,
-        "repositories": [alias for alias, _ in repos],
+        "iso": str(cfg.iso_path) if m is not None else None,
+        "identity": m.identity if m is not None else None,
+        "repositories": [alias for alias, _ in local + remote],
+        "remote": {r.alias: r.shown for r in user},
     }
 
 
@@ -60,25 +68,44 @@ def python_floor(src: Path) -> tuple[tuple[int, int], str] | None:
 
 
 def python_check_step(ctx: BuildContext) -> None:
-    """IPA 12+ needs Python 3.11 and SP4 has 3.10: say so now, not after the package installs.
+    """IPA 12+ needs Python 3.11; SP4's GM media has 3.10: say so now, not after the package installs.
     (60-ironic-python-agent-ramdisk-install checks again in the target, for other users of the hook.)"""
     src = ctx.root / "tmp/ironic-python-agent"
     found = python_floor(src)
     have = re.fullmatch(r"python(\d+)\.(\d+)", ctx.env.get("DIB_SLES_PYTHON", ""))
     if found and have and (int(have.group(1)), int(have.group(2))) < found[0]:
         older_ipa = "pick an IPA release that supports it (IPA_REF and OPENSTACK_REQUIREMENTS_REF"
-        hint = (f"build from SP5 or later media (DIB_SLES_SERVICE_PACK, python3.11), or {older_ipa}, e.g. "
-                "stable/2026.1 for IPA 11.x)" if found[0] <= (3, 11) else
+        hint = ("add a repository that provides python311 (SP4's update channel, --repo URL), build from "
+                f"SP5 or later media (DIB_SLES_SERVICE_PACK), or {older_ipa}, e.g. stable/2026.1 for IPA 11.x)"
+                if found[0] <= (3, 11) else
                 f"no SLES 15 python310/python311 satisfies it: {older_ipa} of an older OpenStack release)")
         raise ConfigError(f"this ironic-python-agent requires Python {found[1]}, but service pack "
                           f"{ctx.cfg.service_pack} gives the IPA venv {have.group(0)}", hint)
 
 
 def unconfigure_step(ctx: BuildContext) -> None:
-    """No repository pointing at a loopback port of the build is left in the image."""
+    """No repository pointing at a loopback port of the build, and no credentials, are left in the image.
+    Before they go, zypper's history says which repository each installed package came from."""
+    ctx.manifest["package_repositories"] = installed_from(ctx.root, dict(ctx.zypper_repos),
+                                                         dict(ctx.manifest.get("inputs", {}).get("media", {})
+                                                              .get("remote", {})))
     zypper.remove_repos(ctx.root, [alias for alias, _ in ctx.zypper_repos])
+    repos.remove_credentials(ctx.root, repos.load_credentials(list(ctx.cfg.repo_credentials)))
 
 
+def installed_from(root: Path, aliases: dict[str, str], shown: dict[str, str]) -> dict[str, str]:
+    """package name -> repository alias (with a user repository's masked URL), from /var/log/zypp/history.
+    Only this build's repositories count; a package installed twice keeps its last source."""
+    history = root / HISTORY
+    out: dict[str, str] = {}
+    if not history.is_file():
+        return out
+    for line in history.read_text(errors="replace").splitlines():
+        fields = line.split("|")
+        if len(fields) > 6 and fields[1] == "install" and fields[6] in aliases:
+            alias = fields[6]
+            out[fields[2]] = f"{alias} {shown[alias]}" if alias in shown else alias
+    return dict(sorted(out.items()))
 
 
 def cut_step(ctx: BuildContext) -> None:

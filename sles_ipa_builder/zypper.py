@@ -19,16 +19,18 @@ every repository on every call.
 
 from __future__ import annotations
 
-import hashlib
 import re
+import urllib.parse
 from pathlib import Path
 
+from . import repos
 from .cache import cache_dir
 
 REPOS_D = "etc/zypp/repos.d"
 ZYPP_CONF = "etc/zypp/zypp.conf"
 ZYPPER = ["zypper", "--non-interactive", "--gpg-auto-import-keys"]
 NO_PROXY_HOSTS = "127.0.0.1,localhost"
+USER_PRIORITY = 90  # zypper: lower wins; the media's repositories keep the default 99
 
 # Settings the build wants in the target's zypp.conf: no docs in the ramdisk, no recommended packages.
 ZYPP_SETTINGS = {
@@ -43,13 +45,18 @@ def _alias_ok(alias: str) -> str:
     return alias
 
 
+def _loopback_http(url: str) -> bool:
+    p = urllib.parse.urlsplit(url)
+    return p.scheme == "http" and p.hostname in ("127.0.0.1", "localhost")
+
+
 def is_local(url: str) -> bool:
-    return url.startswith(("http://127.0.0.1", "http://localhost", "dir:", "file:", "iso:"))
+    return _loopback_http(url) or url.startswith(("dir:", "file:", "iso:"))
 
 
 def local_url(url: str) -> str:
     """The URL as zypper should see it: loopback URLs get proxy=_none_ (libzypp's 'never a proxy')."""
-    if url.startswith(("http://127.0.0.1", "http://localhost")) and "proxy=" not in url:
+    if _loopback_http(url) and "proxy=" not in url:
         return url + ("&" if "?" in url else "?") + "proxy=_none_"
     return url
 
@@ -82,15 +89,17 @@ def write_repos(root: Path, repos: list[tuple[str, str]], *, keep_packages: bool
         local = is_local(url)
         keep = (not local) if keep_packages is None else keep_packages
         path = d / f"{_alias_ok(alias)}.repo"
-        path.write_text(repo_file(alias, url, keep_packages=keep, gpgcheck=not local))
+        # the user's repositories (an update channel) win over the media's packages
+        priority = USER_PRIORITY if alias.startswith("user-") else 99
+        path.write_text(repo_file(alias, url, keep_packages=keep, gpgcheck=not local, priority=priority))
         written.append(path)
     return written
 
 
 def remote_aliases(urls: list[str]) -> list[tuple[str, str]]:
-    """Aliases for the user's extra repositories (`repos` setting), named by their URL: the zypper cache
-    (metadata, kept packages) of one URL is never taken for another when the --repo list changes."""
-    return [(f"user-{hashlib.sha256(url.encode()).hexdigest()[:12]}", url) for url in urls]
+    """Aliases for the user's extra repositories (`repos` setting), named by their URL with secrets masked
+    (repos.Repo.alias): the zypper cache of one URL is never taken for another when the list changes."""
+    return [(r.alias, r.url) for r in repos.parse(urls)]
 
 
 def remove_repos(root: Path, aliases: list[str]) -> None:
