@@ -65,7 +65,7 @@ def summary(args: argparse.Namespace, cli: dict[str, Any]) -> int:
     e.add_column("pulled in by")
     e.add_column("path")
     for el in info["elements"]:
-        e.add_row(el["name"], el["by"], el["path"])
+        e.add_row(el["name"], el["by"], el["path"] + (" (replaces the built-in)" if el["replaces_builtin"] else ""))
     tables.append(e)
     for stage, steps in groupby(info["steps"], key=lambda s: (s["stage"], s["where"])):
         p = Table(title=f"{stage[0]} ({stage[1]})")
@@ -75,7 +75,7 @@ def summary(args: argparse.Namespace, cli: dict[str, Any]) -> int:
             p.add_row(step["name"], step["element"], step["kind"])
         tables.append(p)
     if info["replaced"]:
-        r = Table(title="Native steps replaced by a user's script")
+        r = Table(title="Replaced by your elements and scripts")
         r.add_column("replaced")
         for line in info["replaced"]:
             r.add_row(line)

@@ -54,7 +54,7 @@ class BuildContext:
     source_repos: list[SourceRepo] = field(default_factory=list)
     packages: PackageLists = field(default_factory=PackageLists)
     steps: list[Step] = field(default_factory=list)  # the plan: every step in run order, outputs included
-    replaced: list[str] = field(default_factory=list)  # native steps a user's script of the same name replaced
+    replaced: list[str] = field(default_factory=list)  # built-in elements and native steps the user's replaced
     # --- state of the running build
     media: Media | None = None  # the Media1 ISO, opened once by the input checks
     refresh_aliases: list[str] | None = None  # zypper repositories to refresh (None: all)

@@ -113,6 +113,25 @@ def _builtin(el: elements.Element) -> bool:
     return el.path is None or el.path.resolve().parent == elements.HOOKS_DIR.resolve()
 
 
+def _shadows_builtin(el: elements.Element) -> bool:
+    """A user's element with the name of one of ours: it replaces ours completely."""
+    return not _builtin(el) and (elements.HOOKS_DIR / el.name).is_dir()
+
+
+def _overrides(ctx: BuildContext) -> list[str]:
+    """One line per built-in element a user's element replaced, with the native steps that went with it."""
+    out = []
+    for el in ctx.elements:
+        if not _shadows_builtin(el):
+            continue
+        natives = [f"{n.phase.dir}/{n.name}" for n in NATIVES if n.element == el.name and n.owned]
+        if el.name == "sles-ipa-ramdisk-base":
+            natives.append("the outputs")
+        gone = f", with its native steps {', '.join(natives)}" if natives else ""
+        out.append(f"element {el.name}: the built-in one replaced by {el.path}{gone}")
+    return out
+
+
 def _phase_steps(ctx: BuildContext, phase: Phase, natives: list[Native]) -> list[Step]:
     items = {s.name: Step(phase, s.name, s.element) for s in ctx.tree.scripts(phase.dir)}
     for n in natives:
@@ -203,6 +222,7 @@ def make(cfg: Config, *, breakpoints: set[str] | None = None) -> BuildContext:
     ctx.source_repos = elements.source_repos(ctx.elements, ctx.phase_env)
     ctx.packages = packages.collect(ctx.elements, ctx.phase_env)
     ctx.steps = steps(ctx)
+    ctx.replaced[:0] = _overrides(ctx)
     return ctx
 
 
@@ -217,7 +237,7 @@ def describe(ctx: BuildContext) -> dict[str, Any]:
     return {
         "elements": [
             {"name": e.name, "by": e.pulled_by or "requested", "path": str(e.path) if e.path else "(native)",
-             "builtin": _builtin(e)}
+             "builtin": _builtin(e), "replaces_builtin": _shadows_builtin(e)}
             for e in ctx.elements
         ],
         "steps": [s.describe() for s in ctx.steps],
