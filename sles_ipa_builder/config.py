@@ -120,6 +120,8 @@ class Config:
     kernel_modules: str
     ipa_cert: Path | None
     enable_rescue: bool
+    install_ssh: bool
+    install_debug_tools: bool
     remove_firmware: str
     hardware_package: str | None
     hardware_version: str | None
@@ -274,6 +276,8 @@ class Config:
             "DIB_ADDITIONAL_IPA_KERNEL_MODULES": self.kernel_modules,
             "DIB_IPA_ENABLE_RESCUE": "true" if self.enable_rescue else "false",
             "IPA_REMOVE_FIRMWARE": self.remove_firmware,
+            "DIB_IPA_INSTALL_SSH": "true" if self.install_ssh else "false",
+            "DIB_IPA_INSTALL_DEBUG_TOOLS": "true" if self.install_debug_tools else "false",
             "IRONIC_LIB_FROM_SOURCE": "true" if self.ironic_lib_from_source else "false",
             "DIB_IPA_CERT_HOSTNAME": self.tls_cert_hostname,
             "DIB_IPA_CERT_EXPIRATION": str(self.tls_cert_expiration),
@@ -387,6 +391,8 @@ def _apply_seed_switches(values: dict[str, Any], sources: dict[str, str]) -> Non
             values["dev_user_password"], sources["dev_user_password"] = "test", "dev_user_pass (seed default)"
         if values["dev_user_pwdless_sudo"] is None:
             values["dev_user_pwdless_sudo"], sources["dev_user_pwdless_sudo"] = "yes", "dev_user_pass"
+    if values["dev_user_ssh"] and sources["install_ssh"] == "default":
+        values["install_ssh"], sources["install_ssh"] = True, "dev_user_ssh"
     if values["dev_user_ssh"] and values["dev_user_authorized_keys"] is None:
         values["dev_user_authorized_keys"] = values["dev_user_ssh_path"]
         sources["dev_user_authorized_keys"] = "dev_user_ssh_path"
