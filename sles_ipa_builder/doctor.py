@@ -78,7 +78,11 @@ def input_checks(cfg: Config) -> list[Check]:
         out.append(Check("base image", found is not None,
                          str(found) if found else "none of: " + ", ".join(str(p) for p in candidates)))
     iso = cfg.iso_path
-    out.append(Check("Media1 ISO", iso.is_file() and os.access(iso, os.R_OK), str(iso)))
+    readable = iso.is_file() and os.access(iso, os.R_OK)
+    # with --repo URLs and no ISO given, the repositories alone may provide the packages
+    optional = bool(cfg.repos) and cfg.iso is None
+    out.append(Check("Media1 ISO", readable, str(iso) if readable or not optional else f"{iso} (optional with --repo)",
+                     fatal=not optional))
     return out
 
 

@@ -130,3 +130,21 @@ def test_settle_picks_python_for_sp4_from_the_repositories(repo_dir: Path, tmp_p
         assert cfg.python == "python3.10" and "no repository provides python311" in cfg.sources["sles_python"]
         cfg, _ = pipeline.settle(config.resolve({**base, "service_pack": "SP7", "repos": [without]}, environ={}))
         assert cfg.python == "python3.11" and cfg.sles_python is None
+
+
+def test_iso_is_optional_only_with_repositories(tmp_path: Path) -> None:
+    from sles_ipa_builder.doctor import input_checks
+
+    def iso_check(**kw: object) -> tuple[bool, bool]:
+        c = next(c for c in input_checks(config.resolve({"images_dir": str(tmp_path), **kw}, environ={}))
+                 if c.name == "Media1 ISO")
+        return c.ok, c.fatal
+
+    assert iso_check() == (False, True)
+    assert iso_check(repos=["https://rmt.example.com/repo/x/"]) == (False, False)
+    assert pipeline.iso_optional(config.resolve({"images_dir": str(tmp_path), "repos": ["https://h/x/"]}, environ={}))
+    # an ISO given by path stays required, repositories or not
+    assert iso_check(repos=["https://h/x/"], iso=str(tmp_path / "given.iso")) == (False, True)
+    (tmp_path / "SLE-15-SP7-Full-x86_64-GM-Media1.iso").write_bytes(b"")
+    assert not pipeline.iso_optional(config.resolve({"images_dir": str(tmp_path), "repos": ["https://h/x/"]},
+                                                    environ={}))
