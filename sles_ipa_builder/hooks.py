@@ -58,6 +58,12 @@ def script_argv(ctx: BuildContext, phase_dir: str, name: str, chroot: bool) -> t
     return argv, str(ctx.workspace)
 
 
+def line_level(line: str) -> int:
+    """A hook's `warning: ...` lines (a package no repository provides, ...) reach the console; the
+    rest of its output goes to the build log only."""
+    return logging.WARNING if line.startswith("warning:") else logging.DEBUG
+
+
 def run_script(ctx: BuildContext, phase: str, name: str, element: str, chroot: bool) -> None:
     """Run one hook script; its output goes to the log; failure is a BuildError with the tail."""
     phase_dir = f"{phase}.d"
@@ -71,7 +77,7 @@ def run_script(ctx: BuildContext, phase: str, name: str, element: str, chroot: b
                 argv,
                 env=env,
                 cwd=cwd,
-                on_line=lambda line: hlog.debug("%s: %s", name, line),
+                on_line=lambda line: hlog.log(line_level(line), "%s: %s", name, line),
             )
     except CommandError as e:
         raise BuildError(

@@ -101,3 +101,13 @@ def test_debug_tools_go_unless_asked(tree: Path) -> None:
     for gone in ("usr/bin/ss", "usr/bin/diff", "usr/bin/top", "bin/ping", "usr/bin/vim"):
         assert not (tree / gone).exists(), gone
     assert (tree / "usr/bin/ip").exists() and (tree / "usr/bin/dmesg").exists()  # the agent runs these
+
+
+def test_a_hooks_warning_lines_reach_the_console() -> None:
+    import logging
+
+    from sles_ipa_builder.hooks import line_level
+
+    assert line_level("warning: no configured repository provides nmstate: the ramdisk goes without it") == \
+        logging.WARNING
+    assert line_level("Retrieving package xorriso") == logging.DEBUG
