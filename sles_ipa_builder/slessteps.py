@@ -95,16 +95,18 @@ def unconfigure_step(ctx: BuildContext) -> None:
 
 def installed_from(root: Path, aliases: dict[str, str], shown: dict[str, str]) -> dict[str, str]:
     """package name -> repository alias (with a user repository's masked URL), from /var/log/zypp/history.
-    Only this build's repositories count; a package installed twice keeps its last source."""
+    Only this build's repositories count, only packages still installed; the last install wins."""
     history = root / HISTORY
     out: dict[str, str] = {}
     if not history.is_file():
         return out
     for line in history.read_text(errors="replace").splitlines():
-        fields = line.split("|")
+        fields = [f.strip() for f in line.split("|")]
         if len(fields) > 6 and fields[1] == "install" and fields[6] in aliases:
             alias = fields[6]
             out[fields[2]] = f"{alias} {shown[alias]}" if alias in shown else alias
+        elif len(fields) > 2 and fields[1] == "remove":  # build-only packages, the SSH server...
+            out.pop(fields[2], None)
     return dict(sorted(out.items()))
 
 

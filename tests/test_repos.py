@@ -148,3 +148,21 @@ def test_iso_is_optional_only_with_repositories(tmp_path: Path) -> None:
     (tmp_path / "SLE-15-SP7-Full-x86_64-GM-Media1.iso").write_bytes(b"")
     assert not pipeline.iso_optional(config.resolve({"images_dir": str(tmp_path), "repos": ["https://h/x/"]},
                                                     environ={}))
+
+
+def test_installed_from_reads_zypper_history(tmp_path: Path) -> None:
+    from sles_ipa_builder.slessteps import HISTORY, installed_from
+
+    h = tmp_path / HISTORY
+    h.parent.mkdir(parents=True)
+    h.write_text(
+        "# 2026-11-30 21:00:00 zypper install curl gcc python311\n"
+        "2026-11-30 21:00:01|install|curl|8.0-1|x86_64|root@h|sle-Module-Basesystem|abc|\n"
+        "2026-11-30 21:00:01|install|gcc|12-1|x86_64|root@h|sle-Module-Development-Tools|abc|\n"
+        "2026-11-30 21:00:01|install|python311|3.11-1|x86_64|root@h|user-0123456789ab|abc|\n"
+        "2026-11-30 21:00:02|install|bash|5-1|x86_64|root@h|some-other-repo|abc|\n"
+        "2026-11-30 21:00:03|remove |gcc|12-1|x86_64|root@h|\n")
+    aliases = {"sle-Module-Basesystem": "", "sle-Module-Development-Tools": "", "user-0123456789ab": ""}
+    assert installed_from(tmp_path, aliases, {"user-0123456789ab": "https://u:***@h/update"}) == {
+        "curl": "sle-Module-Basesystem", "python311": "user-0123456789ab https://u:***@h/update"}
+    assert installed_from(tmp_path / "nothing", aliases, {}) == {}
