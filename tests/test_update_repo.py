@@ -20,6 +20,7 @@ from repohttp import make_repo, serve
 
 from sles_ipa_builder import media as media_mod
 from sles_ipa_builder import run
+from sles_ipa_builder.cache import cache_dir
 
 pytestmark = [pytest.mark.root, pytest.mark.guestfs, pytest.mark.media, pytest.mark.slow]
 USER = "rmt-user"
@@ -107,6 +108,6 @@ def test_sp4_with_an_update_repository_builds_current_ipa_with_python311(
     assert not (root / "etc/zypp/credentials.d/SLES_Updates").exists()
     assert not list((root / "etc/zypp/repos.d").glob("user-*.repo"))
     secrets = [POOL_PASSWORD, UPDATE_PASSWORD]
-    leaks = scan([out, ws, tmp_path / "report.json"], secrets)
+    leaks = scan([out, ws, tmp_path / "report.json", cache_dir("zypper")], secrets)
     assert leaks == [], leaks
     assert not any(s in log + summary.stdout + summary.stderr for s in secrets)
