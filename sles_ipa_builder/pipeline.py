@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import __version__, boottest, image, media, phases, plan, publish, repos, servicepack, wheels
 from . import log as logmod
+from .cache import cache_dir
 from .config import Config
 from .context import BuildContext
 from .doctor import input_checks
@@ -55,10 +56,11 @@ def settle(cfg: Config) -> tuple[Config, media.Media | None]:
     user = repos.parse(list(cfg.repos))
     creds = repos.load_credentials(list(cfg.repo_credentials))
     provided: dict[str, set[str]] = {}
-    if not cfg.offline:  # offline, remote repositories are not contacted: zypper uses their cache
-        for r in user:
-            provided[r.shown] = repos.probe(r, creds, cfg.ca_bundle)
-            log.info("repository %s: %d packages", r.shown, len(provided[r.shown]))
+    for r in user:  # offline, remote repositories are not contacted: zypper uses their cached metadata
+        remote = r.parts.scheme not in ("file", "dir")
+        provided[r.shown] = (repos.cached_packages(r, cache_dir("zypper")) if cfg.offline and remote
+                             else repos.probe(r, creds, cfg.ca_bundle))
+        log.info("repository %s: %d packages", r.shown, len(provided[r.shown]))
     sp = servicepack.facts(cfg.service_pack)
     if cfg.sles_python is not None or not sp.may_change_python:
         return cfg, None

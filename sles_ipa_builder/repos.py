@@ -253,6 +253,15 @@ def probe(repo: Repo, creds: dict[str, Credentials], ca_bundle: Path | None = No
         raise ConfigError(f"repository {repo.shown}: damaged primary metadata ({e})", hint) from None
 
 
+def cached_packages(repo: Repo, zypper_cache: Path) -> set[str]:
+    """Offline: the package names in the metadata zypper kept for the repository (raw/<alias>)."""
+    raw = zypper_cache / "raw" / repo.alias
+    if not (raw / "repodata/repomd.xml").is_file():
+        raise ConfigError(f"offline, and repository {repo.shown} has no cached metadata",
+                          "run one online build with this repository first, or drop --offline")
+    return probe(Repo(raw.as_uri()), {})
+
+
 def media_packages(media: Media) -> set[str]:
     """Package names of every repository on the Media1 ISO."""
     names: set[str] = set()

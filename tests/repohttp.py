@@ -42,12 +42,14 @@ def make_repo(dest: Path, rpms: list[Path]) -> Path:
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
     auth = ""  # the expected Authorization header ("" = none)
+    token = ""  # the expected query string, as SCC's tokenised URLs carry it ("" = none)
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass
 
     def _allowed(self) -> bool:
-        if self.auth and self.headers.get("Authorization") != self.auth:
+        query = self.path.partition("?")[2]
+        if (self.auth and self.headers.get("Authorization") != self.auth) or (self.token and query != self.token):
             self.send_response(401)
             self.send_header("WWW-Authenticate", 'Basic realm="test"')
             self.send_header("Content-Length", "0")
@@ -65,10 +67,11 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serve(directory: Path, user: str = "", password: str = "") -> Iterator[str]:
-    """Serve `directory` on 127.0.0.1 (basic auth when a user is given); yields the base URL."""
+def serve(directory: Path, user: str = "", password: str = "", token: str = "") -> Iterator[str]:
+    """Serve `directory` on 127.0.0.1 (basic auth when a user is given, a query token when a token is);
+    yields the base URL."""
     auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode() if user else ""
-    handler = functools.partial(type("H", (_Handler,), {"auth": auth}), directory=str(directory))
+    handler = functools.partial(type("H", (_Handler,), {"auth": auth, "token": token}), directory=str(directory))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

@@ -23,6 +23,14 @@ def repo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_repo(work / "repo", [rpm])
 
 
+def python311_metadata_repo(tmp_path: Path) -> Path:
+    """A repository whose one package is named python311: these tests read only its name (the build
+    test, test_update_repo.py, uses the test media's real python311 RPMs)."""
+    rpm = build_rpm(tmp_path / "w", "python311", {
+        "/usr/share/doc/sib-test/python311-metadata-only": "repository test: only the package name matters here\n"})
+    return make_repo(tmp_path / "update", [rpm])
+
+
 def creds_file(tmp_path: Path, name: str = "RMT", password: str = PASSWORD) -> Path:
     d = tmp_path / "credentials.d"
     d.mkdir(exist_ok=True)
@@ -117,9 +125,7 @@ def test_credentials_live_in_the_target_only_while_the_build_runs(tmp_path: Path
 
 def test_settle_picks_python_for_sp4_from_the_repositories(repo_dir: Path, tmp_path: Path) -> None:
     """SP4: python311 when a repository provides it, else the GM media's python310; SP5+ never asks."""
-    work = tmp_path / "w"
-    update = make_repo(tmp_path / "update", [build_rpm(work, "python311", {
-        "/usr/share/doc/sib-test/python311-metadata-only": "repository test: only the package name matters here\n"})])
+    update = python311_metadata_repo(tmp_path)
     with serve(update, USER, PASSWORD) as with_py, serve(repo_dir) as without:
         base = {"service_pack": "SP4", "images_dir": str(tmp_path)}
         cfg, _ = pipeline.settle(config.resolve({**base, "repos": [with_py.replace("//", f"//{USER}:{PASSWORD}@")]},
@@ -166,3 +172,29 @@ def test_installed_from_reads_zypper_history(tmp_path: Path) -> None:
     assert installed_from(tmp_path, aliases, {"user-0123456789ab": "https://u:***@h/update"}) == {
         "curl": "sle-Module-Basesystem", "python311": "user-0123456789ab https://u:***@h/update"}
     assert installed_from(tmp_path / "nothing", aliases, {}) == {}
+
+
+def test_probe_passes_an_scc_style_token(repo_dir: Path) -> None:
+    token = "Aq3fToken0x9"
+    with serve(repo_dir, token=token) as url:
+        assert repos.probe(repos.Repo(f"{url}/?{token}"), {}) == {"sib-probe-tool"}
+        with pytest.raises(ConfigError, match=r"repository http://127.0.0.1:\d+/\?\*\*\* refused the credentials"):
+            repos.probe(repos.Repo(f"{url}/?expired"), {})
+
+
+def test_offline_reads_what_zypper_cached(repo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline, a remote repository is not contacted: its metadata in the zypper cache decides SP4's python."""
+    import shutil
+
+    from sles_ipa_builder.cache import cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    url = "https://rmt.example.invalid/repo/SUSE/Updates/SLE-Module-Python3/15-SP4/x86_64/update/"
+    cfg = config.resolve({"service_pack": "SP4", "images_dir": str(tmp_path), "repos": [url], "offline": "true"},
+                         environ={})
+    with pytest.raises(ConfigError, match="offline, and repository https://rmt.example.invalid/.* no cached metadata"):
+        pipeline.settle(cfg)
+    update = python311_metadata_repo(tmp_path)
+    shutil.copytree(update / "repodata", cache_dir("zypper") / "raw" / repos.Repo(url).alias / "repodata")
+    settled, _ = pipeline.settle(cfg)
+    assert settled.python == "python3.11"
