@@ -223,6 +223,11 @@ class Config:
         """The Media1 ISO: --iso, else images_dir/<iso_file_name>."""
         return self.iso or self.images_dir / self.iso_file_name
 
+    @property
+    def iso_optional(self) -> bool:
+        """With --repo URLs and no ISO given or found by name, the repositories alone provide the packages."""
+        return bool(self.repos) and self.iso is None and not self.iso_path.is_file()
+
     def base_image_candidates(self) -> list[Path]:
         """Names the base image may have in images_dir: SUSE's download name and the seed's name."""
         names = servicepack.base_image_names(self.sles_release, self.service_pack, self.install_type,

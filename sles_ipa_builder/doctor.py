@@ -80,7 +80,7 @@ def input_checks(cfg: Config) -> list[Check]:
     iso = cfg.iso_path
     readable = iso.is_file() and os.access(iso, os.R_OK)
     # with --repo URLs and no ISO given, the repositories alone may provide the packages
-    optional = bool(cfg.repos) and cfg.iso is None
+    optional = cfg.iso_optional
     out.append(Check("Media1 ISO", readable, str(iso) if readable or not optional else f"{iso} (optional with --repo)",
                      fatal=not optional))
     return out

@@ -25,19 +25,14 @@ from .results import show
 log = logging.getLogger(__name__)
 
 
-def iso_optional(cfg: Config) -> bool:
-    """With --repo URLs and no ISO given or found by name, the repositories alone provide the packages."""
-    return bool(cfg.repos) and cfg.iso is None and not cfg.iso_path.is_file()
-
-
 def check_inputs(ctx: BuildContext) -> None:
     """Missing or wrong inputs the plan reads stop the build before any work, not after a minute of
     extraction. Both checks are cheap: the image's first KiB, the ISO's directory records. The opened
     media is kept, so the build does not index the ISO twice."""
     cfg = ctx.cfg
     wanted = {"base image": plan.needs(ctx, "10-sles-image"),
-              "Media1 ISO": plan.needs(ctx, "05-media-repositories") and not iso_optional(cfg)}
-    if plan.needs(ctx, "05-media-repositories") and iso_optional(cfg):
+              "Media1 ISO": plan.needs(ctx, "05-media-repositories") and not cfg.iso_optional}
+    if plan.needs(ctx, "05-media-repositories") and cfg.iso_optional:
         log.info("no Media1 ISO (%s): packages come from the --repo repositories only", cfg.iso_path)
     for c in input_checks(cfg):
         if wanted.get(c.name, True) and not c.ok:
@@ -65,7 +60,7 @@ def settle(cfg: Config) -> tuple[Config, media.Media | None]:
     if cfg.sles_python is not None or not sp.may_change_python:
         return cfg, None
     opened = None
-    if not iso_optional(cfg) and cfg.iso_path.is_file():
+    if not cfg.iso_optional and cfg.iso_path.is_file():
         opened = media.open_media(cfg.iso_path)
         provided[f"the Media1 ISO {cfg.iso_path.name}"] = repos.media_packages(opened)
     where = next((name for name, names in provided.items() if sp.python_if in names), None)

@@ -31,7 +31,7 @@ def media_step(ctx: BuildContext) -> None:
     With --repo URLs the ISO is optional (the input checks leave ctx.media None when there is none)."""
     cfg = ctx.cfg
     m = ctx.media
-    if m is None and (not cfg.repos or cfg.iso is not None or cfg.iso_path.is_file()):
+    if m is None and not cfg.iso_optional:
         m = media.open_media(cfg.iso_path)
     local = media.repo_urls(m, media.serve(m, ctx.stack)) if m is not None else []
     user = repos.parse(list(cfg.repos))

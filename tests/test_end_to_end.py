@@ -122,6 +122,10 @@ def test_tree_holds_what_the_elements_promise(built):
     assert (t / "etc/ironic-python-agent.d/agent.key").stat().st_mode & 0o077 == 0
     assert (t / "buildinfo.txt").is_file()
     assert (t / "usr/bin/sysbench").is_file()  # the test media has it: 60-sysbench-if-available installed it
+    assert (t / "usr/bin/xorriso").is_file()  # the test media has it: 50-packages-if-available installed it
+    # the upstream switches, both off by default: no SSH server, no debug tools (dmesg and ip stay)
+    assert not (t / "usr/sbin/sshd").exists() and not (t / "usr/bin/ss").exists()
+    assert (t / "usr/bin/dmesg").is_file() and (t / "usr/bin/ip").is_file()
     for cmd in ("install-packages", "pkg-map"):  # for users' DIB elements, as DIB's install-bin leaves them
         assert os.access(t / "usr/local/bin" / cmd, os.X_OK), cmd
     assert not (t / "etc/zypp/repos.d").exists() or not any(

@@ -148,12 +148,11 @@ def test_iso_is_optional_only_with_repositories(tmp_path: Path) -> None:
 
     assert iso_check() == (False, True)
     assert iso_check(repos=["https://rmt.example.com/repo/x/"]) == (False, False)
-    assert pipeline.iso_optional(config.resolve({"images_dir": str(tmp_path), "repos": ["https://h/x/"]}, environ={}))
+    assert config.resolve({"images_dir": str(tmp_path), "repos": ["https://h/x/"]}, environ={}).iso_optional
     # an ISO given by path stays required, repositories or not
     assert iso_check(repos=["https://h/x/"], iso=str(tmp_path / "given.iso")) == (False, True)
     (tmp_path / "SLE-15-SP7-Full-x86_64-GM-Media1.iso").write_bytes(b"")
-    assert not pipeline.iso_optional(config.resolve({"images_dir": str(tmp_path), "repos": ["https://h/x/"]},
-                                                    environ={}))
+    assert not config.resolve({"images_dir": str(tmp_path), "repos": ["https://h/x/"]}, environ={}).iso_optional
 
 
 def test_installed_from_reads_zypper_history(tmp_path: Path) -> None:
