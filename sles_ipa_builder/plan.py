@@ -8,7 +8,7 @@ Rules, in the order they apply:
   always native, as the first round made them. The builder's own steps for sles (the root from the
   qcow2, the Media1 repositories) and for sles-ipa-ramdisk-base (the outputs) run in every build
   unless a user's element of that name replaces ours: then it replaces ours completely, native
-  steps included. The IPA python check runs only with our sles-ipa-install.
+  steps included. The IPA python check and the agent tools check run only with our sles-ipa-install.
 - A user's script with the name of a native step replaces the native step (summary says so).
 - Scripts and native steps of a phase run in DIB's order (elements.sort_key).
 - After the phases, the outputs: one step per artifact, then `commit`, which renames them into place.
@@ -77,8 +77,7 @@ NATIVES: tuple[Native, ...] = (
     Native(Phase.FINALISE, "60-cut-kernel-modules", "sles-ipa-ramdisk-base", slessteps.cut_step,
            "kernel module classes (cut_modules), their firmware", owned="ours"),
     Native(Phase.FINALISE, "70-check-agent-tools", "sles-ipa-install", slessteps.tools_step,
-           "the tools the agent's sources execute, on the target's PATH",
-           lambda ctx: any(e.name == "sles-ipa-install" for e in ctx.elements)),
+           "the tools the agent's sources execute, on the target's PATH", owned="present"),
     Native(Phase.CLEANUP, "01-copy-manifests-dir", "manifests", dibsteps.copy_manifests, "the DIB_* environment"),
     Native(Phase.CLEANUP, "05-remove-media-repositories", "sles", slessteps.unconfigure_step,
            "the repositories the build added", owned="ours"),

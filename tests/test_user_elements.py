@@ -67,7 +67,8 @@ def test_seed_element_list_with_user_overrides_resolves(tmp_path: Path) -> None:
     root = steps[("root", "10-sles-image")]
     assert (root["element"], root["kind"]) == ("sles", "script")  # theirs, not our native step
     assert ("extra-data", "05-media-repositories") not in steps and ("pre-install", "00-zypper-refresh") not in steps
-    assert ("extra-data", "99-check-ipa-python") not in steps  # belongs to our sles-ipa-install
+    # both belong to our sles-ipa-install: a user's installs the agent its own way
+    assert ("extra-data", "99-check-ipa-python") not in steps and ("finalise", "70-check-agent-tools") not in steps
     assert steps[("install", "60-user-ipa")]["element"] == "sles-ipa-install"
     assert not any(s["stage"] == "outputs" for s in doc["steps"])  # their ramdisk-base, their outputs
     assert ("cleanup", "99-user-ramdisk") in steps
