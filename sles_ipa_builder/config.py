@@ -396,11 +396,12 @@ def _apply_seed_switches(values: dict[str, Any], sources: dict[str, str]) -> Non
             values["dev_user_password"], sources["dev_user_password"] = "test", "dev_user_pass (seed default)"
         if values["dev_user_pwdless_sudo"] is None:
             values["dev_user_pwdless_sudo"], sources["dev_user_pwdless_sudo"] = "yes", "dev_user_pass"
-    if values["dev_user_ssh"] and sources["install_ssh"] == "default":
-        values["install_ssh"], sources["install_ssh"] = True, "dev_user_ssh"
     if values["dev_user_ssh"] and values["dev_user_authorized_keys"] is None:
         values["dev_user_authorized_keys"] = values["dev_user_ssh_path"]
         sources["dev_user_authorized_keys"] = "dev_user_ssh_path"
+    # keys for the dev user ask for an SSH server, unless DIB_IPA_INSTALL_SSH says otherwise
+    if values["dev_user_authorized_keys"] is not None and sources["install_ssh"] == "default":
+        values["install_ssh"], sources["install_ssh"] = True, "dev_user_authorized_keys"
     if values["release"] and values["compress_level"] is None and values["compress"] == "zstd":
         values["compress_level"], sources["compress_level"] = 19, "release"
 

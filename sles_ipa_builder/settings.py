@@ -98,8 +98,8 @@ SETTINGS: tuple[Setting, ...] = (
       ("DIB_ADDITIONAL_IPA_KERNEL_MODULES",)),
     S("ipa_cert", None, "path", "CA certificate appended to the IPA venv's trust bundle.", ("DIB_IPA_CERT",)),
     S("enable_rescue", True, "bool", "Configure IPA rescue mode.", ("DIB_IPA_ENABLE_RESCUE",)),
-    S("install_ssh", False, "bool", "Keep an SSH server in the ramdisk (off: sshd removed; ENABLE_DEV_USER_SSH "
-      "turns it on).", ("DIB_IPA_INSTALL_SSH",)),
+    S("install_ssh", False, "bool", "Keep an SSH server in the ramdisk (off: sshd removed; keys for the dev "
+      "user turn it on).", ("DIB_IPA_INSTALL_SSH",)),
     S("install_debug_tools", False, "bool", "Keep ss, dig, diff, top, ping and vim in the ramdisk.",
       ("DIB_IPA_INSTALL_DEBUG_TOOLS",)),
     S("remove_firmware", DEFAULT_REMOVE_FIRMWARE, "str", "Firmware directories removed (comma separated).",

@@ -88,9 +88,13 @@ def test_no_sshd_unless_asked(tree: Path) -> None:
     assert "systemctl disable sshd.service" in calls(tree)
     assert not (tree / "usr/lib/systemd/system/runtime-ssh-host-keys.service").exists()
     (tree / "var/log/calls").unlink()
-    for settings in ({"install_ssh": "true"}, {"dev_user_ssh": "true", "dev_user_ssh_path": "/etc/passwd"}):
+    for settings in ({"install_ssh": "true"}, {"dev_user_ssh": "true", "dev_user_ssh_path": "/etc/passwd"},
+                     {"dev_user_authorized_keys": "/etc/passwd"}):
         r = run_hook(tree, "finalise.d/40-ssh-only-when-asked", **settings)
         assert r.returncode == 0 and "keeping the SSH server" in r.stdout and calls(tree) == []
+    # said explicitly, no SSH server even with keys for the dev user
+    assert not config.resolve({"dev_user_authorized_keys": "/etc/passwd", "install_ssh": "false"},
+                              environ={}).install_ssh
 
 
 def test_debug_tools_go_unless_asked(tree: Path) -> None:
