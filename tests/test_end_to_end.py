@@ -33,6 +33,7 @@ def built(tmp_path_factory):
     env.update({
         "ENABLE_DEV_USER_PASS": "true",
         "DIB_DEV_USER_PASSWORD": password,
+        "DIB_IPA_INSTALL_SSH": "true",  # the add-on test logs in with SSH (off by default, as upstream)
         "SIB_ACCEL": os.environ.get("SIB_ACCEL", "tcg"),
     })
     argv = [sys.executable, "-m", "sles_ipa_builder", "build", "--config", str(media.profile),
@@ -123,8 +124,8 @@ def test_tree_holds_what_the_elements_promise(built):
     assert (t / "buildinfo.txt").is_file()
     assert (t / "usr/bin/sysbench").is_file()  # the test media has it: 60-sysbench-if-available installed it
     assert (t / "usr/bin/xorriso").is_file()  # the test media has it: 50-packages-if-available installed it
-    # the upstream switches, both off by default: no SSH server, no debug tools (dmesg and ip stay)
-    assert not (t / "usr/sbin/sshd").exists() and not (t / "usr/bin/ss").exists()
+    # the upstream switches: SSH asked for here (DIB_IPA_INSTALL_SSH), the debug tools not (dmesg and ip stay)
+    assert (t / "usr/sbin/sshd").exists() and not (t / "usr/bin/ss").exists()
     assert (t / "usr/bin/dmesg").is_file() and (t / "usr/bin/ip").is_file()
     for cmd in ("install-packages", "pkg-map"):  # for users' DIB elements, as DIB's install-bin leaves them
         assert os.access(t / "usr/local/bin" / cmd, os.X_OK), cmd

@@ -105,6 +105,7 @@ def test_sp4_with_an_update_repository_builds_current_ipa_with_python311(
     assert "ironic-python-agent==13.0.0" in packages  # requires-python >=3.11, as IPA master
     root = ws / "build/root"
     assert (root / "opt/ironic-python-agent/bin/python3.11").exists()
+    assert not (root / "usr/sbin/sshd").exists() and not (root / "usr/bin/ss").exists()  # both switches off
     assert not (root / "etc/zypp/credentials.d/SLES_Updates").exists()
     assert not list((root / "etc/zypp/repos.d").glob("user-*.repo"))
     secrets = [POOL_PASSWORD, UPDATE_PASSWORD]
