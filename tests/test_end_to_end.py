@@ -76,7 +76,8 @@ def test_sbom_of_the_build_validates_and_matches_the_package_list(built):
     comps = doc["components"]
     packages = (out / f"{NAME}.packages").read_text().split("# pip freeze")
     rpm_lines = [x for x in packages[0].splitlines() if x and not x.startswith("#")]
-    pip_lines = [x for x in packages[1].splitlines()[1:] if x and not x.startswith("#")]
+    # the pip section ends at the next blank line (the repository of each package follows)
+    pip_lines = [x for x in packages[1].split("\n\n")[0].splitlines()[1:] if x and not x.startswith("#")]
     rpms = [c for c in comps if c.get("purl", "").startswith("pkg:rpm/")]
     pys = {f"{c['name']}=={c['version']}" for c in comps if c.get("purl", "").startswith("pkg:pypi/")}
     assert len(rpms) == len([x for x in rpm_lines if not x.startswith("gpg-pubkey")]) > 10
