@@ -295,7 +295,7 @@ def test_atomic_artifacts_keep_previous_set(tmp_path: Path, monkeypatch: pytest.
     )
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
-    def broken(tree: Path) -> str:
+    def broken(tree: Path, **_: object) -> str:
         raise BuildError("listing packages failed", "")
 
     monkeypatch.setattr(outputs, "list_packages", broken)
