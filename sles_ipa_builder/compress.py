@@ -2,9 +2,9 @@
 
 Every compressor takes the cpio stream through `write()` and writes its output to a binary sink;
 `finish()` ends the stream, `abort()` drops it. zstd runs multi-threaded inside zstandard (the
-GIL is released while it works); gzip is zlib-ng's threaded writer: 1 MiB blocks deflated in
-parallel with the previous 32 KiB as dictionary, as pigz does, so the output does not depend on the
-number of cores; xz uses lzma with CRC32 checks, the only check besides none the kernel knows.
+GIL is released while it works); gzip is zlib-ng's writer in one thread (its threaded writer once
+gave different bytes for the same input on a loaded machine); xz uses lzma with CRC32 checks, the
+only check besides none the kernel knows.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 import zstandard
-from zlib_ng import gzip_ng_threaded, zlib_ng
+from zlib_ng import gzip_ng, zlib_ng
 
 from . import run
 from .errors import CommandError, ConfigError
@@ -48,7 +48,6 @@ _COMMAND_FAMILY = {
 # Each zstd-3 worker holds ~15 MB (zstd-19: ~150 MB); 8 already outrun the cpio writer feeding them,
 # and keep pack's peak memory under 300 MB on big build hosts.
 MAX_THREADS = 8
-GZIP_BLOCK = 1 << 20
 
 
 class Compressor(Protocol):
@@ -195,19 +194,22 @@ class _Zstd:
         pass
 
 
+GZIP_BLOCK = 1 << 20
+
+
 class _Gzip:
-    """One gzip member of blocks deflated in parallel, each with the previous 32 KiB as dictionary
-    (pigz's layout, from zlib-ng's gzip_ng_threaded): the bytes do not depend on the number of threads,
-    and the header has no name and mtime 0, like gzip -n."""
+    """One gzip member from zlib-ng, in one thread: the same bytes on any machine, and the header has
+    no name and mtime 0, like gzip -n. (zlib-ng's threaded writer, gzip_ng_threaded, fed the same
+    blocks, gave one different byte in a CI run under load; an artifact must hash the same.)"""
 
     def __init__(self, out: IO[bytes], level: int, threads: int) -> None:
-        # zlib-ng ships no type hints for gzip_ng_threaded
-        self._w = gzip_ng_threaded.open(  # type: ignore[no-untyped-call]
-            out, "wb", compresslevel=level, threads=threads, block_size=GZIP_BLOCK)
+        # zlib-ng ships no type hints for its GzipFile
+        self._w: Any = gzip_ng.GzipFile(  # type: ignore[no-untyped-call]
+            filename="", mode="wb", compresslevel=level, fileobj=out, mtime=0)
         self.buf = bytearray()
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        # whole blocks only: the writer's blocks follow the write sizes, and the bytes follow the blocks
+        # whole blocks only: zlib-ng's deflate output follows the sizes it is fed, not only the bytes
         self.buf += data
         whole = len(self.buf) - len(self.buf) % GZIP_BLOCK
         for i in range(0, whole, GZIP_BLOCK):
