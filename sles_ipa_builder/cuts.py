@@ -22,7 +22,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import zstandard
@@ -69,7 +69,6 @@ class Cut:
     rule: str
     files: int = 0
     bytes: int = 0
-    paths: list[str] = field(default_factory=list)  # the removed directories or files, relative to the tree
 
     def record(self) -> dict[str, object]:
         return {"rule": self.rule, "files": self.files, "bytes": self.bytes}
@@ -135,16 +134,15 @@ def cut_modules(tree: Path, classes: Iterable[str]) -> tuple[list[Cut], list[str
             files, size = size_of(dirs)
             cuts[c].files += files
             cuts[c].bytes += size
-            cuts[c].paths += [str(d.relative_to(tree)) for d in dirs]
             for d in dirs:
                 shutil.rmtree(d)
     firmware = Cut("firmware only removed modules named")
     candidates = _firmware_files(tree, removed_fw)
     if candidates:  # reading every kept module is only worth it when there is something to remove
         kept = {fw for modules in _module_trees(tree) for m in _modules(modules) for fw in module_firmware(m)}
-        firmware.paths = _firmware_files(tree, removed_fw - kept)
-        firmware.files, firmware.bytes = size_of(tree / p for p in firmware.paths)
-        for rel in firmware.paths:
+        unused = _firmware_files(tree, removed_fw - kept)
+        firmware.files, firmware.bytes = size_of(tree / p for p in unused)
+        for rel in unused:
             os.unlink(tree / rel)
     return [*cuts.values(), firmware], kernels
 
