@@ -260,8 +260,10 @@ def test_python_interpreter_follows_the_service_pack() -> None:
     el = elements.Element("sles-zypper-config", HOOKS / "sles-zypper-config", None)
     for python, want in (("python3.10", "python310"), ("python3.11", "python311")):
         got = packages.entries(el, {"DIB_SLES_PYTHON": python})
-        assert {(p, ph) for p, ph, _ in got} == {(want, "pre-install.d"), (f"{want}-devel", "pre-install.d"),
-                                                  (f"{want}-pip", "pre-install.d")}
+        # the interpreter in pre-install; its headers and pip build-only in install.d, where the venv is built
+        assert sorted(got) == sorted([(want, "pre-install.d", False),
+                                      (f"{want}-devel", "install.d", False), (f"{want}-devel", "install.d", True),
+                                      (f"{want}-pip", "install.d", False), (f"{want}-pip", "install.d", True)])
 
 
 def test_build_only_packages_are_removed_again() -> None:

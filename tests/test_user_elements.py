@@ -124,8 +124,9 @@ def test_users_sles_makes_the_root_and_users_ipa_install_calls_install_packages(
     order = (root / "var/log/order").read_text().splitlines()
     zypper = "zypper --non-interactive --gpg-auto-import-keys"
     assert order[0] == "root.d/10-sles-image (user's sles)"
-    assert f"{zypper} install --no-recommends python311 python311-devel python311-pip" in order  # sles-zypper-config
-    assert f"{zypper} install --no-recommends sib-user-listed" in order  # their package-installs.yaml
+    assert f"{zypper} install --no-recommends python311" in order, order  # sles-zypper-config, pre-install
+    # install.d: their package-installs.yaml, and the python's build-only headers and pip
+    assert f"{zypper} install --no-recommends sib-user-listed python311-devel python311-pip" in order
     assert not any("dmidecode" in line or "git-core" in line for line in order)  # not our sles-ipa-install's list
     i = order.index("install.d/60-user-ipa (user's sles-ipa-install)")
     assert order[i + 1] == f"{zypper} install --no-recommends sib-user-tool sib-user-lib"  # their install-packages
