@@ -143,6 +143,7 @@ class Config:
     release: bool
     minimal_prune: bool
     cut_modules: list[str]
+    drop_packages: list[str]
     keep_paths: list[str]
     prune_paths: list[str]
     size_limit_mb: int

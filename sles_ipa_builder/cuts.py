@@ -42,6 +42,8 @@ MODULE_CLASSES: dict[str, tuple[str, ...]] = {
     "staging": ("drivers/staging",),
 }
 DEFAULT_CUT = tuple(MODULE_CLASSES)
+# Package groups that leave the tree before packing (pkgdrop.GROUPS says what each holds).
+DROP_GROUPS = ("package-manager", "perl")
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 FIRMWARE_SUFFIXES = ("", ".xz", ".zst")
 MODULE_DIRS = ("usr/lib/modules", "lib/modules")

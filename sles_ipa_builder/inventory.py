@@ -16,23 +16,22 @@ log = logging.getLogger(__name__)
 
 RPMDB_DIRS = ("usr/lib/sysimage/rpm", "var/lib/rpm")
 RPMDB_FILES = ("rpmdb.sqlite", "Packages.db", "Packages")
+# The rpm package list, kept in the tree when its package manager and database leave (pkgdrop.py).
+LISTED = "usr/lib/sles-ipa-builder/rpm-packages.tsv"
+RPM_FIELDS = ("NAME", "EPOCHNUM", "VERSION", "RELEASE", "ARCH", "SIZE", "LICENSE")
+RPM_QF = "%{NAME} " + "\\t".join(f"%{{{f}}}" for f in RPM_FIELDS) + "\\n"
 
 
 class RpmdbKeeper:
-    """Extracts the files of an rpm database (whatever the backend) found in the archive."""
+    """Extracts the package inventory found in an archive: the files of an rpm database (whatever the
+    backend), or the list written when the database left (LISTED); rpm_table(tmp) reads them."""
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
 
     def __call__(self, name: str) -> Path | None:
         d, _, base = name.rpartition("/")
-        return self.tmp / name if d in RPMDB_DIRS and base else None
-
-    def dbdir(self) -> Path | None:
-        for d in RPMDB_DIRS:
-            if any((self.tmp / d / f).is_file() for f in RPMDB_FILES):
-                return self.tmp / d
-        return None
+        return self.tmp / name if (d in RPMDB_DIRS and base) or name == LISTED else None
 
 
 def rpm_lines(dbdir: Path, qf: str) -> list[tuple[str, str]]:
@@ -53,7 +52,7 @@ def rpm_lines(dbdir: Path, qf: str) -> list[tuple[str, str]]:
     return rows  # type: ignore[return-value]
 
 
-def _rpm_in_tree(tree: Path, qf: str) -> list[str]:
+def _rpm_in_tree(tree: Path, qf: str) -> list[tuple[str, str]]:
     """The tree's own rpm, for a database backend the host's rpm lacks (SLE's ndb on Debian).
 
     A query needs no /proc or /dev, so a bare chroot does (root only); the database is read-only.
@@ -65,7 +64,7 @@ def _rpm_in_tree(tree: Path, qf: str) -> list[str]:
     out = run.run(argv, capture=True, check=False)
     if out.returncode != 0:
         raise BuildError(f"rpm -qa in the tree exited {out.returncode}", "")
-    return sorted(line.split(" ", 1)[1] for line in out.stdout.splitlines() if " " in line)
+    return [(a, b) for a, _, b in (line.partition(" ") for line in out.stdout.splitlines() if " " in line)]
 
 
 def find_rpmdb(tree: Path) -> Path | None:
@@ -99,16 +98,14 @@ def pip_freeze(venv: Path, *, skip_direct: bool = False) -> list[str]:
     return [f"{n}=={v}" for n, v in sorted(found.items(), key=lambda kv: kv[0].lower())]
 
 
-def rpm_query(tree: Path, qf: str) -> list[str]:
-    """`rpm -qa --qf` of the tree's database, sorted: the host's rpm, else the tree's own (root only).
-
-    `qf` starts with `%{NAME} `: that first word is dropped from each line. BuildError when neither
-    rpm can read the database."""
+def rpm_pairs(tree: Path, qf: str) -> list[tuple[str, str]]:
+    """`rpm -qa --qf` of the tree's database as (first word, rest) pairs: the host's rpm, else the
+    tree's own (root only). `qf` starts with `%{NAME} `. BuildError when neither can read it."""
     dbdir = find_rpmdb(tree)
     if dbdir is None:
         raise BuildError("no rpm database in the tree", "")
     try:
-        return sorted(rest for _, rest in rpm_lines(dbdir, qf))
+        return rpm_lines(dbdir, qf)
     except BuildError as e:
         try:
             return _rpm_in_tree(tree, qf)
@@ -116,18 +113,47 @@ def rpm_query(tree: Path, qf: str) -> list[str]:
             raise BuildError(f"{e.message}; {e2.message}", e.hint) from None
 
 
+def rpm_table(tree: Path) -> list[list[str]] | None:
+    """One row of RPM_FIELDS per installed package, sorted: from the rpm database, else from the list
+    written before the database left the tree (LISTED); None when there is neither."""
+    if find_rpmdb(tree) is not None:
+        return sorted(rest.split("\t") for _, rest in rpm_pairs(tree, RPM_QF))
+    listed = tree / LISTED
+    if listed.is_file():
+        return [line.split("\t") for line in listed.read_text().splitlines() if line and not line.startswith("#")]
+    return None
+
+
+def save_list(tree: Path) -> bool:
+    """Write the package list into the tree (LISTED), for when the rpm database is gone; False when
+    there is a database that cannot be read."""
+    if find_rpmdb(tree) is None:
+        return True
+    try:
+        rows = rpm_table(tree) or []
+    except BuildError as e:
+        log.warning("cannot list rpm packages: %s", e.message)
+        return False
+    out = tree / LISTED
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("# " + "\t".join(f.lower() for f in RPM_FIELDS) + "\n" + "".join("\t".join(r) + "\n" for r in rows))
+    return True
+
+
 def list_packages(tree: Path, venv: str = "opt/ironic-python-agent", sources: dict[str, str] | None = None) -> str:
     """The `<name>.packages` text: rpm -qa of the tree, the IPA venv's pip freeze, then the repository
     each package the build installed came from (`sources`, name -> repository; secrets masked)."""
     lines = ["# rpm -qa"]
-    if find_rpmdb(tree) is None:
-        lines.append("# (no rpm database in the tree)")
+    try:
+        table = rpm_table(tree)
+    except BuildError as e:
+        log.warning("cannot list rpm packages: %s", e.message)
+        lines.append(f"# (rpm database not readable: {e.message.split(';')[0]})")
     else:
-        try:
-            lines += rpm_query(tree, "%{NAME} %{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}\\n")
-        except BuildError as e:
-            log.warning("cannot list rpm packages: %s", e.message)
-            lines.append(f"# (rpm database not readable: {e.message.split(';')[0]})")
+        if table is None:
+            lines.append("# (no rpm database in the tree)")
+        else:
+            lines += sorted(f"{r[0]}-{r[2]}-{r[3]}.{r[4]}" for r in table)
     lines += ["", f"# pip freeze (/{venv})"]
     lines += pip_freeze(tree / venv) if (tree / venv).is_dir() else ["# (no venv)"]
     if sources:

@@ -81,6 +81,9 @@ NATIVES: tuple[Native, ...] = (
     Native(Phase.CLEANUP, "01-copy-manifests-dir", "manifests", dibsteps.copy_manifests, "the DIB_* environment"),
     Native(Phase.CLEANUP, "05-remove-media-repositories", "sles", slessteps.unconfigure_step,
            "the repositories the build added", owned="ours"),
+    Native(Phase.CLEANUP, "90-drop-packages", "sles-ipa-ramdisk-base", slessteps.drop_step,
+           "package groups (drop_packages): zypper, rpm and their databases, perl; the libraries only they linked",
+           owned="ours"),
 )
 
 

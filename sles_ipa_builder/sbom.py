@@ -8,9 +8,8 @@ everything below without extensions, and the library that writes it is CycloneDX
 standard's JSON schemas inside to validate against.
 
 What it lists:
-- every RPM of the tree's rpm database (name, epoch, version-release, arch, licence), read from the
-  tree as it is when the outputs are written: the ramdisk's prune rules only leave files out of the
-  archive, the tree and its rpm database stay whole;
+- every RPM of the tree (name, epoch, version-release, arch, licence), from its rpm database, or
+  from the list written into the tree before the package manager left it (pkgdrop.py);
 - every Python distribution of the IPA venv (version, licence from its metadata);
 - the git sources with their commits (the build manifest's `sources`);
 - the kernel file (version, sha256) and the inputs (base image and Media1 ISO, sha256), the latter
@@ -41,7 +40,7 @@ from packageurl import PackageURL
 
 from . import __version__, cache
 from .errors import BuildError
-from .inventory import find_rpmdb, rpm_query
+from .inventory import rpm_table
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,6 @@ MEDIA_TYPE = "application/vnd.cyclonedx+json"
 IPA_VENV = "opt/ironic-python-agent"
 PROP = "sles-ipa-builder"  # namespace of our properties
 # One line per package; tab separated (a licence may hold spaces).
-RPM_QF = "%{NAME} %{NAME}\\t%{EPOCHNUM}\\t%{VERSION}\\t%{RELEASE}\\t%{ARCH}\\t%{LICENSE}\\n"
 _licences = LicenseFactory()
 
 
@@ -72,18 +70,18 @@ def _os_release(tree: Path) -> dict[str, str]:
 
 def rpm_components(tree: Path) -> list[Component]:
     """One component per installed RPM (gpg-pubkey entries are keys, not software: left out)."""
-    if find_rpmdb(tree) is None:
-        log.warning("SBOM: no rpm database in the tree; no RPM is listed")
+    table = rpm_table(tree)
+    if table is None:
+        log.warning("SBOM: no rpm database or package list in the tree; no RPM is listed")
         return []
     osr = _os_release(tree)
     vendor = "suse" if osr.get("ID", "").startswith(("sle", "opensuse")) else (osr.get("ID") or "unknown")
     distro = f"{osr['ID']}-{osr['VERSION_ID']}" if osr.get("ID") and osr.get("VERSION_ID") else None
     out: list[Component] = []
-    for line in rpm_query(tree, RPM_QF):
-        fields = line.split("\t")
-        if len(fields) != 6:
-            raise BuildError(f"unexpected rpm query line: {line[:120]!r}", "the tree's rpm database may be damaged")
-        name, epoch, version, release, arch, lic = fields
+    for fields in table:
+        if len(fields) != 7:
+            raise BuildError(f"unexpected rpm package row: {fields!r:.120}", "the tree's rpm database may be damaged")
+        name, epoch, version, release, arch, _size, lic = fields
         if name == "gpg-pubkey":
             continue
         evr = f"{version}-{release}"

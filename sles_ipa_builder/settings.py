@@ -12,7 +12,7 @@ from typing import Any
 
 from . import servicepack
 from .arch import ARCHES, HOST_DEFAULT
-from .cuts import DEFAULT_CUT, MODULE_CLASSES
+from .cuts import DEFAULT_CUT, DROP_GROUPS, MODULE_CLASSES
 
 DEFAULT_ELEMENTS = (
     "sles-ipa-install sles sles-zypper-config sles-ipa-ramdisk-base dynamic-login "
@@ -136,6 +136,11 @@ SETTINGS: tuple[Setting, ...] = (
     S("cut_modules", list(DEFAULT_CUT), "list",
       "Kernel module classes cut from the ramdisk, with the firmware only they use; empty keeps all.",
       ("DIB_IPA_CUT_MODULES",), choices=tuple(MODULE_CLASSES)),
+    S("drop_packages", list(DROP_GROUPS), "list",
+      "Package groups that leave the tree before packing, with the libraries only they linked: "
+      "package-manager (zypper, rpm and their databases; the package list stays in the manifest, SBOM "
+      "and /usr/lib/sles-ipa-builder), perl (when the agent runs no perl script); empty keeps both.",
+      ("SIB_DROP_PACKAGES",), choices=DROP_GROUPS),
     S("keep_paths", [], "list", "Paths (globs relative to the root) the ramdisk keeps although a prune rule "
       "matches them.", ("SIB_KEEP_PATHS",)),
     S("prune_paths", [], "list", "More paths (globs relative to the root) to leave out of the ramdisk.",

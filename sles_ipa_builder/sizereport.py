@@ -1,7 +1,7 @@
 """What takes the space in an initramfs: largest directories, files and packages, and a diff.
 
-Reads the archive with cpioread.py. When it holds an rpm database, the database is extracted to a
-temp dir and queried (inventory.py) for per-package sizes.
+Reads the archive with cpioread.py. When it holds an rpm database (or the package list written when
+the database left), that is extracted to a temp dir and read (inventory.py) for per-package sizes.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from rich.table import Table
 
 from .cpioread import Reader, decompressor, detect, members, skip_zeros
 from .errors import BuildError, InputError
-from .inventory import RpmdbKeeper, rpm_lines
+from .inventory import RpmdbKeeper, rpm_table
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +69,12 @@ def analyze(path: Path) -> Report:
             skip_zeros(raw)
         report.compression = "+".join(kinds)
         report.dirs = dict(dirs)
-        dbdir = keep.dbdir()
-        if dbdir is not None:
-            try:
-                report.packages = {n: int(s) for n, s in rpm_lines(dbdir, "%{NAME} %{SIZE}\\n")}
-            except BuildError as e:
-                log.warning("cannot read the rpm database in %s: %s", path.name, e.message)
+        try:
+            table = rpm_table(Path(tmp))
+        except BuildError as e:
+            log.warning("cannot read the rpm database in %s: %s", path.name, e.message)
+        else:
+            report.packages = {row[0]: int(row[5]) for row in table} if table else None
     return report
 
 

@@ -9,7 +9,7 @@ import logging
 import re
 from pathlib import Path
 
-from . import agenttools, cuts, image, media, repos, zypper
+from . import agenttools, cuts, image, media, pkgdrop, repos, zypper
 from .context import BuildContext
 from .errors import BuildError, ConfigError
 from .target import run_in_target, run_zypper
@@ -125,6 +125,17 @@ def cut_step(ctx: BuildContext) -> None:
     if not any(c.files for c in done):
         log.info("no kernel modules of the classes %s in the tree", " ".join(ctx.cfg.cut_modules))
     ctx.manifest["cuts"] = [c.record() for c in done]
+
+
+def drop_step(ctx: BuildContext) -> None:
+    """Package groups that leave before packing (pkgdrop.py), after every chroot phase."""
+    if ctx.cfg.minimal_prune or not ctx.cfg.drop_packages:
+        log.info("no packages dropped (%s)", "minimal prune" if ctx.cfg.minimal_prune else "drop_packages is empty")
+        return
+    done = pkgdrop.drop(ctx.root, tuple(ctx.cfg.drop_packages), ctx.cfg.prune.keep)
+    for c in done:
+        log.info("%s: %d files, %.1f MiB", c.rule, c.files, c.bytes / 2**20)
+    ctx.manifest["cuts"] = [*ctx.manifest.get("cuts", []), *(c.record() for c in done)]
 
 
 def tools_step(ctx: BuildContext) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sles_ipa_builder import ramdisk, run
+from sles_ipa_builder import inventory, ramdisk, run
 from sles_ipa_builder.commands import load_testmedia
 
 pytestmark = [pytest.mark.root, pytest.mark.guestfs, pytest.mark.qemu, pytest.mark.media, pytest.mark.slow]
@@ -155,6 +155,15 @@ def test_what_the_ramdisk_leaves_out_and_precompiles(built):
     assert not list(modules.parent.glob("kernel/*/bluetooth"))
     assert "virtio_net" in dep  # depmod ran over what stays
     assert "lsblk" not in manifest["agent_tools_missing"]  # a core tool: the build would have failed
+    # the package managers and perl left after every chroot phase, with the libraries only they linked
+    for gone in ("usr/bin/zypper", "usr/bin/rpm", "usr/bin/perl", "var/lib/rpm", "usr/lib/sysimage/rpm",
+                 "var/lib/dpkg", "usr/bin/python3.11-config"):
+        assert not (t / gone).exists(), gone
+    assert not list(t.glob("usr/lib/*/libzypp.so*")) and not list(t.glob("usr/lib/*/libsolv.so*"))
+    assert cuts["shared libraries only the dropped packages linked"]["files"] > 0
+    assert any(r.startswith("packages: perl (") and c["bytes"] > 0 for r, c in cuts.items())
+    listed = (t / inventory.LISTED).read_text()
+    assert "\npython311\t" in listed and "python311-devel" not in listed  # build-only: removed in install.d
 
 
 def test_no_secret_outside_shadow(built):

@@ -386,7 +386,8 @@ def test_packages_fall_back_to_the_trees_rpm(tmp_path: Path) -> None:
     (tree / "bin/sh").symlink_to("busybox")
     (tree / "usr/bin/env").symlink_to("/bin/busybox")
     (tree / "usr/bin/rpm").write_text(
-        "#!/bin/sh\necho 'zlib zlib-1.2.11-3.1.x86_64'\necho 'bash bash-4.4-9.x86_64'\n"
+        "#!/bin/sh\nprintf 'zlib zlib\\t0\\t1.2.11\\t3.1\\tx86_64\\t100\\tZlib\\n'\n"
+        "printf 'bash bash\\t0\\t4.4\\t9\\tx86_64\\t200\\tGPL-3.0-or-later\\n'\n"
     )
     (tree / "usr/bin/rpm").chmod(0o755)
     lines = inventory.list_packages(tree).splitlines()

@@ -18,14 +18,14 @@ from sles_ipa_builder.compress import Compression
 
 KVER = "6.4.0-150600.23.25-default"
 SITE = "opt/ironic-python-agent/lib/python3.11/site-packages"
-# what the fake rpm prints for the SBOM's query: name, epoch, version, release, arch, licence
+# what the fake rpm prints for the package query: name, epoch, version, release, arch, size, licence
 RPMS = [
-    "kernel-default\t0\t6.4.0\t150600.23.25.1\tx86_64\tGPL-2.0-only",
-    "bash\t0\t4.4\t150400.25.22\tx86_64\tGPL-3.0-or-later",
-    "openssl-3\t0\t3.1.4\t150600.5.15.1\tx86_64\tApache-2.0 AND OpenSSL",  # an SPDX expression
-    "suse-build-key\t0\t12.0\t150000.8.46.1\tnoarch\tGPL-2.0+",  # old style: a name, not an id
-    "timezone\t2\t2024a\t150000.75.28.1\tx86_64\tSUSE-Public-Domain",
-    "gpg-pubkey\t0\t39db7c82\t5f68629b\t(none)\tpubkey",
+    "kernel-default\t0\t6.4.0\t150600.23.25.1\tx86_64\t98765\tGPL-2.0-only",
+    "bash\t0\t4.4\t150400.25.22\tx86_64\t1234\tGPL-3.0-or-later",
+    "openssl-3\t0\t3.1.4\t150600.5.15.1\tx86_64\t4321\tApache-2.0 AND OpenSSL",  # an SPDX expression
+    "suse-build-key\t0\t12.0\t150000.8.46.1\tnoarch\t10\tGPL-2.0+",  # old style: a name, not an id
+    "timezone\t2\t2024a\t150000.75.28.1\tx86_64\t99\tSUSE-Public-Domain",
+    "gpg-pubkey\t0\t39db7c82\t5f68629b\t(none)\t0\tpubkey",
 ]
 
 
