@@ -122,6 +122,7 @@ class Config:
     enable_rescue: bool
     install_ssh: bool
     install_debug_tools: bool
+    keep_units: str
     remove_firmware: str
     hardware_package: str | None
     hardware_version: str | None
@@ -284,6 +285,7 @@ class Config:
             "IPA_REMOVE_FIRMWARE": self.remove_firmware,
             "DIB_IPA_INSTALL_SSH": "true" if self.install_ssh else "false",
             "DIB_IPA_INSTALL_DEBUG_TOOLS": "true" if self.install_debug_tools else "false",
+            "DIB_IPA_KEEP_UNITS": self.keep_units,
             "IRONIC_LIB_FROM_SOURCE": "true" if self.ironic_lib_from_source else "false",
             "DIB_IPA_CERT_HOSTNAME": self.tls_cert_hostname,
             "DIB_IPA_CERT_EXPIRATION": str(self.tls_cert_expiration),

@@ -102,6 +102,9 @@ SETTINGS: tuple[Setting, ...] = (
       "user turn it on).", ("DIB_IPA_INSTALL_SSH",)),
     S("install_debug_tools", False, "bool", "Keep ss, dig, diff, top, ping and vim in the ramdisk.",
       ("DIB_IPA_INSTALL_DEBUG_TOOLS",)),
+    S("keep_units", "", "str", "Units the ramdisk keeps although they only make sense on installed systems "
+      "(sles-ipa-ramdisk-base disables the others: maintenance timers, smartd, ipmievd...; space separated).",
+      ("DIB_IPA_KEEP_UNITS",)),
     S("remove_firmware", DEFAULT_REMOVE_FIRMWARE, "str", "Firmware directories removed (comma separated).",
       ("IPA_REMOVE_FIRMWARE",)),
     S("hardware_package", None, "str", "pip requirement for the hardware package.", ("DIB_IPA_HARDWARE_PACKAGE",)),

@@ -47,7 +47,7 @@ def test_selinux_permissive(target: Target) -> None:
 def test_sysprep_machine_id(target: Target) -> None:
     setup = "echo 0123456789abcdef0123456789abcdef > $ROOT/etc/machine-id"
     target.run(["sysprep"], setup=setup)
-    assert target.read("etc/machine-id") == "uninitialized\n"
+    assert target.read("etc/machine-id") == ""  # a new ID at each boot, and no first-boot mode
     dbus = target.lower / "var/lib/dbus/machine-id"
     if dbus.is_symlink():
         assert (target.upper / "var/lib/dbus/machine-id").exists() is False  # link left alone
@@ -60,7 +60,34 @@ def test_sysprep_dbus_copy_emptied(target: Target) -> None:
         """)
     target.run(["sysprep"], setup=setup)
     assert target.read("var/lib/dbus/machine-id") == ""
-    assert target.read("etc/machine-id") == "uninitialized\n"
+    assert target.read("etc/machine-id") == ""
+
+
+# --- sles-ipa-ramdisk-base -----------------------------------------------------------------------------
+UNITS = textwrap.dedent("""\
+    d=$ROOT/usr/lib/systemd/system; mkdir -p $d/getty.target.wants $ROOT/usr/lib/systemd/system-preset
+    printf '[Service]\\nExecStart=/bin/true\\n[Install]\\nWantedBy=multi-user.target\\n' > $d/sib-daemon.service
+    printf '[Service]\\nExecStart=/usr/bin/fio --server\\n[Install]\\nWantedBy=multi-user.target\\n' > $d/fio.service
+    printf '[Service]\\nExecStart=/bin/true\\n' > $d/getty-static.service
+    ln -sf ../getty-static.service $d/getty.target.wants/getty-static.service
+    printf 'enable sib-daemon.service\\nenable fio.service\\n' > $ROOT/usr/lib/systemd/system-preset/10-sib.preset
+    """)
+
+
+def test_ramdisk_base_settles_units_at_build_time(target: Target) -> None:
+    target.run(["sles-ipa-ramdisk-base"], ["finalise.d"], setup=UNITS)
+    wants = "etc/systemd/system/multi-user.target.wants"
+    assert target.exists(f"{wants}/sib-daemon.service")  # its preset, applied now rather than at first boot
+    assert not target.exists(f"{wants}/fio.service")  # preset on, but the agent runs fio itself
+    assert os.readlink(target.path("etc/systemd/system/getty-static.service")) == "/dev/null"  # static: masked
+    line = next(x for x in target.output.splitlines() if "units of installed systems left out" in x)
+    assert "fio.service" in line and "getty-static.service" in line and "sib-daemon" not in line
+
+
+def test_ramdisk_base_keeps_the_units_asked_for(target: Target) -> None:
+    target.run(["sles-ipa-ramdisk-base"], ["finalise.d"], env={"DIB_IPA_KEEP_UNITS": "fio.service"}, setup=UNITS)
+    assert target.exists("etc/systemd/system/multi-user.target.wants/fio.service")
+    assert os.readlink(target.path("etc/systemd/system/getty-static.service")) == "/dev/null"  # not kept
 
 
 # --- ipa-module-autoload, ipa-add-buildinfo ----------------------------------------------------------
@@ -115,7 +142,7 @@ def test_default_elements_together(target: Target, tmp_path: Path) -> None:
     assert target.read("etc/modules-load.d/load.conf") == "megaraid_sas\n"
     assert target.exists("etc/systemd/journald.conf.d/log-to-console.conf")
     assert target.read("etc/selinux/config").startswith("SELINUX=permissive")
-    assert target.read("etc/machine-id") == "uninitialized\n"
+    assert target.read("etc/machine-id") == ""
     assert target.read("home/metal3/.ssh/authorized_keys") == keys.read_text()
     assert target.read("etc/sudoers.d/metal3") == "metal3 ALL=(ALL) NOPASSWD:ALL\n"
     assert target.mode("etc/ironic-python-agent.d/agent.key") == 0o600
