@@ -40,6 +40,20 @@ MODULE_CLASSES: dict[str, tuple[str, ...]] = {
     "bluetooth": ("drivers/bluetooth", "net/bluetooth"),
     "media": ("drivers/media",),
     "staging": ("drivers/staging",),
+    # Filesystems the agent never mounts: network and cluster ones (it writes images to disks and
+    # reads config drives; iSCSI and NVMe-oF are block devices and stay).
+    "netfs": ("fs/nfs", "fs/nfsd", "fs/nfs_common", "fs/lockd", "fs/smb", "fs/cifs", "fs/ceph", "fs/afs",
+              "fs/9p", "fs/coda", "fs/orangefs", "fs/ocfs2", "fs/gfs2", "fs/dlm", "net/sunrpc", "net/ceph",
+              "net/9p", "net/rxrpc"),
+    # Networks no server NIC speaks: CAN, amateur radio, ISDN, ATM, 802.15.4, NFC, WWAN, legacy LANs.
+    "legacy-net": ("net/can", "drivers/net/can", "net/ieee802154", "drivers/net/ieee802154", "net/6lowpan",
+                   "net/nfc", "drivers/nfc", "drivers/net/wwan", "net/atm", "drivers/atm", "drivers/isdn",
+                   "net/appletalk", "net/x25", "net/lapb", "net/ax25", "net/rose", "net/netrom",
+                   "drivers/net/hamradio", "drivers/net/arcnet", "drivers/net/fddi", "drivers/net/plip"),
+    # Device-side and embedded buses (USB gadget mode, industrial I/O, 1-wire, PCMCIA, parallel port)
+    # and the kernel's self-test modules.
+    "embedded": ("drivers/usb/gadget", "drivers/iio", "drivers/w1", "drivers/memstick", "drivers/pcmcia",
+                 "drivers/parport", "lib/test_*.ko*", "lib/*/test_*.ko*"),
 }
 DEFAULT_CUT = tuple(MODULE_CLASSES)
 # Package groups that leave the tree before packing (pkgdrop.GROUPS says what each holds).
@@ -89,6 +103,9 @@ def module_firmware(path: Path) -> list[str]:
 
 
 def _modules(under: Path) -> list[Path]:
+    """The module files under a directory, or the module file itself."""
+    if under.is_file():
+        return [under] if under.name.endswith(MODULE_SUFFIXES) else []
     return [Path(d, f) for d, _, files in os.walk(under) for f in files if f.endswith(MODULE_SUFFIXES)]
 
 
@@ -119,15 +136,16 @@ def _module_trees(tree: Path) -> list[Path]:
 
 
 def cut_modules(tree: Path, classes: Iterable[str]) -> tuple[list[Cut], list[str]]:
-    """Remove the classes' module directories in every kernel of the tree, then the firmware only
+    """Remove the classes' module directories (and files) in every kernel of the tree, then the firmware only
     they named; return one Cut per class and one for firmware, and the kernel versions whose module
     tree changed (depmod must run for them)."""
     cuts = {c: Cut(f"kernel modules: {c}") for c in classes}
     kernels: list[str] = []
     removed_fw: set[str] = set()
     for modules in _module_trees(tree):
-        gone = {c: [modules / "kernel" / rel for rel in MODULE_CLASSES[c] if (modules / "kernel" / rel).is_dir()]
-                for c in cuts}
+        gone = {c: [p for rel in MODULE_CLASSES[c] for p in sorted((modules / "kernel").glob(rel))] for c in cuts}
+        for c, extra in _dependents(modules, gone).items():  # a module needing a cut one cannot load either
+            gone[c] += extra
         if not any(gone.values()):
             continue
         kernels.append(modules.name)
@@ -137,7 +155,7 @@ def cut_modules(tree: Path, classes: Iterable[str]) -> tuple[list[Cut], list[str
             cuts[c].files += files
             cuts[c].bytes += size
             for d in dirs:
-                shutil.rmtree(d)
+                shutil.rmtree(d) if d.is_dir() and not d.is_symlink() else d.unlink()
     firmware = Cut("firmware only removed modules named")
     candidates = _firmware_files(tree, removed_fw)
     if candidates:  # reading every kept module is only worth it when there is something to remove
@@ -147,6 +165,30 @@ def cut_modules(tree: Path, classes: Iterable[str]) -> tuple[list[Cut], list[str
         for rel in unused:
             os.unlink(tree / rel)
     return [*cuts.values(), firmware], kernels
+
+
+def _dependents(modules: Path, gone: dict[str, list[Path]]) -> dict[str, list[Path]]:
+    """Modules outside `gone` that need one inside it (modules.dep, transitively), by the class they follow."""
+    dep = modules / "modules.dep"
+    if not dep.is_file():
+        return {}
+    needs = {m: deps.split() for m, _, deps in (line.partition(":") for line in dep.read_text().splitlines())}
+    owner = {str(f.relative_to(modules)): c for c, paths in gone.items() for p in paths for f in _modules(p)}
+    found: dict[str, str] = {}
+    changed = True
+    while changed:
+        changed = False
+        for m, deps in needs.items():
+            if m not in owner and m not in found:
+                hit = next((d for d in deps if d in owner or d in found), None)
+                if hit is not None:
+                    found[m] = owner.get(hit) or found[hit]
+                    changed = True
+    out: dict[str, list[Path]] = {}
+    for m, c in sorted(found.items()):
+        if (modules / m).is_file():
+            out.setdefault(c, []).append(modules / m)
+    return out
 
 
 def _firmware_files(tree: Path, names: set[str]) -> list[str]:

@@ -76,6 +76,26 @@ def test_classes_and_the_firmware_only_they_name_are_cut(tmp_path: Path) -> None
                                                   "firmware only removed modules named"]
 
 
+def test_modules_needing_a_cut_one_follow_it_and_self_tests_go_by_name(tmp_path: Path) -> None:
+    tree = _tree(tmp_path)
+    mods = tree / f"usr/lib/modules/{KVER}"
+    for rel in ("net/ceph/libceph.ko", "drivers/block/rbd.ko", "drivers/block/nbd.ko", "lib/test_bpf.ko",
+                "lib/crc32.ko", "fs/nfs/nfs.ko"):
+        _module(mods / "kernel" / rel, [], pad=100)
+    (mods / "modules.dep").write_text(
+        "kernel/net/ceph/libceph.ko: kernel/lib/crc32.ko\n"
+        "kernel/drivers/block/rbd.ko: kernel/net/ceph/libceph.ko kernel/lib/crc32.ko\n"
+        "kernel/drivers/block/nbd.ko:\nkernel/lib/test_bpf.ko:\nkernel/lib/crc32.ko:\nkernel/fs/nfs/nfs.ko:\n")
+    done, _ = cuts.cut_modules(tree, ["netfs", "embedded"])
+    for gone in ("net/ceph", "fs/nfs", "drivers/block/rbd.ko", "lib/test_bpf.ko"):
+        assert not _exists(mods, f"kernel/{gone}"), gone
+    for kept in ("drivers/block/nbd.ko", "lib/crc32.ko"):  # a dependency of a cut module stays
+        assert _exists(mods, f"kernel/{kept}"), kept
+    by_rule = {c.rule: c for c in done}
+    assert by_rule["kernel modules: netfs"].files == 3  # libceph, nfs and rbd, which needs libceph
+    assert by_rule["kernel modules: embedded"].files == 1
+
+
 def test_nothing_to_cut_leaves_the_tree_and_needs_no_depmod(tmp_path: Path) -> None:
     tree = _tree(tmp_path)
     done, kernels = cuts.cut_modules(tree, ["staging", "bluetooth"])
