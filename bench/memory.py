@@ -35,6 +35,22 @@ def heartbeats(kernel: Path, initramfs: Path, memory: int, timeout: float) -> bo
     return True
 
 
+def smallest(kernel: Path, initramfs: Path, low: int = 512, high: int = 2048, step: int = 128,
+             timeout: float = 400) -> int:
+    """The smallest memory (MiB, to `step`) with which the agent heartbeats, by bisection."""
+    if not heartbeats(kernel, initramfs, high, timeout):
+        sys.exit(f"error: no heartbeat even with {high} MiB: raise --high")
+    while high - low > step:  # invariant: high passes, low is not known to pass
+        mid = (low + high) // 2 // step * step
+        if mid <= low:
+            break
+        if heartbeats(kernel, initramfs, mid, timeout):
+            high = mid
+        else:
+            low = mid
+    return high
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("kernel", nargs="?", type=Path, default=WORKSPACE / "ironic-python-agent.kernel")
@@ -48,17 +64,7 @@ def main() -> int:
     for p in (args.kernel, args.initramfs):
         if not p.is_file():
             sys.exit(f"error: {p} not found: build first, or pass KERNEL INITRAMFS")
-    if not heartbeats(args.kernel, args.initramfs, args.high, args.timeout):
-        sys.exit(f"error: no heartbeat even with {args.high} MiB: raise --high")
-    low, high = args.low, args.high  # invariant: high passes, low is not known to pass
-    while high - low > args.step:
-        mid = (low + high) // 2 // args.step * args.step
-        if mid <= low:
-            break
-        if heartbeats(args.kernel, args.initramfs, mid, args.timeout):
-            high = mid
-        else:
-            low = mid
+    high = smallest(args.kernel, args.initramfs, args.low, args.high, args.step, args.timeout)
     size = args.initramfs.stat().st_size / 2**20
     print(f"memory benchmark: {args.initramfs.name} ({size:.1f} MiB), TCG")
     print(f"  smallest memory with a heartbeat: {high} MiB (resolution {args.step} MiB; the seed's note: 1.5 GB)")
