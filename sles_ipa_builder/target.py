@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -127,11 +128,23 @@ def run_zypper(ctx: BuildContext, argv: list[str] | None = None) -> None:
     mine = ctx.zypper_token
     with locked(cache):
         if not stamp.is_file() or stamp.read_text() != mine:
+            _forget_installed(cache)
             run_in_target(ctx, zypper.refresh_argv(ctx.refresh_aliases), extra_env=env,
                           label="zypper")
             stamp.write_text(mine)
         if argv:
+            _forget_installed(cache)
             run_in_target(ctx, argv, extra_env=env, label="zypper")
+
+
+def _forget_installed(cache: Path) -> None:
+    """zypper's cache of the target's rpm database (solv/@System) belongs to one target, but the cache
+    is shared. libsolv takes the cached one as current when the database file's (st_ino, st_dev)
+    match, and under the root tree's overlayfs every build's database has the same inode number, often
+    on the same device number: one build would read another's packages (or fail: "Failed to cache
+    rpm database"). So it goes before every zypper call; rebuilding it reads the target's headers
+    (well under a second)."""
+    shutil.rmtree(cache / "solv" / "@System", ignore_errors=True)
 
 
 def in_root(root: Path, rel: str, *, follow_last: bool = False) -> Path:

@@ -121,3 +121,29 @@ def test_zypper_refreshes_when_another_build_did_and_runs_under_the_cache_lock(t
         (["--no-recommends", "mdadm"], True),
         (["--gpg-auto-import-keys", "refresh"], True),
         (["refresh", "sle-Module-Basesystem"], True), (["--no-recommends", "fio"], True)]
+
+
+def test_no_zypper_call_sees_another_targets_rpmdb_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """solv/@System caches one target's rpm database; libsolv trusts it when the database file's inode
+    and device match, which they do for every build under the root tree's overlayfs. Every zypper
+    call starts without it (zypper rebuilds it from the target's own database)."""
+    from types import SimpleNamespace
+
+    from sles_ipa_builder import target
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    system = tmp_path / "sles-ipa-builder/zypper/solv/@System"
+    seen: list[bool] = []
+
+    def fake_run_in_target(ctx: object, argv: list[str], **kw: object) -> None:
+        seen.append(system.exists())
+        system.mkdir(parents=True, exist_ok=True)  # what zypper leaves behind
+        (system / "solv").write_bytes(b"another target's packages")
+
+    monkeypatch.setattr(target, "run_in_target", fake_run_in_target)
+    system.mkdir(parents=True)  # left by an earlier build
+    ctx = SimpleNamespace(refresh_aliases=None, zypper_token="ours")
+    target.run_zypper(ctx, zypper.install_argv(["lshw"]))  # type: ignore[arg-type]
+    target.run_zypper(ctx, zypper.install_argv(["fio"]))  # type: ignore[arg-type]
+    assert seen == [False, False, False]  # refresh, install, install
+    assert (tmp_path / "sles-ipa-builder/zypper/.refreshed-by").read_text() == "ours"
