@@ -8,6 +8,8 @@ or simply missing. Each kind keeps a small `subjects.json` (subject -> last key)
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -164,6 +166,71 @@ def remember(kind: str, subject: str, key: str) -> None:
         index = _read_json(index_path)
         index[subject] = key
         _write_json(index_path, index)
+
+
+def in_use(stack: contextlib.ExitStack, entry: Path) -> None:
+    """Mark `entry` as used by this build until `stack` closes (a shared flock on `<entry>.use`):
+    prune() leaves it alone, as a running build's overlay reads it."""
+    fd = os.open(f"{entry}.use", os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    stack.callback(os.close, fd)
+    touch_use(entry)
+
+
+def touch_use(entry: Path) -> None:
+    """Record a use of `entry` (the mtime of `<entry>.use`): prune() removes the least recently used."""
+    Path(f"{entry}.use").touch()
+
+
+def _last_use(entry: Path) -> float:
+    try:
+        return os.stat(f"{entry}.use").st_mtime
+    except FileNotFoundError:
+        return entry.stat().st_mtime
+
+
+def _busy(entry: Path) -> bool:
+    fd = os.open(f"{entry}.use", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the lock
+    return False
+
+
+def prune(kind: str, keep: int) -> list[Path]:
+    """Keep the `keep` most recently used directory entries of `kind`; remove the older ones that no
+    running build uses. Returns what went."""
+    entries = sorted((p for p in cache_dir(kind).iterdir() if p.is_dir() and not p.name.startswith(".")),
+                     key=_last_use, reverse=True)
+    removed = []
+    for old in entries[keep:]:
+        with locked(old):
+            if _busy(old):
+                log.info("cache %s: %s is in use by a running build; kept", kind, old.name[:12])
+                continue
+            shutil.rmtree(old)
+        removed.append(old)
+        log.info("cache %s: removed %s (only the %d most recently used are kept)", kind, old.name[:12], keep)
+    return removed
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes allocated under path (hard links counted once, not crossing filesystems)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    top = os.lstat(path)
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in (*dirnames, *filenames):
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(dirpath, name))
+                if st.st_dev != top.st_dev or (st.st_ino, st.st_dev) in seen:
+                    continue
+                seen.add((st.st_ino, st.st_dev))
+                total += st.st_blocks * 512
+    return total
 
 
 def clean(keep: tuple[str, ...] = ()) -> list[Path]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.table import Table
 
 from .appliance import check_launch
-from .cache import cache_root
+from .cache import cache_root, disk_usage
 from .config import Config
 from .log import console
 from .results import show
@@ -20,8 +20,8 @@ TOOLS = {
     "unshare": "util-linux: private mount and PID namespace for the build",
     "chroot": "coreutils: runs hooks inside the target",
     "mount": "util-linux: proc/sys/dev inside the namespace",
-    "tar": "GNU tar: unpacks the cached root tree",
-    "zstd": "unpacks the cached root tree quickly",
+    "tar": "GNU tar: streams the root tree out of the qcow2",
+    "zstd": "reads root trees an earlier version cached as .tar.zst",
     "git": "GitPython drives git for the sources",
     "openssl": "sles-ipa-tls generates certificates",
 }
@@ -62,10 +62,23 @@ def checks(cfg: Config, *, launch: bool = True) -> list[Check]:
         gib = free_gib(place)
         out.append(Check(f"free space {label}", gib >= MIN_FREE_GIB, f"{gib:.0f} GiB free at {place}",
                          fatal=False))
+    out.append(cache_size())
     out.extend(input_checks(cfg))
     if launch:
         out.append(launch_check(cfg))
     return out
+
+
+def cache_size() -> Check:
+    """What the caches hold, in all and per kind (the root trees are bounded: layers.ROOTFS_GENERATIONS)."""
+    root = cache_root()
+    if not root.is_dir():
+        return Check("cache size", True, f"empty ({root})", fatal=False)
+    kinds = {p.name: disk_usage(p) for p in sorted(root.iterdir()) if p.is_dir() and not p.is_symlink()}
+    trees = sum(1 for p in (root / "rootfs").glob("*") if p.is_dir()) if (root / "rootfs").is_dir() else 0
+    parts = ", ".join(f"{k} {v / 2**30:.1f}" for k, v in kinds.items() if v >= 2**26)
+    detail = f"{sum(kinds.values()) / 2**30:.1f} GiB in {root} ({parts or 'all small'}; {trees} root tree(s))"
+    return Check("cache size", True, detail, fatal=False)
 
 
 def input_checks(cfg: Config) -> list[Check]:

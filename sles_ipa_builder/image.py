@@ -5,9 +5,10 @@ The image is opened read-only in the libguestfs appliance; root, /boot and the E
 seed chose them (GPT type GUIDs and labels, the single-partition case), then the image's own fstab
 adds its other filesystems (btrfs subvolumes such as SUSE's @/home); libguestfs inspection is the
 fallback when that finds no root. btrfs root: its default subvolume (SUSE's @/.snapshots/1/snapshot),
-else `root` or `@`; xfs with nouuid. The tree is streamed
-out once (`tar_out`, uncompressed inside the guest) and teed on the host into `tar -x` and a zstd
-archive in the cache keyed by the qcow2's sha256; a later build with the same image only unpacks it.
+else `root` or `@`; xfs with nouuid. The tree is streamed out once (`tar_out`, uncompressed inside
+the guest) into `tar -x` on the host, into the cache: rootfs/<the qcow2's sha256>/, kept unpacked. A
+build shows it as its root through overlayfs (layers.py), so a later build with the same image
+restores it with one mount.
 """
 
 from __future__ import annotations
@@ -20,9 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import zstandard
-
-from . import cache, run
+from . import run
 from .appliance import launch
 from .arch import Arch
 from .config import Config
@@ -77,42 +76,6 @@ def sniff(image: Path) -> str:
         return "raw"
     raise InputError(f"{image} is not a disk image (neither qcow2 nor a partitioned raw disk)",
                      "give the SLES Minimal-VM OpenStack .qcow2 (an .xz download must be unpacked first)")
-
-
-def prepare_root(cfg: Config, root: Path, *, accel: str = "auto", force: bool = False) -> dict[str, Any]:
-    """Fill the empty directory `root` with the base tree; return facts for the build manifest."""
-    start = time.monotonic()
-    root.mkdir(parents=True, exist_ok=True)
-    if cfg.base_tree:
-        run.run(["cp", "-a", "--reflink=auto", f"{cfg.base_tree}/.", f"{root}/"],
-                hint="the base tree must be readable")
-        return {"source": "tree", "path": str(cfg.base_tree), "cache": "none",
-                "seconds": round(time.monotonic() - start, 2)}
-    image = find_image(cfg)
-    fmt = sniff(image)
-    sha = cache.file_sha256(image)
-    facts: dict[str, Any] = {"source": fmt, "image": str(image), "sha256": sha}
-    entry = cache.lookup("rootfs", sha, subject=str(image.resolve()), what="image hash", suffix=".tar.zst",
-                         force=force)
-    with cache.locked(entry.path):
-        if entry.path.exists() and (entry.hit or not force):  # another build may have made it meanwhile
-            facts.update(cache="hit", cache_file=str(entry.path))
-            facts["timings"] = {"unpack": unpack(entry.path, root)}
-        else:
-            facts.update(cache="miss", cache_reason=entry.reason, cache_file=str(entry.path))
-            facts.update(extract(image, fmt, root, entry.path, arch=cfg.arch, accel=accel))
-        cache.remember("rootfs", str(image.resolve()), sha)
-    facts["seconds"] = round(time.monotonic() - start, 2)
-    log.info("root tree from %s: cache %s, %.1fs", image.name, facts["cache"], facts["seconds"])
-    return facts
-
-
-def unpack(archive: Path, root: Path) -> float:
-    """The warm path: zstd -d | tar -x (two processes, two cores)."""
-    start = time.monotonic()
-    run.run(["tar", "--zstd", "-x", "-f", archive, "-C", root, *TAR_KEEP],
-            hint=f"the cached root archive may be damaged: remove {archive} and build again")
-    return round(time.monotonic() - start, 2)
 
 
 # --- choosing and mounting the filesystems -------------------------------------------------------------
@@ -304,8 +267,8 @@ def _arch(g: Any) -> str:
 # --- streaming the tree out ----------------------------------------------------------------------------
 
 
-def extract(image: Path, fmt: str, root: Path, archive: Path, *, arch: Arch, accel: str = "auto") -> dict[str, Any]:
-    """Cold path: one tar stream out of the appliance, teed into `tar -x` and the zstd cache archive."""
+def extract(image: Path, fmt: str, root: Path, *, arch: Arch, accel: str = "auto") -> dict[str, Any]:
+    """Cold path: one tar stream out of the appliance into `tar -x` on the host."""
     timings: dict[str, float] = {}
     t = time.monotonic()
     g, used = launch(image, fmt, accel)
@@ -315,7 +278,7 @@ def extract(image: Path, fmt: str, root: Path, archive: Path, *, arch: Arch, acc
         layout = mount_tree(g, image, arch)
         timings["inspect_mount"] = round(time.monotonic() - t, 2)
         t = time.monotonic()
-        size = _stream(g, root, archive)
+        size = _stream(g, root)
         timings["tar_out_extract"] = round(time.monotonic() - t, 2)
     except RuntimeError as e:  # what the guestfs bindings raise
         raise BuildError(f"reading {image.name} with libguestfs failed: {str(e).splitlines()[0][:200]}",
@@ -323,36 +286,27 @@ def extract(image: Path, fmt: str, root: Path, archive: Path, *, arch: Arch, acc
     finally:
         g.shutdown()
         g.close()
-    return {"accel": used, "timings": timings, "stream_bytes": size, "archive_bytes": archive.stat().st_size,
-            **layout}
+    return {"accel": used, "timings": timings, "stream_bytes": size, **layout}
 
 
-def _stream(g: Any, root: Path, archive: Path) -> int:
+def _stream(g: Any, root: Path) -> int:
     rfd, wfd = os.pipe()
     errfile = tempfile.TemporaryFile()  # not a pipe: tar's warnings must never block its stdin
     tar = run.popen(["tar", "-x", "-f", "-", "-C", root, *TAR_KEEP], stdin=PIPE, stderr=errfile)
     assert tar.stdin is not None
     total = 0
     tar_broken = False
-    failure: list[BaseException] = []
 
-    def tee() -> None:
+    def feed() -> None:
         nonlocal total, tar_broken
         try:
-            zc = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=1)
-            with open(tmp, "wb") as f, zc.stream_writer(f) as z:
-                while chunk := os.read(rfd, CHUNK):
-                    total += len(chunk)
-                    z.write(chunk)
-                    if not tar_broken:
-                        try:
-                            tar.stdin.write(chunk)  # type: ignore[union-attr]
-                        except BrokenPipeError:
-                            tar_broken = True  # keep draining: the guest would block on a full pipe
-        except BaseException as e:  # noqa: BLE001
-            failure.append(e)
-            while os.read(rfd, CHUNK):
-                pass
+            while chunk := os.read(rfd, CHUNK):
+                total += len(chunk)
+                if not tar_broken:
+                    try:
+                        tar.stdin.write(chunk)  # type: ignore[union-attr]
+                    except BrokenPipeError:
+                        tar_broken = True  # keep draining: the guest would block on a full pipe
         finally:
             os.close(rfd)
             try:
@@ -360,22 +314,18 @@ def _stream(g: Any, root: Path, archive: Path) -> int:
             except BrokenPipeError:
                 pass
 
-    with cache.atomic_path(archive) as tmp:
-        reader = threading.Thread(target=tee, name="rootfs-tee", daemon=True)
-        reader.start()
-        try:
-            g.tar_out("/", f"/dev/fd/{wfd}", numericowner=True, xattrs=True, selinux=False, acls=True)
-        finally:
-            os.close(wfd)
-            reader.join()
-            tar.wait()
-            errfile.seek(0)
-            tail = errfile.read().decode(errors="replace").strip().splitlines()[-3:]
-            errfile.close()
-        if failure:
-            raise BuildError(f"writing the root archive {archive} failed: {failure[0]}",
-                             "check free space in the cache directory")
-        if tar.returncode != 0 or tar_broken:
-            raise BuildError(f"extracting the root tree into {root} failed: {' / '.join(tail)[:300]}",
-                             "check free space in the workspace")
+    reader = threading.Thread(target=feed, name="rootfs-feed", daemon=True)
+    reader.start()
+    try:
+        g.tar_out("/", f"/dev/fd/{wfd}", numericowner=True, xattrs=True, selinux=False, acls=True)
+    finally:
+        os.close(wfd)
+        reader.join()
+        tar.wait()
+        errfile.seek(0)
+        tail = errfile.read().decode(errors="replace").strip().splitlines()[-3:]
+        errfile.close()
+    if tar.returncode != 0 or tar_broken:
+        raise BuildError(f"extracting the root tree into {root} failed: {' / '.join(tail)[:300]}",
+                         "check free space in the cache directory")
     return total

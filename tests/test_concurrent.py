@@ -1,7 +1,8 @@
 """Two builds at once, different workspaces, one fresh cache: both succeed (the cache locks hold).
 
-Both miss the root-tree cache of the same qcow2 and race for it, and share the git mirror of the
-same repository; each must end with its own complete artifacts.
+Both miss the root-tree cache of the same qcow2 and race for it, then both mount the one cached tree
+as their overlayfs' lower layer, and share the git mirror of the same repository; each must end
+with its own complete artifacts.
 """
 
 from __future__ import annotations
@@ -55,3 +56,5 @@ def test_two_builds_share_one_cache(tmp_path: Path, fixture_media: object) -> No
     # exactly one of them extracted the image; the other waited on the lock and took the cache
     assert sum("cache miss, " in text for text in logs) == 1, logs
     assert sum("cache hit, " in text for text in logs) == 1, logs
+    # both read the one cached tree through their own overlayfs (layers.py)
+    assert all("root tree restored from the cache by overlay" in text for text in logs), logs

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from sles_ipa_builder import appliance, config, image, run
+from sles_ipa_builder import appliance, config, image, layers, run
 from sles_ipa_builder.errors import InputError
 
 IMAGES_VERSION = "v4"
@@ -197,18 +197,18 @@ def test_root_from_qcow2_then_cache_hit(images: dict[str, Path], tmp_path: Path,
                                         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("INFO")
     c = cfg(base_image=images[kind])
-    facts = image.prepare_root(c, tmp_path / "r1")
+    facts = layers.prepare_root(c, tmp_path / "r1")
     assert facts["cache"] == "miss" and facts["cache_reason"] == "not cached yet"
     assert facts["arch"] == "x86_64"
     assert {"launch", "inspect_mount", "tar_out_extract"} <= set(facts["timings"])
     assert any(m["mountpoint"] == "/boot/efi" for m in facts["mounts"])
     check_tree(tmp_path / "r1", btrfs=kind == "btrfs")
-    facts2 = image.prepare_root(c, tmp_path / "r2")
+    facts2 = layers.prepare_root(c, tmp_path / "r2")
     assert facts2["cache"] == "hit" and "launch" not in facts2["timings"]  # no appliance on a hit
     assert f"cache hit: rootfs {images[kind].resolve()}" in caplog.text
     check_tree(tmp_path / "r2", btrfs=kind == "btrfs")
     if kind == "ext4":
-        facts3 = image.prepare_root(c, tmp_path / "r3", force=True)
+        facts3 = layers.prepare_root(c, tmp_path / "r3", force=True)
         assert facts3["cache"] == "miss" and facts3["cache_reason"] == "--force"
 
 
@@ -216,7 +216,7 @@ def test_root_from_qcow2_then_cache_hit(images: dict[str, Path], tmp_path: Path,
 @pytest.mark.slow
 def test_root_on_lvm_is_found_by_inspection(images: dict[str, Path], tmp_path: Path) -> None:
     # the partition is an LVM2_member, not a filesystem: the seed's rule has no root, inspection does
-    facts = image.prepare_root(cfg(base_image=images["lvm"]), tmp_path / "r")
+    facts = layers.prepare_root(cfg(base_image=images["lvm"]), tmp_path / "r")
     assert facts["arch"] == "x86_64"
     assert "SLES" in (tmp_path / "r/etc/os-release").read_text()
     assert (tmp_path / "r/usr/bin/ls").stat().st_ino == (tmp_path / "r/usr/bin/dir").stat().st_ino
@@ -228,7 +228,7 @@ def test_base_tree_is_copied(tmp_path: Path) -> None:
     (src / "usr/bin/x").write_text("x")
     (src / "bin").symlink_to("usr/bin")
     os.chown(src / "usr/bin/x", 42, 43)
-    facts = image.prepare_root(cfg(base_tree=src), tmp_path / "root")
+    facts = layers.prepare_root(cfg(base_tree=src), tmp_path / "root")
     assert facts["source"] == "tree"
     assert os.readlink(tmp_path / "root/bin") == "usr/bin"
     assert (tmp_path / "root/usr/bin/x").stat().st_uid == 42
@@ -236,9 +236,9 @@ def test_base_tree_is_copied(tmp_path: Path) -> None:
 
 def test_missing_image_lists_names(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"no base image in .*SLES15-SP7-Minimal-VM.*SLE-15-SP7-Minimal-VM"):
-        image.prepare_root(cfg(images_dir=str(tmp_path)), tmp_path / "root")
+        layers.prepare_root(cfg(images_dir=str(tmp_path)), tmp_path / "root")
     with pytest.raises(InputError, match="base image .* not found"):
-        image.prepare_root(cfg(base_image=tmp_path / "nope.qcow2"), tmp_path / "root")
+        layers.prepare_root(cfg(base_image=tmp_path / "nope.qcow2"), tmp_path / "root")
 
 
 def test_found_by_download_name(tmp_path: Path) -> None:
@@ -250,7 +250,7 @@ def test_not_a_disk_image(tmp_path: Path) -> None:
     f = tmp_path / "SLES15-SP7-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2"
     f.write_bytes(b"<html>not found</html>" * 100)
     with pytest.raises(InputError, match="is not a disk image"):
-        image.prepare_root(cfg(images_dir=str(tmp_path)), tmp_path / "root")
+        layers.prepare_root(cfg(images_dir=str(tmp_path)), tmp_path / "root")
 
 
 def test_truncated_qcow2(tmp_path: Path) -> None:
@@ -262,21 +262,21 @@ def test_truncated_qcow2(tmp_path: Path) -> None:
     cut.write_bytes(whole.read_bytes()[: 16 << 20])
     assert image.sniff(whole) == "qcow2"
     with pytest.raises(InputError, match="is a damaged qcow2"):
-        image.prepare_root(cfg(images_dir=str(tmp_path)), tmp_path / "root")
+        layers.prepare_root(cfg(images_dir=str(tmp_path)), tmp_path / "root")
 
 
 @pytest.mark.guestfs
 @pytest.mark.slow
 def test_no_linux_root(images: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no Linux root filesystem found"):
-        image.prepare_root(cfg(base_image=images["noroot"]), tmp_path / "root")
+        layers.prepare_root(cfg(base_image=images["noroot"]), tmp_path / "root")
 
 
 @pytest.mark.guestfs
 @pytest.mark.slow
 def test_not_x86_64(images: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(InputError, match="is an aarch64 image, not x86_64"):
-        image.prepare_root(cfg(base_image=images["aarch64"]), tmp_path / "root")
+        layers.prepare_root(cfg(base_image=images["aarch64"]), tmp_path / "root")
 
 
 def test_qemu_children_finds_nothing_unrelated() -> None:
@@ -296,7 +296,7 @@ def teardown_module() -> None:
 @pytest.mark.parametrize("variant", ["base_ext4", "base_btrfs"])
 def test_root_from_fixture_images(fixture_media: Any, tmp_path: Path, variant: str) -> None:
     img = getattr(fixture_media, variant)
-    facts = image.prepare_root(cfg(base_image=img), tmp_path / "root")
+    facts = layers.prepare_root(cfg(base_image=img), tmp_path / "root")
     assert facts["cache"] == "miss" and facts["arch"] == "x86_64"
     want = fixture_media.root_tree
     for rel in ("etc/os-release", "usr/bin/zypper", "usr/bin/rpm"):
