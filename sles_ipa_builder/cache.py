@@ -115,6 +115,15 @@ def file_sha256(path: Path) -> str:
     return digest
 
 
+def known_sha256(path: Path) -> str | None:
+    """The sha256 file_sha256 remembered for this file as it is now, else None; reads, never hashes."""
+    st = path.stat()
+    known = _read_json(cache_root() / "hashes" / "index.json").get(os.path.realpath(path))
+    if isinstance(known, dict) and known.get("stamp") == [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]:
+        return str(known["sha256"])
+    return None
+
+
 def url_key(url: str) -> str:
     """A short stable directory name for something identified by a URL."""
     return hashlib.sha256(url.encode()).hexdigest()[:20]

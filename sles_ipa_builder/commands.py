@@ -74,6 +74,13 @@ def summary(args: argparse.Namespace, cli: dict[str, Any]) -> int:
         for step in steps:
             p.add_row(step["name"], step["element"], step["kind"])
         tables.append(p)
+    if info["layers"]:
+        c = Table(title="Cache layers")
+        for col in ("layer", "key", "state"):
+            c.add_column(col)
+        for layer in info["layers"]:
+            c.add_row(layer["layer"], layer["key"], layer["state"])
+        tables.append(c)
     if info["replaced"]:
         r = Table(title="Replaced by your elements and scripts")
         r.add_column("replaced")

@@ -28,7 +28,7 @@ from typing import Any
 from . import cache, image, namespace, run
 from .arch import Arch
 from .config import Config
-from .errors import CommandError
+from .errors import CommandError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +67,29 @@ def prepare_root(cfg: Config, root: Path, *, accel: str = "auto", force: bool = 
     if made:
         cache.prune("rootfs", ROOTFS_GENERATIONS)
     facts.update(restore(stack, entry.path, root, copy=cfg.keep_workspace))
+    facts.setdefault("timings", {})["restore"] = facts["restore_seconds"]
     facts["seconds"] = round(time.monotonic() - start, 2)
     log.info("root tree from %s: cache %s, %.1fs", img.name, facts["cache"], facts["seconds"])
     return facts
+
+
+def describe(cfg: Config) -> dict[str, str]:
+    """The root layer a build would use and whether it is cached, for `summary`: no hashing, no
+    writes (a qcow2 not hashed yet says so)."""
+    if cfg.base_tree:
+        return {"layer": "root", "key": f"--base-tree {cfg.base_tree}", "state": "copied, not cached"}
+    try:
+        img = image.find_image(cfg)
+    except InputError as e:
+        return {"layer": "root", "key": "-", "state": str(e)}
+    sha = cache.known_sha256(img)
+    if sha is None:
+        return {"layer": "root", "key": f"sha256 of {img.name}", "state": "not hashed yet: the build hashes it"}
+    entry = cache.cache_root() / "rootfs" / sha
+    state = ("cached" if entry.is_dir() else
+             "cached as .tar.zst by an earlier version (unpacked once)" if entry.with_name(f"{sha}.tar.zst").is_file()
+             else "not cached: the build reads the qcow2")
+    return {"layer": "root", "key": f"rootfs/{sha}", "state": state}
 
 
 def _make_entry(img: Path, fmt: str, entry: Path, *, arch: Arch, accel: str, force: bool) -> dict[str, Any]:

@@ -114,3 +114,22 @@ def test_disk_usage_counts_hard_links_once(tmp_path: Path) -> None:
     os.link(tmp_path / "a", tmp_path / "b")
     used = cache.disk_usage(tmp_path)
     assert 65536 <= used < 2 * 65536
+
+
+def test_summary_names_the_root_layer_without_hashing_or_writing(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from sles_ipa_builder import config, layers
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    img = tmp_path / "base.qcow2"
+    img.write_bytes(b"QFI\xfb not really")
+    cfg = config.resolve({"base_image": str(img)}, environ={})
+    assert layers.describe(cfg)["state"] == "not hashed yet: the build hashes it"
+    assert not (tmp_path / "xdg").exists()  # nothing written
+    sha = cache.file_sha256(img)  # what a build does first
+    assert layers.describe(cfg) == {"layer": "root", "key": f"rootfs/{sha}",
+                                    "state": "not cached: the build reads the qcow2"}
+    (cache.cache_dir("rootfs") / sha).mkdir()
+    assert layers.describe(cfg)["state"] == "cached"
+    img.write_bytes(b"QFI\xfb a new image")  # a new qcow2 at the same path: its hash is not known yet
+    assert layers.describe(cfg)["state"] == "not hashed yet: the build hashes it"
