@@ -133,3 +133,15 @@ def test_summary_names_the_root_layer_without_hashing_or_writing(tmp_path: Path,
     assert layers.describe(cfg)["state"] == "cached"
     img.write_bytes(b"QFI\xfb a new image")  # a new qcow2 at the same path: its hash is not known yet
     assert layers.describe(cfg)["state"] == "not hashed yet: the build hashes it"
+
+
+def test_doctor_reports_the_cache_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sles_ipa_builder import doctor
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert doctor.cache_size().detail.startswith("empty")
+    tree = cache.cache_dir("rootfs") / "ab12"
+    tree.mkdir()
+    (tree / "big").write_bytes(bytes(1 << 26))  # 64 MiB written (not sparse): shown per kind
+    check = doctor.cache_size()
+    assert check.ok and "rootfs 0.1" in check.detail and "1 root tree(s)" in check.detail, check.detail
