@@ -10,15 +10,22 @@ STAMP := $(VENV)/.setup-done
 APT_PACKAGES := python3 python3-venv python3-guestfs libguestfs-tools linux-image-amd64 qemu-system-x86 \
 	qemu-utils debootstrap rpm createrepo-c zypper cpio zstd git openssl shellcheck busybox-static \
 	gdisk dosfstools btrfs-progs e2fsprogs ca-certificates acl xz-utils fdisk iproute2 ovmf mtools \
-	skopeo docker-registry apache2-utils minisign openssh-client
+	skopeo docker-registry apache2-utils minisign openssh-client \
+	qemu-user-static binfmt-support qemu-system-arm qemu-efi-aarch64
 # libguestfs and qemu guests hang under KVM on some hosts; the tool falls back by itself,
 # tests and demo go straight to TCG unless the caller says otherwise.
 export LIBGUESTFS_BACKEND_SETTINGS ?= force_tcg
 export SIB_ACCEL ?= tcg
 
-.PHONY: setup media test check demo bench clean
+.PHONY: setup binfmt media test check demo bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) binfmt
+
+# aarch64 targets on an x86_64 host run under qemu-user: binfmt_misc is not mounted on a fresh
+# machine, and the handler must be registered (qemu-user-static's has the F flag chroots need).
+binfmt: $(STAMP)
+	@[ -e /proc/sys/fs/binfmt_misc/status ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+	@[ "$$(uname -m)" = aarch64 ] || [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64
 
 $(STAMP): pyproject.toml Makefile
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \

@@ -6,6 +6,7 @@ architecture is one more value in ARCHES, not a search through the modules.
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
 
 from .errors import ConfigError
@@ -26,6 +27,8 @@ class Arch:
     kernel_names: tuple[str, ...]  # /boot/<name>[-<version>], in order of preference
     elf: str  # what libguestfs' file_architecture says of the image's binaries
     metal3_suffix: str  # ironic-python-agent<suffix>.kernel, as metal3's ironic-ipa-downloader names them
+    debian_kernel: str  # Debian's kernel metapackage (the test media's kernel)
+    binfmt: str  # /proc/sys/fs/binfmt_misc/<binfmt>: the qemu-user handler a foreign host runs the target with
     aliases: tuple[str, ...] = ()
 
     @property
@@ -57,7 +60,27 @@ X86_64 = Arch(
     uefi_vars=("/usr/share/OVMF/OVMF_VARS_4M.fd", "/usr/share/OVMF/OVMF_VARS.fd",
                "/usr/share/qemu/ovmf-x86_64-vars.bin", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
     qemu_hint="apt-get install qemu-system-x86 ovmf (or zypper in qemu-x86 qemu-ovmf-x86_64)",
-    console="ttyS0", kernel_names=("vmlinuz",), elf="x86_64", metal3_suffix="", aliases=("x86-64",),
+    console="ttyS0", kernel_names=("vmlinuz",), elf="x86_64", metal3_suffix="", debian_kernel="linux-image-amd64",
+    binfmt="qemu-x86_64", aliases=("x86-64",),
 )
-ARCHES: tuple[Arch, ...] = (X86_64,)
-HOST_DEFAULT = X86_64
+# SUSE's aarch64 kernel is /boot/Image-<version> (uncompressed); the serial console is the PL011, ttyAMA0.
+AARCH64 = Arch(
+    suse="aarch64", dib="arm64", qemu="aarch64", qemu_package="qemu-system-arm", qemu_machine="virt", qemu_cpu="max",
+    uefi_code=("/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/qemu/aavmf-aarch64-code.bin",
+               "/usr/share/edk2/aarch64/QEMU_EFI-pflash.raw"),
+    uefi_vars=("/usr/share/AAVMF/AAVMF_VARS.fd", "/usr/share/qemu/aavmf-aarch64-vars.bin",
+               "/usr/share/edk2/aarch64/vars-template-pflash.raw"),
+    qemu_hint="apt-get install qemu-system-arm qemu-efi-aarch64 (or zypper in qemu-arm qemu-uefi-aarch64)",
+    console="ttyAMA0", kernel_names=("Image",), elf="aarch64", metal3_suffix="_aarch64",
+    debian_kernel="linux-image-arm64", binfmt="qemu-aarch64", aliases=("armv8", "arm64v8"),
+)
+ARCHES: tuple[Arch, ...] = (X86_64, AARCH64)
+
+
+def host() -> Arch | None:
+    """The architecture this machine runs natively (None: one we do not build for)."""
+    machine = platform.machine().lower()
+    return next((a for a in ARCHES if machine in (a.suse, a.dib, *a.aliases)), None)
+
+
+HOST_DEFAULT = host() or X86_64

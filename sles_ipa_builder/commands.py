@@ -34,7 +34,9 @@ def build(args: argparse.Namespace, cli: dict[str, Any]) -> int:
     cfg = resolve(args, cli)  # every bad value stops here, before any work
     if os.geteuid() != 0:
         raise ConfigError("build needs root (chroot, mounts, device nodes)", "run it as root or with sudo")
-    from . import namespace, pipeline
+    from . import foreign, namespace, pipeline
+
+    foreign.require(cfg.arch)  # an aarch64 target on an x86_64 host: qemu-user, checked before any work
 
     namespace.enter()
     pipeline.build(cfg)

@@ -379,6 +379,10 @@ def resolve(
             overrides[m.group(2)] = (v, ref) if m.group(1) == "LOCATION" else (loc, v)
     _apply_seed_switches(values, sources)
     _required(values, sources)
+    if sources["name"] == "default" and values["arch"].metal3_suffix:
+        # metal3's ironic-ipa-downloader names: ironic-python-agent${IPA_ARCH:+_${IPA_ARCH}}
+        values["name"] += values["arch"].metal3_suffix
+        sources["name"] = f"default for {values['arch']} (metal3's name)"
     cfg = Config(**{attr(k): v for k, v in values.items()}, sources=sources, passthrough=passthrough,
                  repo_overrides=overrides)
     validate(cfg)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from . import foreign
 from .appliance import check_launch
 from .cache import cache_root, disk_usage
 from .config import Config
@@ -63,6 +64,9 @@ def checks(cfg: Config, *, launch: bool = True) -> list[Check]:
         out.append(Check(f"free space {label}", gib >= MIN_FREE_GIB, f"{gib:.0f} GiB free at {place}",
                          fatal=False))
     out.append(cache_size())
+    r = foreign.runner(cfg.arch)
+    out.append(Check(f"run {cfg.arch} programs", r.ok,
+                     r.detail if r.ok else f"{r.detail}; {foreign.HINT.format(handler=cfg.arch.binfmt)}"))
     out.extend(input_checks(cfg))
     if launch:
         out.append(launch_check(cfg))

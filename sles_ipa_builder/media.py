@@ -27,6 +27,7 @@ import pycdlib
 import zstandard
 from pycdlib.pycdlibexception import PyCdlibException
 
+from .arch import Arch
 from .errors import InputError
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,27 @@ def _products(media: Media) -> list[Repo]:
         raise InputError(f"{media.iso}: media.1/products lists no repository",
                          "use the Full (Media1) ISO, which lists its modules in media.1/products")
     return repos
+
+
+def package_arches(media: Media) -> set[str]:
+    """The RPM architectures the ISO's repositories carry: <repo>/<arch>/*.rpm (noarch and sources left out)."""
+    found: set[str] = set()
+    for repo in media.repos:
+        prefix = f"/{repo.dir}/" if repo.dir else "/"
+        for path in media.index:
+            if path.startswith(prefix) and path.endswith(".rpm"):
+                parts = path[len(prefix):].split("/")
+                if len(parts) == 2:
+                    found.add(parts[0])
+    return found - {"noarch", "src", "nosrc"}
+
+
+def check_arch(media: Media, arch: Arch) -> None:
+    """An ISO of another architecture is refused before any work (its packages would not run)."""
+    found = package_arches(media)
+    if found and arch.suse not in found:
+        raise InputError(f"{media.iso} holds {', '.join(sorted(found))} packages, not {arch}",
+                         f"use the SLE-15-SPx-Full-{arch}-GM-Media1.iso, or build for --arch {sorted(found)[0]}")
 
 
 def _tops(media: Media, directory: str) -> list[str]:

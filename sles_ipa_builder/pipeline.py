@@ -42,6 +42,8 @@ def check_inputs(ctx: BuildContext) -> None:
         image.sniff(image.find_image(cfg))
     if wanted["Media1 ISO"] and ctx.media is None:
         ctx.media = media.open_media(cfg.iso_path)
+    if wanted["Media1 ISO"] and ctx.media is not None:
+        media.check_arch(ctx.media, cfg.arch)
 
 
 def settle(cfg: Config) -> tuple[Config, media.Media | None]:

@@ -14,6 +14,7 @@ import pycdlib
 import pytest
 
 from sles_ipa_builder import media
+from sles_ipa_builder.arch import AARCH64, X86_64
 from sles_ipa_builder.errors import InputError
 
 PRODUCTS = b"/Module-Basesystem sle-module-basesystem 15.4-0\n/Product-SLES SLES 15.4-0\n"
@@ -87,6 +88,14 @@ def test_repo_rows_count_packages(good_iso: Path) -> None:
     rows = media.repo_rows(good_iso)
     assert rows[0]["alias"] == "sle-Module-Basesystem"
     assert rows[0]["packages"] == 0  # createrepo_c of an empty dir
+
+
+def test_iso_of_another_arch_is_refused(good_iso: Path) -> None:
+    m = media.open_media(good_iso)
+    assert media.package_arches(m) == {"x86_64"}
+    media.check_arch(m, X86_64)
+    with pytest.raises(InputError, match="holds x86_64 packages, not aarch64"):
+        media.check_arch(m, AARCH64)
 
 
 def test_alias_for() -> None:
