@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import qemu, run
-from .arch import HOST_DEFAULT, X86_64
+from .arch import HOST_DEFAULT, X86_64, Arch
 from .errors import BuildError, ConfigError, InputError
 from .ironicapi import FakeIronic, Request
 from .log import progress
@@ -36,10 +36,11 @@ KVM_SILENCE_SECONDS = 20.0
 DISK_BYTES = 8 * 2**30
 ACCEL_ENV = "SIB_ACCEL"  # auto|kvm|tcg; overrides accel='auto' (e.g. CI hosts where KVM hangs)
 # Kernel arguments IPA reads, plus a console and a panic that ends qemu instead of hanging it.
-BASE_APPEND = (
-    f"console={HOST_DEFAULT.console},115200 ipa-insecure=1 systemd.journald.forward_to_console=1 panic=1 "
-    "ipa-lookup-timeout=600"
-)
+AGENT_APPEND = "ipa-insecure=1 systemd.journald.forward_to_console=1 panic=1 ipa-lookup-timeout=600"
+
+
+def base_append(arch: Arch = HOST_DEFAULT) -> str:
+    return f"console={arch.console},115200 {AGENT_APPEND}"
 
 
 @dataclass
@@ -79,8 +80,13 @@ def kvm_usable() -> bool:
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
-def accel_plan(accel: str) -> list[str]:
-    """The accelerators to try in order. 'auto' (or $SIB_ACCEL) means KVM if usable, then TCG."""
+def accel_plan(accel: str, arch: Arch = HOST_DEFAULT) -> list[str]:
+    """The accelerators to try in order. 'auto' (or $SIB_ACCEL) means KVM if usable, then TCG.
+    Another architecture than the host's has only TCG."""
+    if arch != HOST_DEFAULT:
+        if accel == "kvm":
+            raise ConfigError(f"--accel kvm cannot run an {arch} VM on this host", "use --accel auto or tcg")
+        return ["tcg"]
     if accel == "auto":
         accel = os.environ.get(ACCEL_ENV, "auto").strip().lower() or "auto"
     if accel not in ("auto", "kvm", "tcg"):
@@ -106,14 +112,15 @@ def qemu_argv(
     disk: Path | None = None,
     scheme: str = "http",
     hostfwd: Sequence[str] = (),
+    arch: Arch = HOST_DEFAULT,
 ) -> list[str]:
-    cmdline = f"{BASE_APPEND} ipa-api-url={scheme}://10.0.2.2:{port} {append}".strip()
+    cmdline = f"{base_append(arch)} ipa-api-url={scheme}://10.0.2.2:{port} {append}".strip()
     # After the lookup IPA waits up to 30 s for a root-device candidate (>= 4 GiB) before it
     # heartbeats: give it an empty sparse disk so the heartbeat is not delayed.
     return qemu.Machine(
         kernel=kernel, initramfs=initramfs, append=cmdline, console=console, accel=accel, memory_mb=memory_mb,
         smp=smp, nic_model=nic_model, disks=[disk] if disk else [], name="sles-ipa-builder-boot-test",
-        hostfwd=list(hostfwd),
+        hostfwd=list(hostfwd), arch=arch,
     ).argv()  # fmt: skip
 
 
@@ -135,6 +142,7 @@ def boot_test(
     tls: tuple[Path, Path] | None = None,
     hostfwd: Sequence[str] = (),
     while_up: Callable[[], None] | None = None,
+    arch: Arch = HOST_DEFAULT,
 ) -> BootResult:
     """Boot kernel+initramfs and wait for the agent's lookup and heartbeat; raise BuildError otherwise.
 
@@ -145,8 +153,8 @@ def boot_test(
     for what, p in (("kernel", kernel), ("initramfs", initramfs), ("add-on", addon)):
         if p is not None and not Path(p).is_file():
             raise InputError(f"boot test: {what} {p} not found", "build first, or pass --output/--name")
-    qemu.require()
-    plan = accel_plan(accel)
+    qemu.require(arch)
+    plan = accel_plan(accel, arch)
     with tempfile.TemporaryDirectory(prefix="sib-boot-") as tmp, FakeIronic(tls=tls) as api:
         if addon is not None:  # what a boot loader does with two initrds: one after the other in memory
             both = Path(tmp) / f"{Path(initramfs).name}+{Path(addon).name}"
@@ -164,7 +172,7 @@ def boot_test(
                     api, Path(kernel), Path(initramfs), acc, console, Path(tmp) / f"qemu-{acc}.err",
                     timeout=timeout, memory_mb=memory_mb, append=append, nic_model=nic_model, disk=disk,
                     silence_limit=KVM_SILENCE_SECONDS if acc == "kvm" and i + 1 < len(plan) else None,
-                    hostfwd=hostfwd, while_up=while_up,
+                    hostfwd=hostfwd, while_up=while_up, arch=arch,
                 )  # fmt: skip
             except _KvmSilent as e:
                 log.warning("KVM guest %s; retrying under TCG (set %s=tcg to skip KVM)", e, ACCEL_ENV)
@@ -183,10 +191,11 @@ def _attempt(
     api: FakeIronic, kernel: Path, initramfs: Path, accel: str, console_path: Path, err_path: Path, *,
     timeout: float, memory_mb: int, append: str, nic_model: str, disk: Path | None,
     silence_limit: float | None, hostfwd: Sequence[str] = (), while_up: Callable[[], None] | None = None,
+    arch: Arch = HOST_DEFAULT,
 ) -> BootResult:  # fmt: skip
     argv = qemu_argv(
         kernel, initramfs, accel=accel, console=console_path, port=api.port, memory_mb=memory_mb,
-        append=append, nic_model=nic_model, disk=disk, scheme=api.scheme, hostfwd=hostfwd,
+        append=append, nic_model=nic_model, disk=disk, scheme=api.scheme, hostfwd=hostfwd, arch=arch,
     )  # fmt: skip
     console = _Console(console_path)
     log.info("booting %s under %s, fake Ironic API on %s", initramfs.name, accel, api.url)
@@ -236,7 +245,7 @@ def _attempt(
         qemu.stop(proc)
         console.poll()
     if failure or lookup is None or beat is None:
-        raise _failure(failure, api, console, err_path, start, lookup, accel)
+        raise _failure(failure, api, console, err_path, start, lookup, accel, arch)
     if console.missing:
         raise BuildError(f"boot test failed ({accel}): {console.missing_report()}",
                          "add the package that carries it to the element set (or, if the agent treats it as "
@@ -261,7 +270,7 @@ def _is_heartbeat(r: Request, api: FakeIronic, lookup: Request) -> bool:
 
 def _failure(
     why: str, api: FakeIronic, console: _Console, err_path: Path, start: float,
-    lookup: Request | None, accel: str,
+    lookup: Request | None, accel: str, arch: Arch = HOST_DEFAULT,
 ) -> BuildError:  # fmt: skip
     reqs = [r for r in api.requests() if r.monotonic >= start]
     other_lookups = [r for r in reqs if r.path.rstrip("/") == "/v1/lookup" and r is not lookup]
@@ -284,8 +293,8 @@ def _failure(
     elif console.panic:
         hint = "the ramdisk cannot boot: check its /init and that the kernel matches its modules"
     elif not console.any_output:
-        hint = (f"nothing on the serial console: is console={HOST_DEFAULT.console} honoured, is the kernel an "
-                f"{HOST_DEFAULT} kernel?")
+        hint = (f"nothing on the serial console: is console={arch.console} honoured, is the kernel an "
+                f"{arch} kernel?")
     elif lookup is None:
         hint = "the agent never looked the node up: check its network (virtio_net) and ipa-api-url (console)"
     else:

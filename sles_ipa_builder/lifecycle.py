@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from . import ironic, qemu, vmdisk
-from .arch import HOST_DEFAULT
+from .arch import HOST_DEFAULT, Arch
 from .errors import BuildError, InputError
 from .ironic import AGENT_PORT, API_PORT, GUEST_HOST, Api, StageFailed
 from .log import progress
@@ -48,7 +48,7 @@ MACS = {"bios": "52:54:00:5e:1b:11", "uefi": "52:54:00:5e:1b:12"}
 # The agent reaches Ironic at 10.0.2.2; the conductor reaches the agent at 127.0.0.1:9999, which
 # QEMU forwards into the VM (the guest's own 10.0.2.15 is not routable from the host side).
 APPEND = (
-    f"console={HOST_DEFAULT.console},115200 systemd.journald.forward_to_console=1 panic=1 ipa-insecure=1 "
+    "systemd.journald.forward_to_console=1 panic=1 ipa-insecure=1 "
     f"ipa-api-url=http://{GUEST_HOST}:{API_PORT} "
     f"ipa-inspection-callback-url=http://{GUEST_HOST}:{API_PORT}/v1/continue_inspection "
     "ipa-inspection-collectors=default,extra-hardware,logs "
@@ -72,6 +72,7 @@ class Plan:
     stage_timeout: float = 600
     keep_dir: Path | None = None  # consoles, Ironic's log and the report end up here
     unprovision: bool = False  # after active: undeploy with cleaning (a second agent boot)
+    arch: Arch = HOST_DEFAULT  # the VM's (qemu-system-aarch64 for aarch64); the inventory must report it
 
 
 @dataclass
@@ -102,9 +103,10 @@ def prepare(
     for what, p in (("kernel", kernel), ("initramfs", initramfs)):
         if not Path(p).is_file():
             raise InputError(f"{what} {p} not found", "build first, or give --kernel/--initramfs")
-    qemu.require()
+    arch = kw.get("arch", HOST_DEFAULT)
+    qemu.require(arch)
     if "uefi" in modes:
-        qemu.ovmf()
+        qemu.ovmf(arch)
     if deploy_image is not None:
         with tempfile.TemporaryDirectory(prefix="sib-image-check-") as tmp:
             vmdisk.check_image(deploy_image, Path(tmp), DISK_BYTES)
@@ -168,10 +170,11 @@ def _drive(
     disk = run_dir / f"disk-{mode}.raw"  # sparse; kept with --keep, for a look at what the agent wrote
     vmdisk.old_disk(disk, DISK_BYTES)
     machine = qemu.Machine(
-        kernel=plan.kernel, initramfs=plan.initramfs, append=f"{APPEND} {plan.append}".strip(),
+        kernel=plan.kernel, initramfs=plan.initramfs,
+        append=f"console={plan.arch.console},115200 {APPEND} {plan.append}".strip(),
         console=run_dir / f"console-{mode}.log", accel=plan.accels[0], memory_mb=plan.memory_mb, smp=plan.smp,
         mac=MACS[mode], disks=[disk], hostfwd=[f"tcp:127.0.0.1:{AGENT_PORT}-:{AGENT_PORT}"], uefi=mode == "uefi",
-        name=f"sib-lifecycle-{mode}",
+        name=f"sib-lifecycle-{mode}", arch=plan.arch,
     )  # fmt: skip
     machine.prepare(run_dir)
     machine.console.unlink(missing_ok=True)  # QEMU appends to it (a --keep dir may hold an older run's)
@@ -183,7 +186,7 @@ def _drive(
         inspect_interface="agent", power_interface="fake", management_interface="noop", network_interface="noop",
         driver_info={"deploy_kernel": f"file://{_copy(plan.kernel, run_dir)}",
                      "deploy_ramdisk": f"file://{_copy(plan.initramfs, run_dir)}"},
-        properties={"capabilities": f"boot_mode:{mode}"},
+        properties={"capabilities": f"boot_mode:{mode}", "cpu_arch": plan.arch.suse},
     )  # fmt: skip
     uuid = node["uuid"]
     api.create_port(uuid, machine.mac)
@@ -351,7 +354,10 @@ def check_inventory(inv: dict[str, Any], machine: qemu.Machine, disk_bytes: int,
     disks = [int(d.get("size", 0)) for d in data.get("disks", [])]
     macs = [str(i.get("mac_address", "")).lower() for i in data.get("interfaces", [])]
     boot = data.get("boot", {}).get("current_boot_mode", "")
+    cpu_arch = str(data.get("cpu", {}).get("architecture", ""))
     problems = []
+    if cpu_arch != machine.arch.suse:
+        problems.append(f"cpu architecture {cpu_arch!r}, the VM is {machine.arch}")
     if cpus != machine.smp:
         problems.append(f"{cpus} CPUs, QEMU has {machine.smp}")
     if not machine.memory_mb - 256 <= ram_mb <= machine.memory_mb + 64:
@@ -364,4 +370,5 @@ def check_inventory(inv: dict[str, Any], machine: qemu.Machine, disk_bytes: int,
         problems.append(f"boot mode {boot!r}, the VM booted {mode}")
     if problems:
         raise StageFailed("inventory does not match the VM: " + "; ".join(problems), {})
-    return {"cpus": cpus, "ram_mb": ram_mb, "disk_bytes": disk_bytes, "mac": machine.mac, "boot_mode": boot}
+    return {"cpus": cpus, "ram_mb": ram_mb, "disk_bytes": disk_bytes, "mac": machine.mac, "boot_mode": boot,
+            "cpu_arch": cpu_arch}

@@ -117,5 +117,5 @@ def report_artifacts(arts: Artifacts) -> None:
 def boot(cfg: Config, arts: Artifacts) -> None:
     with logmod.step("boot test"):
         result = boottest.boot_test(arts.kernel, arts.initramfs, timeout=cfg.boot_timeout,
-                                    memory_mb=cfg.boot_memory, accel=cfg.accel)
+                                    memory_mb=cfg.boot_memory, accel=cfg.accel, arch=cfg.arch)
     show(result.summary())

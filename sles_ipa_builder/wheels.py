@@ -71,7 +71,8 @@ def save_step(ctx: BuildContext) -> None:
         return
     backends = build_requirements(ctx.root, [r.dest for r in ctx.source_repos])
     house = cache_dir("wheels")
-    key = hashlib.sha256("\n".join([*pins, "--", *backends]).encode()).hexdigest()[:16]
+    # the same pins are other wheels on another arch: the arch is part of the key
+    key = hashlib.sha256("\n".join([ctx.cfg.arch.suse, *pins, "--", *backends]).encode()).hexdigest()[:16]
     done = house / f".saved-{key}"
     with locked(house / ".house"):
         if done.exists():

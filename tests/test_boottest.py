@@ -20,6 +20,7 @@ from types import ModuleType
 import pytest
 
 from sles_ipa_builder import boottest
+from sles_ipa_builder.arch import AARCH64, ARCHES, HOST_DEFAULT
 from sles_ipa_builder.boottest import MAC, BootResult, accel_plan, boot_test, qemu_argv
 from sles_ipa_builder.errors import BuildError, ConfigError, InputError
 
@@ -87,6 +88,20 @@ def test_qemu_argv(tmp_path: Path) -> None:
                     append="", disk=tmp_path / "d.raw")  # fmt: skip
     assert kvm[kvm.index("-cpu") + 1] == "host"
     assert kvm[kvm.index("-drive") + 1] == f"file={tmp_path / 'd.raw'},format=raw,if=virtio,cache=unsafe"
+
+
+def test_qemu_argv_aarch64(tmp_path: Path) -> None:
+    """qemu-system-aarch64 -machine virt -cpu max under TCG, the PL011 console; never KVM for another arch."""
+    argv = qemu_argv(tmp_path / "k", tmp_path / "i", accel="tcg", console=tmp_path / "c.log", port=1, memory_mb=1024,
+                     append="", arch=AARCH64)  # fmt: skip
+    assert argv[0] == "qemu-system-aarch64"
+    assert argv[argv.index("-machine") + 1] == "virt,accel=tcg"
+    assert argv[argv.index("-cpu") + 1] == "max"
+    assert "console=ttyAMA0,115200" in argv[argv.index("-append") + 1].split()
+    foreign = next(a for a in ARCHES if a != HOST_DEFAULT)
+    assert accel_plan("auto", foreign) == ["tcg"]
+    with pytest.raises(ConfigError, match="cannot run"):
+        accel_plan("kvm", foreign)
 
 
 def test_missing_artifacts_are_input_errors(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ UEFI mode, and show that a ramdisk without qemu-img fails at deploy, saying so.
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import importlib.util
 import json
 import os
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 
 from sles_ipa_builder import ironic, qemu, run, vmdisk
-from sles_ipa_builder.arch import X86_64
+from sles_ipa_builder.arch import AARCH64, X86_64
 from sles_ipa_builder.errors import InputError
 from sles_ipa_builder.ironic import StageFailed
 from sles_ipa_builder.lifecycle import check_inventory, uefi_entry
@@ -82,9 +83,13 @@ def test_ironic_version_follows_the_agent() -> None:
 def test_inventory_must_match_the_vm(tmp_path: Path) -> None:
     m = qemu.Machine(kernel=tmp_path, initramfs=tmp_path, append="", console=tmp_path, memory_mb=2048, smp=2)
     inv: dict[str, Any] = {"inventory": {
-        "cpu": {"count": 2}, "memory": {"physical_mb": 2048}, "disks": [{"size": 5 * 2**30}],
-        "interfaces": [{"mac_address": m.mac.upper()}], "boot": {"current_boot_mode": "uefi"}}}  # fmt: skip
+        "cpu": {"count": 2, "architecture": m.arch.suse}, "memory": {"physical_mb": 2048},
+        "disks": [{"size": 5 * 2**30}], "interfaces": [{"mac_address": m.mac.upper()}],
+        "boot": {"current_boot_mode": "uefi"}}}  # fmt: skip
     assert check_inventory(inv, m, 5 * 2**30, "uefi")["boot_mode"] == "uefi"
+    arm = dataclasses.replace(m, arch=AARCH64)
+    with pytest.raises(StageFailed, match="cpu architecture 'x86_64', the VM is aarch64"):
+        check_inventory(inv, arm, 5 * 2**30, "uefi")
     with pytest.raises(StageFailed, match="boot mode 'uefi', the VM booted bios"):
         check_inventory(inv, m, 5 * 2**30, "bios")
     inv["inventory"]["cpu"]["count"] = 1
