@@ -141,6 +141,8 @@ def parser() -> argparse.ArgumentParser:
     _common(f, settings=False)
     f.add_argument("--force", action="store_true", help="rebuild even when cached")
     f.add_argument("--print-profile", action="store_true", help="print only the path of the build profile")
+    f.add_argument("--arch", default="x86_64", metavar="ARCH",
+                   help="the media's architecture: x86_64 (default) or aarch64 (arm64 packages, run under qemu-user)")
     return top
 
 

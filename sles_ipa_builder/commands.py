@@ -161,6 +161,7 @@ def boot_test(args: argparse.Namespace, cli: dict[str, Any]) -> int:
         kernel, initramfs,
         timeout=args.timeout or cfg.boot_timeout, memory_mb=args.memory or cfg.boot_memory,
         append=args.append, keep_console=args.keep_console, accel=args.accel or cfg.accel, addon=args.addon,
+        arch=cfg.arch,
     )
     show(result.summary())
     return 0
@@ -176,8 +177,9 @@ def _lifecycle(args: argparse.Namespace, cfg: config_mod.Config, kernel: Path, i
     plan = lifecycle.prepare(
         kernel, initramfs, modes=modes, deploy_image=args.deploy_image, ironic_version=args.ironic_version,
         ipa_version=_ipa_version(packages), offline=args.offline,
-        accels=tuple(boottest.accel_plan(args.accel or cfg.accel)), memory_mb=args.memory or cfg.boot_memory,
+        accels=tuple(boottest.accel_plan(args.accel or cfg.accel, cfg.arch)), memory_mb=args.memory or cfg.boot_memory,
         append=args.append, lookup_timeout=args.lookup_timeout, keep_dir=args.keep, unprovision=args.unprovision,
+        arch=cfg.arch,
     )  # fmt: skip
     namespace.enter(net=True)  # from here on, every process dies with us and every port is private
     namespace.private_loopback(ironic.GUEST_HOST)
@@ -284,7 +286,12 @@ def built_testmedia() -> Any:
 
 
 def fixtures(args: argparse.Namespace, cli: dict[str, Any]) -> int:
-    media = load_testmedia().ensure(force=args.force)
+    from . import foreign
+    from .arch import Arch
+
+    arch = Arch.parse(args.arch)
+    foreign.require(arch)  # another arch's media: debootstrap's second stage and dpkg run under qemu-user
+    media = load_testmedia().ensure(force=args.force, arch=arch)
     if args.print_profile:
         print(media.profile)
         return 0
@@ -292,7 +299,8 @@ def fixtures(args: argparse.Namespace, cli: dict[str, Any]) -> int:
     t.add_column("what")
     t.add_column("path")
     for key in ("base_ext4", "base_btrfs", "iso", "images_dir", "root_tree", "profile"):
-        t.add_row(key, str(getattr(media, key)))
+        if getattr(media, key).exists():
+            t.add_row(key, str(getattr(media, key)))
     for name, url in media.repos.items():
         t.add_row(f"git {name}", url)
     show(t)
