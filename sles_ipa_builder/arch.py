@@ -29,6 +29,9 @@ class Arch:
     metal3_suffix: str  # ironic-python-agent<suffix>.kernel, as metal3's ironic-ipa-downloader names them
     debian_kernel: str  # Debian's kernel metapackage (the test media's kernel)
     binfmt: str  # /proc/sys/fs/binfmt_misc/<binfmt>: the qemu-user handler a foreign host runs the target with
+    # The VM boots through UEFI firmware even for the fake-API boot test: QEMU's virt machine has no BIOS, and
+    # a direct kernel boot has no SMBIOS tables, so lscpu says "Socket(s): -", which IPA 13 fails to parse.
+    boot_uefi: bool
     aliases: tuple[str, ...] = ()
 
     @property
@@ -61,7 +64,7 @@ X86_64 = Arch(
                "/usr/share/qemu/ovmf-x86_64-vars.bin", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
     qemu_hint="apt-get install qemu-system-x86 ovmf (or zypper in qemu-x86 qemu-ovmf-x86_64)",
     console="ttyS0", kernel_names=("vmlinuz",), elf="x86_64", metal3_suffix="", debian_kernel="linux-image-amd64",
-    binfmt="qemu-x86_64", aliases=("x86-64",),
+    binfmt="qemu-x86_64", boot_uefi=False, aliases=("x86-64",),
 )
 # SUSE's aarch64 kernel is /boot/Image-<version> (uncompressed); the serial console is the PL011, ttyAMA0.
 AARCH64 = Arch(
@@ -72,7 +75,7 @@ AARCH64 = Arch(
                "/usr/share/edk2/aarch64/vars-template-pflash.raw"),
     qemu_hint="apt-get install qemu-system-arm qemu-efi-aarch64 (or zypper in qemu-arm qemu-uefi-aarch64)",
     console="ttyAMA0", kernel_names=("Image",), elf="aarch64", metal3_suffix="_aarch64",
-    debian_kernel="linux-image-arm64", binfmt="qemu-aarch64", aliases=("armv8", "arm64v8"),
+    debian_kernel="linux-image-arm64", binfmt="qemu-aarch64", boot_uefi=True, aliases=("armv8", "arm64v8"),
 )
 ARCHES: tuple[Arch, ...] = (X86_64, AARCH64)
 

@@ -117,11 +117,13 @@ def qemu_argv(
     cmdline = f"{base_append(arch)} ipa-api-url={scheme}://10.0.2.2:{port} {append}".strip()
     # After the lookup IPA waits up to 30 s for a root-device candidate (>= 4 GiB) before it
     # heartbeats: give it an empty sparse disk so the heartbeat is not delayed.
-    return qemu.Machine(
+    machine = qemu.Machine(
         kernel=kernel, initramfs=initramfs, append=cmdline, console=console, accel=accel, memory_mb=memory_mb,
         smp=smp, nic_model=nic_model, disks=[disk] if disk else [], name="sles-ipa-builder-boot-test",
-        hostfwd=list(hostfwd), arch=arch,
-    ).argv()  # fmt: skip
+        hostfwd=list(hostfwd), arch=arch, uefi=arch.boot_uefi,
+    )  # fmt: skip
+    machine.prepare(console.parent)  # the UEFI vars copy, beside the console
+    return machine.argv()
 
 
 class _KvmSilent(Exception):

@@ -174,6 +174,8 @@ def _lifecycle(args: argparse.Namespace, cfg: config_mod.Config, kernel: Path, i
     if os.geteuid() != 0:
         raise ConfigError("boot-test --ironic needs root (a private network namespace)", "run it as root")
     modes = lifecycle.MODES if args.mode == "both" else (args.mode,)
+    if cfg.arch.boot_uefi and args.mode == "both":
+        modes = ("uefi",)  # an aarch64 VM (virt) has no BIOS
     plan = lifecycle.prepare(
         kernel, initramfs, modes=modes, deploy_image=args.deploy_image, ironic_version=args.ironic_version,
         ipa_version=_ipa_version(packages), offline=args.offline,

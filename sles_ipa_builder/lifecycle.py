@@ -33,7 +33,7 @@ from typing import Any
 
 from . import ironic, qemu, vmdisk
 from .arch import HOST_DEFAULT, Arch
-from .errors import BuildError, InputError
+from .errors import BuildError, ConfigError, InputError
 from .ironic import AGENT_PORT, API_PORT, GUEST_HOST, Api, StageFailed
 from .log import progress
 
@@ -105,6 +105,8 @@ def prepare(
             raise InputError(f"{what} {p} not found", "build first, or give --kernel/--initramfs")
     arch = kw.get("arch", HOST_DEFAULT)
     qemu.require(arch)
+    if arch.boot_uefi and "bios" in modes:
+        raise ConfigError(f"an {arch} VM boots UEFI only", "use --mode uefi")
     if "uefi" in modes:
         qemu.ovmf(arch)
     if deploy_image is not None:

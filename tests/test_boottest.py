@@ -98,6 +98,9 @@ def test_qemu_argv_aarch64(tmp_path: Path) -> None:
     assert argv[argv.index("-machine") + 1] == "virt,accel=tcg"
     assert argv[argv.index("-cpu") + 1] == "max"
     assert "console=ttyAMA0,115200" in argv[argv.index("-append") + 1].split()
+    # through UEFI firmware: a direct kernel boot on virt has no SMBIOS, and IPA 13 fails on lscpu's "Socket(s): -"
+    assert any(a.startswith("if=pflash,format=raw,unit=0,readonly=on,file=") for a in argv)
+    assert (tmp_path / "uefi-vars.fd").is_file()
     foreign = next(a for a in ARCHES if a != HOST_DEFAULT)
     assert accel_plan("auto", foreign) == ["tcg"]
     with pytest.raises(ConfigError, match="cannot run"):
