@@ -17,7 +17,7 @@ APT_PACKAGES := python3 python3-venv python3-guestfs libguestfs-tools linux-imag
 export LIBGUESTFS_BACKEND_SETTINGS ?= force_tcg
 export SIB_ACCEL ?= tcg
 
-.PHONY: setup binfmt media test check demo bench clean
+.PHONY: setup binfmt media test test-aarch64 check demo bench clean
 
 setup: $(STAMP) binfmt
 
@@ -44,6 +44,10 @@ media: setup
 
 test: media
 	$(PY) -m pytest -v -p no:cacheprovider tests
+
+# The aarch64 cross build and boot (tests/test_aarch64.py): off in `make test` for CI's time budget.
+test-aarch64: setup
+	SIB_TEST_AARCH64=1 $(PY) -m pytest -v -p no:cacheprovider tests/test_aarch64.py
 
 check: setup
 	$(VENV)/bin/ruff check sles_ipa_builder tests bench fixtures

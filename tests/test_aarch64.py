@@ -1,9 +1,9 @@
 """An aarch64 agent ramdisk built on this host from the aarch64 test media, and booted.
 
 On an x86_64 host everything that runs in the target (zypper, rpm, pip, the hooks) runs under
-qemu-user, and the boot is qemu-system-aarch64 under TCG: the lean element set keeps it to what
-proves the arch (the agent, its venv, the ramdisk base). Costs CI one aarch64 media build and one
-build + boot; the timings are printed.
+qemu-user, and the boot is qemu-system-aarch64 (UEFI) under TCG: the lean element set keeps it to
+what proves the arch (the agent, its venv, the ramdisk base). One aarch64 media build and one build +
+boot; the timings are printed.
 """
 
 from __future__ import annotations
@@ -23,7 +23,11 @@ from sles_ipa_builder import run
 from sles_ipa_builder.arch import AARCH64, X86_64
 from sles_ipa_builder.commands import load_testmedia
 
-pytestmark = [pytest.mark.root, pytest.mark.guestfs, pytest.mark.qemu, pytest.mark.media, pytest.mark.slow]
+# Off in `make test` (so in CI): cold, it adds ~25 min on a busy 2-core host (media 10.4, build 11, boot 5),
+# past CI's 45-minute budget. `make test-aarch64` (SIB_TEST_AARCH64=1) runs it.
+SWITCH = "SIB_TEST_AARCH64"
+pytestmark = [pytest.mark.root, pytest.mark.guestfs, pytest.mark.qemu, pytest.mark.media, pytest.mark.slow,
+              pytest.mark.skipif(os.environ.get(SWITCH, "0") != "1", reason=f"aarch64 cross build: set {SWITCH}=1")]
 NAME = "ironic-python-agent_aarch64"  # metal3's ironic-ipa-downloader name, the default for aarch64
 ELEMENTS = "sles-ipa-install sles sles-zypper-config sles-ipa-ramdisk-base journal-to-console"
 EM_AARCH64 = 183
@@ -43,16 +47,23 @@ def clean_env() -> dict[str, str]:
     return env
 
 
+def say(request: pytest.FixtureRequest, line: str) -> None:
+    """Timings on the terminal even when pytest captures output (CI prints them)."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(line)
+
+
 @pytest.fixture(scope="module")
-def media() -> Any:
+def media(request: pytest.FixtureRequest) -> Any:
     start = time.monotonic()
     m = load_testmedia().ensure(arch=AARCH64)
-    print(f"\naarch64 test media ready in {time.monotonic() - start:.0f} s", file=sys.stderr)
+    say(request, f"aarch64: test media ready in {time.monotonic() - start:.0f} s")
     return m
 
 
 @pytest.fixture(scope="module")
-def built(media: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def built(media: Any, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> dict[str, Any]:
     work = tmp_path_factory.mktemp("aarch64")
     out = work / "out"
     argv = [sys.executable, "-m", "sles_ipa_builder", "build", "--config", str(media.profile), "--arch", "aarch64",
@@ -63,10 +74,8 @@ def built(media: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
     took = time.monotonic() - start
     (work / "build-output.txt").write_text(res.stdout + res.stderr)
     assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
-    report = json.loads((work / "report.json").read_text())
-    stages = {k: round(v) for k, v in report["timings"].get("stages", {}).items()} if isinstance(
-        report["timings"].get("stages"), dict) else {}
-    print(f"\naarch64 build + boot test: {took:.0f} s {stages}", file=sys.stderr)
+    boot = next((ln for ln in res.stdout.splitlines() if ln.startswith("boot test passed")), "")
+    say(request, f"aarch64: build + boot test {took:.0f} s; {boot}")
     tree = work / "unpacked"
     tree.mkdir()
     run.pipe(["zstd", "-dc", out / f"{NAME}.initramfs"], ["cpio", "-idm", "--quiet", "--no-absolute-filenames"],
