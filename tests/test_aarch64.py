@@ -50,8 +50,10 @@ def clean_env() -> dict[str, str]:
 def say(request: pytest.FixtureRequest, line: str) -> None:
     """Timings on the terminal even when pytest captures output (CI prints them)."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(line)
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)
 
 
 @pytest.fixture(scope="module")
