@@ -228,7 +228,8 @@ def _push_error(dest: Destination, stderr: str, insecure: bool) -> BuildError:
     reason = _skopeo_reason(stderr)
     low = reason.lower()
     where = f"{dest.registry}"
-    if any(s in low for s in ("unauthorized", "authentication required", "401", "denied")):
+    # a status code as a word: a blob digest in the message may hold "401" (sha256:...cc4016f...)
+    if any(s in low for s in ("unauthorized", "authentication required", "denied")) or re.search(r"\b401\b", low):
         return InputError(f"registry {where} refused the push (unauthorized): {reason}",
                           "log in (`skopeo login REGISTRY`) or point REGISTRY_AUTH_FILE at an auth file with "
                           "credentials for it")  # fmt: skip

@@ -252,3 +252,14 @@ def test_oci_layout_for_air_gapped_transfer(artifacts: Path, tmp_path: Path, reg
     run.run(["skopeo", "copy", "--all", "--preserve-digests", "--dest-tls-verify=false", f"oci:{layout}:sp6",
              f"docker://{registry.host}/mirror/ipa:sp6"], capture=True)
     pull_and_compare(registry, "mirror/ipa", "sp6", artifacts, res.stdout)
+
+
+def test_a_digest_holding_401_is_no_authorisation_error() -> None:
+    """skopeo names the blob it was copying; a digest's hex may hold "401" (seen in a CI run)."""
+    dest = publish.parse_destination("oci://127.0.0.1:5000/ipa/ramdisk:v1")
+    stderr = ("time=x level=fatal msg=\"copying image 1/1 from manifest list: trying to reuse blob sha256:a87a2bb7"
+              "8abd233f4e64627bf80cc4016f92 at destination: pinging container registry 127.0.0.1:5000: Get "
+              "\\\"http://127.0.0.1:5000/v2/\\\": dial tcp 127.0.0.1:5000: connect: connection refused\"")
+    assert "cannot reach registry" in publish._push_error(dest, stderr, insecure=True).message
+    denied = "level=fatal msg=\"reading manifest: received unexpected HTTP status: 401 Unauthorized\""
+    assert "(unauthorized)" in publish._push_error(dest, denied, insecure=True).message

@@ -98,7 +98,8 @@ def test_sp4_with_an_update_repository_builds_current_ipa_with_python311(
     update_alias = next(a for a, url in remote.items() if "credentials=SLES_Updates" in url)
     pool_alias = next(a for a, url in remote.items() if ":***@" in url)
     by_repo = manifest["package_repositories"]
-    assert by_repo["python311"].startswith(update_alias) and by_repo["python311-pip"].startswith(update_alias)
+    assert by_repo["python311"].startswith(update_alias)
+    assert "python311-pip" not in by_repo  # from the update repository too, but build-only: gone again
     assert by_repo["curl"].startswith(pool_alias)
     packages = (out / f"{NAME}.packages").read_text()
     assert f"python311 {update_alias} http://127.0.0.1:" in packages
