@@ -191,13 +191,13 @@ def drop(root: Path, groups: tuple[str, ...], keep: tuple[str, ...] = ()) -> lis
         n, b = _remove_state(root, p.state, keep)
         cuts.append(Cut(f"packages: {p.group} ({', '.join(p.packages) or 'no package'})", files + n, size + b))
     cuts.append(Cut("shared libraries only the dropped packages linked", *_remove(root, ["/" + x for x in libs], keep)))
-    _dangling_links(root)
+    _dangling_links(root, graph.dirs)
     return cuts
 
 
-def _dangling_links(root: Path) -> None:
-    """Library links whose target left (libfoo.so.1 -> libfoo.so.1.2.3)."""
-    for d in {*elfdeps.LIB_DIRS, *(str(p.relative_to(root)) for p in root.glob("usr/lib/*-linux-gnu*"))}:
+def _dangling_links(root: Path, lib_dirs: list[str]) -> None:
+    """Library links in the loader's directories whose target left (libfoo.so.1 -> libfoo.so.1.2.3)."""
+    for d in set(lib_dirs):
         base = root / d
         if base.is_dir() and not base.is_symlink():
             for p in base.iterdir():
