@@ -191,7 +191,7 @@ def touch_use(entry: Path) -> None:
     Path(f"{entry}.use").touch()
 
 
-def _last_use(entry: Path) -> float:
+def last_use(entry: Path) -> float:
     try:
         return os.stat(f"{entry}.use").st_mtime
     except FileNotFoundError:
@@ -213,7 +213,7 @@ def prune(kind: str, keep: int) -> list[Path]:
     """Keep the `keep` most recently used directory entries of `kind`; remove the older ones that no
     running build uses. Returns what went."""
     entries = sorted((p for p in cache_dir(kind).iterdir() if p.is_dir() and not p.name.startswith(".")),
-                     key=_last_use, reverse=True)
+                     key=last_use, reverse=True)
     removed = []
     for old in entries[keep:]:
         with locked(old):

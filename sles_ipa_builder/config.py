@@ -152,6 +152,7 @@ class Config:
     ca_bundle: Path | None
     offline: bool
     keep_workspace: bool
+    cache: bool
     break_: str | None
     report: Path | None
     sign_key: Path | None

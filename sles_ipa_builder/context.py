@@ -20,6 +20,7 @@ from .packages import PackageLists
 from .phase import Step
 
 if TYPE_CHECKING:
+    from .checkpoints import Checkpoints
     from .media import Media
     from .outputs import Artifacts, Staging
     from .target import ResolvSaved
@@ -62,6 +63,7 @@ class BuildContext:
     resolv: ResolvSaved | None = None
     staging: Staging | None = None  # the outputs being written, before they are renamed into place
     artifacts: Artifacts | None = None
+    checkpoints: Checkpoints | None = None  # the cache layers after the root tree (checkpoints.py)
 
     @property
     def workspace(self) -> Path:

@@ -11,7 +11,7 @@ import shlex
 from collections.abc import Callable
 from pathlib import Path
 
-from . import run, sources, zypper
+from . import checkpoints, run, sources, zypper
 from .context import BuildContext
 from .packages import pkg_map_files
 from .target import chroot_argv, chroot_env, in_root, run_zypper
@@ -117,7 +117,8 @@ def pkg_map_dir(ctx: BuildContext) -> None:
 def source_repositories(ctx: BuildContext) -> None:
     """source-repositories: every git source into the target, its commit into the manifest."""
     ctx.manifest["sources"] = sources.fetch_sources(ctx.source_repos, ctx.root, offline=ctx.cfg.offline,
-                                                    image_name=ctx.cfg.name)
+                                                    image_name=ctx.cfg.name,
+                                                    resolved=checkpoints.of(ctx).commits)
 
 
 def copy_manifests(ctx: BuildContext) -> None:

@@ -36,11 +36,12 @@ ROOTFS_GENERATIONS = 2  # unpacked trees kept: two qcow2s, e.g. before and after
 
 
 def prepare_root(cfg: Config, root: Path, *, accel: str = "auto", force: bool = False,
-                 stack: contextlib.ExitStack | None = None) -> dict[str, Any]:
+                 stack: contextlib.ExitStack | None = None, above: list[Path] | None = None) -> dict[str, Any]:
     """Fill the empty directory `root` with the base tree; return facts for the build manifest.
 
     The tree is cached unpacked, in rootfs/<image sha256>/; with `stack` (a build, in its namespace)
-    it becomes the lower layer of an overlayfs at `root` (layers.py), else it is copied."""
+    it becomes the lower layer of an overlayfs at `root` (layers.py), else it is copied. `above` is a
+    later layers of the build (checkpoints.py, topmost first), mounted over the root tree; only with overlayfs."""
     start = time.monotonic()
     root.mkdir(parents=True, exist_ok=True)
     if cfg.base_tree:
@@ -66,7 +67,7 @@ def prepare_root(cfg: Config, root: Path, *, accel: str = "auto", force: bool = 
             cache.in_use(stack, entry.path)  # before the lock goes: no prune between finding and using
     if made:
         cache.prune("rootfs", ROOTFS_GENERATIONS)
-    facts.update(restore(stack, entry.path, root, copy=cfg.keep_workspace))
+    facts.update(restore(stack, entry.path, root, copy=cfg.keep_workspace, above=above))
     facts.setdefault("timings", {})["restore"] = facts["restore_seconds"]
     facts["seconds"] = round(time.monotonic() - start, 2)
     log.info("root tree from %s: cache %s, %.1fs", img.name, facts["cache"], facts["seconds"])
@@ -119,13 +120,15 @@ def unpack(archive: Path, root: Path) -> float:
     return round(time.monotonic() - start, 2)
 
 
-def restore(stack: contextlib.ExitStack | None, layer: Path, root: Path, *, copy: bool = False) -> dict[str, object]:
-    """Make the empty directory `root` show the tree `layer`. Returns how (for the build manifest)."""
+def restore(stack: contextlib.ExitStack | None, layer: Path, root: Path, *, copy: bool = False,
+            above: list[Path] | None = None) -> dict[str, object]:
+    """Make the empty directory `root` show the tree `layer` (and `above` over it, when mounted).
+    Returns how (for the build manifest): a copy never has `above`."""
     start = time.monotonic()
     how = "copy"
     if stack is not None and not copy and namespace.inside():
         try:
-            _mount(stack, layer, root)
+            _mount(stack, [*(above or []), layer], root)
             how = "overlay"
         except (CommandError, OSError) as e:
             log.info("overlayfs refused (%s): copying the cached tree instead", str(e).splitlines()[0][:200])
@@ -137,8 +140,14 @@ def restore(stack: contextlib.ExitStack | None, layer: Path, root: Path, *, copy
     return {"restore": how, "restore_seconds": seconds}
 
 
-def _mount(stack: contextlib.ExitStack, layer: Path, root: Path) -> None:
-    upper, work = root.with_name(f".{root.name}-upper"), root.with_name(f".{root.name}-work")
+def upper_dir(root: Path) -> Path:
+    """Where a mounted root's writes land: the difference from its lower layers (checkpoints copy it)."""
+    return root.with_name(f".{root.name}-upper")
+
+
+def _mount(stack: contextlib.ExitStack, lowers: list[Path], root: Path) -> None:
+    upper, work = upper_dir(root), root.with_name(f".{root.name}-work")
+    layer = lowers[-1]
     for d in (upper, work):
         if d.exists():
             shutil.rmtree(d)
@@ -149,7 +158,7 @@ def _mount(stack: contextlib.ExitStack, layer: Path, root: Path) -> None:
     os.utime(upper, ns=(st.st_atime_ns, st.st_mtime_ns))
     root.mkdir(parents=True, exist_ok=True)
     try:
-        namespace.overlay(stack, layer, upper, work, root)
+        namespace.overlay(stack, lowers, upper, work, root)
     except CommandError:
         shutil.rmtree(upper, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)

@@ -214,13 +214,13 @@ def tmpfs(stack: contextlib.ExitStack, dst: Path, size: str | None = None) -> Pa
     return _mount(stack, ["-t", "tmpfs", *opts, "tmpfs"], dst)
 
 
-def overlay(stack: contextlib.ExitStack, lower: Path, upper: Path, work: Path, dst: Path) -> Path:
-    """overlayfs: `lower` read-only (a cached layer), every write of the build goes to `upper`.
-    Raises CommandError when the kernel or the filesystems refuse (the caller copies instead)."""
-    for p in (lower, upper, work):
+def overlay(stack: contextlib.ExitStack, lowers: list[Path], upper: Path, work: Path, dst: Path) -> Path:
+    """overlayfs: `lowers` read-only (cached layers, the topmost first), every write of the build goes
+    to `upper`. Raises CommandError when the kernel or the filesystems refuse (the caller copies instead)."""
+    for p in (*lowers, upper, work):
         if any(c in str(p) for c in ",:\\"):
             raise CommandError(["mount", "-t", "overlay"], 1, f"{p}: a comma, colon or backslash in the path")
-    opts = f"lowerdir={lower},upperdir={upper},workdir={work}"
+    opts = f"lowerdir={':'.join(map(str, lowers))},upperdir={upper},workdir={work}"
     return _mount(stack, ["-t", "overlay", "-o", opts, "overlay"], dst)
 
 

@@ -12,7 +12,7 @@ import os
 from itertools import groupby
 from pathlib import Path
 
-from . import hooks, namespace, run
+from . import checkpoints, hooks, namespace, run
 from .cache import cache_root
 from .context import BuildContext
 from .errors import BuildError, ConfigError
@@ -41,9 +41,11 @@ def _run_steps(ctx: BuildContext, stage: Stage, todo: list[Step]) -> None:
             hooks.run_native(ctx, stage.value, s.name, s.element, s.run)
         else:
             hooks.run_script(ctx, stage.value, s.name, s.element, stage.chroot)
+        checkpoints.after_step(ctx, s)
 
 
 def run_phase(ctx: BuildContext, phase: Phase, todo: list[Step]) -> None:
+    todo = [s for s in todo if not checkpoints.skipped(ctx, s)]  # in the cache layer the build resumes from
     wanted = {f"before-{phase.value}", f"after-{phase.value}"} & ctx.breakpoints
     if not todo and not wanted:
         log.debug("phase %s: nothing to run", phase.value)
@@ -73,6 +75,7 @@ def run_plan(ctx: BuildContext) -> None:
             _check_root(ctx)
         if phase is Phase.CLEANUP:
             resolv_conf_out(ctx)
+    checkpoints.after_phases(ctx)
     for final in Final:
         if by_stage.get(final):
             with step(final.value, ctx.timings):

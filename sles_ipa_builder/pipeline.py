@@ -12,7 +12,7 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from . import __version__, boottest, image, media, phases, plan, publish, repos, servicepack, wheels
+from . import __version__, boottest, checkpoints, image, media, phases, plan, publish, repos, servicepack, wheels
 from . import log as logmod
 from .cache import cache_dir
 from .config import Config
@@ -78,6 +78,7 @@ def build(cfg: Config) -> Artifacts | None:
     ctx.media = opened
     check_inputs(ctx)
     wheels.check_offline(ctx)
+    checkpoints.prepare(ctx)
     phases.prepare_workspace(ctx)
     logmod.attach_file(ctx.log_path)
     ctx.manifest.update(builder=__version__, elements=[e.name for e in ctx.elements],

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, dibsteps, elements, layers, packages, run, slessteps, wheels, zypper
+from . import __version__, checkpoints, dibsteps, elements, layers, packages, run, slessteps, wheels, zypper
 from .cache import cache_dir
 from .config import Config
 from .context import BuildContext, make_context
@@ -244,7 +244,8 @@ def describe(ctx: BuildContext) -> dict[str, Any]:
         ],
         "steps": [s.describe() for s in ctx.steps],
         "replaced": list(ctx.replaced),
-        "layers": [layers.describe(ctx.cfg)] if needs(ctx, "10-sles-image") or needs(ctx, "00-base-tree") else [],
+        "layers": ([layers.describe(ctx.cfg), *checkpoints.describe(ctx)]
+                   if needs(ctx, "10-sles-image") or needs(ctx, "00-base-tree") else []),
         "source_repositories": [
             {"name": r.name, "type": r.type, "dest": r.dest, "location": r.location, "ref": r.ref,
              "element": r.element}

@@ -262,6 +262,20 @@ def cached_packages(repo: Repo, zypper_cache: Path) -> set[str]:
     return probe(Repo(raw.as_uri()), {})
 
 
+def metadata_digest(repo: Repo, creds: dict[str, Credentials], ca_bundle: Path | None, *,
+                    zypper_cache: Path | None = None) -> str:
+    """sha256 of the repository's repodata/repomd.xml, which names every metadata file by checksum:
+    a new digest is an updated repository. With `zypper_cache` (offline), the copy zypper kept."""
+    if zypper_cache is not None:
+        cached = zypper_cache / "raw" / repo.alias / "repodata/repomd.xml"
+        return hashlib.sha256(cached.read_bytes()).hexdigest() if cached.is_file() else "not cached"
+    try:
+        return hashlib.sha256(_fetch(repo, "repodata/repomd.xml", credentials_for(repo, creds), ca_bundle)).hexdigest()
+    except (urllib.error.URLError, OSError) as e:
+        raise ConfigError(f"repository {repo.shown} is unreachable: {getattr(e, 'reason', e)}",
+                          "check the URL, the network and the proxy (https_proxy)") from None
+
+
 def media_packages(media: Media) -> set[str]:
     """Package names of every repository on the Media1 ISO."""
     names: set[str] = set()

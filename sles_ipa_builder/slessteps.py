@@ -9,7 +9,7 @@ import logging
 import re
 from pathlib import Path
 
-from . import agenttools, cuts, layers, media, pkgdrop, repos, zypper
+from . import agenttools, checkpoints, cuts, layers, media, pkgdrop, repos, zypper
 from .context import BuildContext
 from .errors import BuildError, ConfigError
 from .target import run_in_target, run_zypper
@@ -21,7 +21,10 @@ HISTORY = "var/log/zypp/history"
 
 def root_step(ctx: BuildContext) -> None:
     """root.d/10-sles-image: the base tree from the qcow2 (or --base-tree), through the cache."""
-    facts = layers.prepare_root(ctx.cfg, ctx.root, accel=ctx.cfg.accel, stack=ctx.stack)
+    facts = layers.prepare_root(ctx.cfg, ctx.root, accel=ctx.cfg.accel, stack=ctx.stack,
+                                above=checkpoints.above(ctx))
+    if facts.get("restore") != "overlay":
+        checkpoints.off(ctx, f"the root tree was {facts.get('restore', 'copied')}, not mounted")
     ctx.manifest.setdefault("inputs", {})["base"] = facts
     ctx.env["SIB_BASE_IMAGE_SHA256"] = str(facts.get("sha256", "tree:" + str(facts.get("path", ""))))
 

@@ -27,7 +27,7 @@ FETCH_SPECS = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"]
 
 
 def mirror_path(name: str, location: str) -> Path:
-    return cache.cache_dir("git") / f"{override_key(name)}-{cache.url_key(location)}.git"
+    return cache.cache_root() / "git" / f"{override_key(name)}-{cache.url_key(location)}.git"
 
 
 def _git_reason(e: git.GitCommandError) -> str:
@@ -126,21 +126,49 @@ def _checkout_into(root: Path, repo: SourceRepo, mirror: Path, sha: str, ref: st
     return dest
 
 
-def fetch_sources(repos: list[SourceRepo], root: Path, *, offline: bool, image_name: str = "image"
-                  ) -> list[dict[str, str]]:
-    """Fetch every git source into `root`, write DIB's in-image records, return the manifest rows."""
-    rows: list[dict[str, str]] = []
+def _git_sources(repos: list[SourceRepo]) -> list[SourceRepo]:
+    """The sources to fetch: git ones (a `package` source is installed from a package, as in DIB)."""
     for repo in repos:
-        if repo.type == "package":  # DIB: installed from a package, nothing to fetch
-            continue
-        if repo.type != "git":
+        if repo.type not in ("git", "package"):
             raise BuildError(f"source {repo.name} (element {repo.element}): type {repo.type} is not "
                              "supported",
                              "only git source repositories are supported; use a git URL")
+    return [r for r in repos if r.type == "git"]
+
+
+def resolve(repos: list[SourceRepo], *, offline: bool) -> dict[str, str]:
+    """name -> the commit each source's ref names now, fetching the mirrors as a build does (the
+    cache layers' keys read it before any step runs; fetch_sources then checks these commits out)."""
+    out = {}
+    for repo in _git_sources(repos):
+        mirror = mirror_path(repo.name, repo.location)
+        with cache.locked(mirror):
+            out[repo.name] = update_mirror(mirror, repo.name, repo.location, repo.ref or DEFAULT_REF,
+                                           offline=offline)[1]
+    return out
+
+
+def peek(repos: list[SourceRepo]) -> dict[str, str | None]:
+    """name -> the commit each ref named when its mirror was last fetched (None: not fetched yet).
+    No fetch, no writes: for `summary`."""
+    out: dict[str, str | None] = {}
+    for repo in _git_sources(repos):
+        mirror = mirror_path(repo.name, repo.location)
+        out[repo.name] = _resolve(run.git_repo(mirror), repo.ref or DEFAULT_REF) if mirror.is_dir() else None
+    return out
+
+
+def fetch_sources(repos: list[SourceRepo], root: Path, *, offline: bool, image_name: str = "image",
+                  resolved: dict[str, str] | None = None) -> list[dict[str, str]]:
+    """Fetch every git source into `root`, write DIB's in-image records, return the manifest rows.
+    `resolved` (from resolve(), this build) gives commits already fetched: those are not fetched again."""
+    rows: list[dict[str, str]] = []
+    for repo in _git_sources(repos):
         location, ref = repo.location, repo.ref or DEFAULT_REF
         mirror = mirror_path(repo.name, location)
         with cache.locked(mirror):  # held through the clone: another build's fetch may prune packs
-            _, sha = update_mirror(mirror, repo.name, location, ref, offline=offline)
+            sha = (resolved or {}).get(repo.name) or update_mirror(mirror, repo.name, location, ref,
+                                                                   offline=offline)[1]
             dest = _checkout_into(root, repo, mirror, sha, ref, location)
         subject = f"{location}#{ref}"
         previous = cache.last_key("git", subject)

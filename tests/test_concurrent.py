@@ -8,6 +8,7 @@ with its own complete artifacts.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tarfile
 from pathlib import Path
@@ -42,7 +43,7 @@ def test_two_builds_share_one_cache(tmp_path: Path, fixture_media: object) -> No
         argv = [sys.executable, "-m", "sles_ipa_builder", "build",
                 "--config", str(fixture_media.profile),  # type: ignore[attr-defined]
                 "--workspace", str(tmp_path / f"ws{n}"), "--output", str(tmp_path / f"out{n}"),
-                "--name", f"b{n}", "--elements", "tiny-os", "--elements-path", str(elements)]
+                "--name", "b", "--elements", "tiny-os", "--elements-path", str(elements)]
         log = (tmp_path / f"build{n}.log").open("w")
         procs.append((run.popen(argv, env=env, stdout=log, stderr=log), log))
     for n, (p, log) in enumerate(procs, 1):
@@ -50,11 +51,15 @@ def test_two_builds_share_one_cache(tmp_path: Path, fixture_media: object) -> No
         log.close()
         assert rc == 0, (tmp_path / f"build{n}.log").read_text()[-4000:]
     for n in (1, 2):
-        with tarfile.open(tmp_path / f"out{n}" / f"b{n}.tar") as tar:
-            assert tar.getnames() == [f"b{n}.kernel", f"b{n}.initramfs"]
+        with tarfile.open(tmp_path / f"out{n}" / "b.tar") as tar:
+            assert tar.getnames() == ["b.kernel", "b.initramfs"]
     logs = [(tmp_path / f"ws{n}" / "build.log").read_text() for n in (1, 2)]
     # exactly one of them extracted the image; the other waited on the lock and took the cache
     assert sum("cache miss, " in text for text in logs) == 1, logs
     assert sum("cache hit, " in text for text in logs) == 1, logs
     # both read the one cached tree through their own overlayfs (layers.py)
     assert all("root tree restored from the cache by overlay" in text for text in logs), logs
+    # the same inputs: both looked the finished tree's layer up, one kept it, the other found it made
+    assert all("cache layer tree" in text for text in logs), logs
+    assert sum(bool(re.search(r"cache layer tree \w+ kept", text)) for text in logs) == 1, logs
+    assert len([p for p in (tmp_path / "cache/sles-ipa-builder/layers/tree").iterdir() if p.is_dir()]) == 1

@@ -2,12 +2,15 @@
 
 `pack` is reproducible on its own (test_cpio, test_ramdisk); this is about the image content. The
 first build starts from an empty cache (root extraction, git mirrors, pip all cold), the second
-reuses it, in another workspace. Slow: two real builds on the test media.
+reuses it, in another workspace: it resumes from the finished tree's cache layer. Then a late
+setting changes: a build resumes from the venv layer, and gives the bytes of a build that ran every
+step (--no-cache). Slow: four real builds on the test media.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -21,10 +24,11 @@ pytestmark = [pytest.mark.root, pytest.mark.guestfs, pytest.mark.media, pytest.m
 EPOCH = "1700000000"
 
 
-def _build(tmp: Path, n: int, env: dict[str, str], profile: Path) -> Path:
+def _build(tmp: Path, n: int, env: dict[str, str], profile: Path, *more: str) -> Path:
     out = tmp / f"out{n}"
     argv = [sys.executable, "-m", "sles_ipa_builder", "build", "--config", str(profile),
-            "--workspace", str(tmp / f"ws{n}"), "--output", str(out), "--name", "repro"]
+            "--workspace", str(tmp / f"ws{n}"), "--output", str(out), "--name", "repro",
+            "--report", str(tmp / f"report{n}.json"), *more]
     res = run.run(argv, env=env, check=False, capture=True)
     assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
     return out / "repro.initramfs"
@@ -45,15 +49,32 @@ def _files(initramfs: Path, dest: Path) -> dict[str, str]:
     return found
 
 
+def _layers(tmp: Path, n: int) -> dict[str, str]:
+    return {x["layer"]: x["state"] for x in json.loads((tmp / f"report{n}.json").read_text())["layers"]}
+
+
+def _same(tmp: Path, one: Path, two: Path) -> None:
+    if hashlib.sha256(one.read_bytes()).digest() != hashlib.sha256(two.read_bytes()).digest():
+        a, b = _files(one, tmp / f"{one.parent.name}-x"), _files(two, tmp / f"{two.parent.name}-y")
+        differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+        pytest.fail(f"{one} and {two}: {len(differ)} of {len(a)} entries differ: {differ[:20]}")
+
+
 def test_cold_and_warm_builds_give_one_hash(tmp_path: Path) -> None:
     media = load_testmedia().ensure()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DIB_", "IPA_", "IRONIC_", "SIB_"))}
     env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), SOURCE_DATE_EPOCH=EPOCH,
                SIB_ACCEL=os.environ.get("SIB_ACCEL", "tcg"))
     cold = _build(tmp_path, 1, env, media.profile)
+    assert set(_layers(tmp_path, 1).values()) == {"miss: not cached yet"}
     warm = _build(tmp_path, 2, env, media.profile)
-    digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (cold, warm)]
-    if digests[0] != digests[1]:
-        a, b = _files(cold, tmp_path / "a"), _files(warm, tmp_path / "b")
-        differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
-        pytest.fail(f"{len(differ)} of {len(a)} entries differ: {differ[:20]}")
+    assert _layers(tmp_path, 2) == {"packages": "hit", "venv": "hit", "tree": "hit"}
+    _same(tmp_path, cold, warm)
+
+    late = {**env, "DIB_IPA_KEEP_UNITS": "chronyd.service"}  # read by a finalise hook only
+    resumed = _build(tmp_path, 3, late, media.profile)
+    states = _layers(tmp_path, 3)
+    assert states["venv"] == "hit" and states["tree"].startswith("miss: env DIB_IPA_KEEP_UNITS:  → chronyd.service")
+    full = _build(tmp_path, 4, late, media.profile, "--no-cache")
+    assert set(_layers(tmp_path, 4).values()) == {"skipped: --no-cache"}
+    _same(tmp_path, resumed, full)

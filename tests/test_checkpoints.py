@@ -1,0 +1,131 @@
+"""The cache layers after the root tree (checkpoints.py): which input renews which layer, and why.
+
+Each case changes one input of the default plan and checks exactly which of the three layers
+(packages, venv, tree) get a new key. The build that resumes from them is in test_reproducible.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import make_element
+
+from sles_ipa_builder import checkpoints, config, plan, repos
+
+COMMITS = {"ironic-python-agent": "a" * 40, "ironic-lib": "b" * 40, "requirements": "c" * 40}
+
+
+def keys(tmp_path: Path, environ: dict[str, str] | None = None, cli: dict[str, Any] | None = None,
+         **inputs: Any) -> dict[str, str]:
+    ctx = plan.make(config.resolve({"workspace": str(tmp_path / "ws"), **(cli or {})}, environ=environ or {}))
+    args: dict[str, Any] = {"root_key": "r" * 64, "media_identity": "iso-1", "repo_digests": {},
+                            "commits": COMMITS, **inputs}
+    return {layer.name: layer.key for layer in checkpoints.compute(ctx, **args)}
+
+
+def renewed(a: dict[str, str], b: dict[str, str]) -> list[str]:
+    assert list(a) == list(b) == ["packages", "venv", "tree"]
+    return [name for name in a if a[name] != b[name]]
+
+
+def test_the_same_inputs_give_the_same_keys_whatever_the_workspace_or_offline(tmp_path: Path) -> None:
+    base = keys(tmp_path)
+    assert keys(tmp_path) == base
+    assert keys(tmp_path / "elsewhere", environ={"TERM": "dumb"}) == base
+    # offline, the packages and the venv are the same; the image's /etc/dib-manifests records DIB_OFFLINE
+    assert renewed(base, keys(tmp_path, cli={"offline": True})) == ["tree"]
+
+
+def test_a_moved_branch_renews_the_venv_and_the_tree(tmp_path: Path) -> None:
+    moved = {**COMMITS, "ironic-python-agent": "d" * 40}
+    assert renewed(keys(tmp_path), keys(tmp_path, commits=moved)) == ["venv", "tree"]
+    # another ref naming the same commit is the same source (the image's dib-manifests record the ref)
+    assert renewed(keys(tmp_path), keys(tmp_path, environ={"DIB_REPOREF_ironic_python_agent": "x"})) == ["tree"]
+
+
+def test_a_changed_late_hook_renews_the_tree_only(tmp_path: Path) -> None:
+    els = tmp_path / "elements"
+    make_element(els, "late", files={"finalise.d/55-late": "#!/bin/sh\necho one > /etc/late\n"})
+    cli = {"elements_path": str(els), "elements": config.resolve({}, environ={}).element_list + ["late"]}
+    before = keys(tmp_path, cli=cli)
+    (els / "late/finalise.d/55-late").write_text("#!/bin/sh\necho two > /etc/late\n")
+    assert renewed(before, keys(tmp_path, cli=cli)) == ["tree"]
+
+
+def test_a_changed_early_hook_or_data_file_renews_every_layer(tmp_path: Path) -> None:
+    els = tmp_path / "elements"
+    make_element(els, "early", files={"extra-data.d/40-early": "#!/bin/sh\ntrue\n", "data/x.conf": "1\n"})
+    cli = {"elements_path": str(els), "elements": config.resolve({}, environ={}).element_list + ["early"]}
+    before = keys(tmp_path, cli=cli)
+    (els / "early/data/x.conf").write_text("2\n")  # any script of the element may read it
+    assert renewed(before, keys(tmp_path, cli=cli)) == ["packages", "venv", "tree"]
+
+
+def test_a_setting_renews_the_layers_from_the_first_hook_that_names_it(tmp_path: Path) -> None:
+    base = keys(tmp_path)
+    # DIB_IPA_KEEP_UNITS is read by finalise.d/10-units-at-build-time only
+    assert renewed(base, keys(tmp_path, environ={"DIB_IPA_KEEP_UNITS": "chronyd.service"})) == ["tree"]
+    # the module classes are read by a native finalise step
+    assert renewed(base, keys(tmp_path, cli={"cut_modules": "sound"})) == ["tree"]
+    # a variable no hook names may be read by any program: it counts from the first layer
+    assert renewed(base, keys(tmp_path, environ={"DIB_SOMETHING_OF_MINE": "1"})) == ["packages", "venv", "tree"]
+
+
+def test_a_new_iso_renews_every_layer(tmp_path: Path) -> None:
+    assert renewed(keys(tmp_path), keys(tmp_path, media_identity="iso-2")) == ["packages", "venv", "tree"]
+
+
+def test_an_updated_repository_renews_every_layer(tmp_path: Path) -> None:
+    repo_dir = tmp_path / "repo"
+    (repo_dir / "repodata").mkdir(parents=True)
+    (repo_dir / "repodata/repomd.xml").write_text("<repomd><revision>1</revision></repomd>\n")
+    url = repo_dir.as_uri()
+    r = repos.parse([url])[0]
+    first = repos.metadata_digest(r, {}, None)
+    (repo_dir / "repodata/repomd.xml").write_text("<repomd><revision>2</revision></repomd>\n")
+    second = repos.metadata_digest(r, {}, None)
+    assert first != second
+    cli = {"repos": url}
+    a = keys(tmp_path, cli=cli, repo_digests={r.alias: first})
+    b = keys(tmp_path, cli=cli, repo_digests={r.alias: second})
+    assert renewed(a, b) == ["packages", "venv", "tree"]
+
+
+def test_a_miss_says_which_input_changed() -> None:
+    old = {"below": "x", "env DIB_IPA_KEEP_UNITS": "", "source ironic-python-agent": "a" * 40}
+    new = {"below": "x", "env DIB_IPA_KEEP_UNITS": "chronyd.service", "source ironic-python-agent": "b" * 40}
+    assert checkpoints.why(old, new) == ("env DIB_IPA_KEEP_UNITS:  → chronyd.service; "
+                                         f"source ironic-python-agent: {'a' * 16} → {'b' * 16}")
+    assert checkpoints.why({**old, "below": "y"}, old) == "the layer below changed"
+    assert checkpoints.why(None, new) == "not cached yet"
+
+
+def test_secrets_never_show_in_the_inputs(tmp_path: Path) -> None:
+    ctx = plan.make(config.resolve({"workspace": str(tmp_path)},
+                                   environ={"DIB_DEV_USER_PASSWORD": "hunter2-very-secret"}))
+    found = checkpoints.compute(ctx, root_key="r", media_identity="m", repo_digests={}, commits=COMMITS)
+    shown = " ".join(v for layer in found for v in layer.inputs.values())
+    assert "hunter2" not in shown
+    assert any(k == "env DIB_DEV_USER_PASSWORD" for layer in found for k in layer.inputs)
+
+
+def test_summary_shows_the_layers_without_fetching_or_writing(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    images = tmp_path / "images"
+    images.mkdir()
+    qcow2 = images / "SLES15-SP7-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2"
+    qcow2.write_bytes(b"QFI\xfb" + bytes(508))
+    ctx = plan.make(config.resolve({"workspace": str(tmp_path / "ws"), "images_dir": str(images)}, environ={}))
+    assert checkpoints.describe(ctx)[0]["state"] == "unknown until the qcow2 is hashed"
+    from sles_ipa_builder import cache
+    cache.file_sha256(qcow2)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    rows = checkpoints.describe(ctx)
+    assert [r["layer"] for r in rows] == ["packages", "venv", "tree"]
+    assert all(r["state"].startswith("miss: not cached yet") for r in rows), rows
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert not os.path.exists(tmp_path / "cache/sles-ipa-builder/git")
