@@ -298,8 +298,12 @@ def of(ctx: BuildContext) -> Checkpoints:
 
 
 def off(ctx: BuildContext, why_not: str) -> None:
+    """No layers for this build (none used, none made). Called by the root step when the root tree
+    could not be mounted, it undoes a resume: every step runs on the copied tree."""
     if of(ctx).layers:
         log.info("cache layers off for this build: %s", why_not)
+    if of(ctx).resume is not None:
+        ctx.resolv = None  # the layer's saved resolv.conf is not in a copied root tree
     ctx.checkpoints = Checkpoints()
     ctx.manifest["layers"] = [{"layer": "-", "state": f"off: {why_not}"}]
 

@@ -40,7 +40,7 @@ def prepare_root(cfg: Config, root: Path, *, accel: str = "auto", force: bool = 
     """Fill the empty directory `root` with the base tree; return facts for the build manifest.
 
     The tree is cached unpacked, in rootfs/<image sha256>/; with `stack` (a build, in its namespace)
-    it becomes the lower layer of an overlayfs at `root` (layers.py), else it is copied. `above` is a
+    it becomes the lower layer of an overlayfs at `root` (layers.py), else it is copied. `above` are
     later layers of the build (checkpoints.py, topmost first), mounted over the root tree; only with overlayfs."""
     start = time.monotonic()
     root.mkdir(parents=True, exist_ok=True)
