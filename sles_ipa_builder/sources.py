@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import git
@@ -183,12 +184,19 @@ def fetch_sources(repos: list[SourceRepo], root: Path, *, offline: bool, image_n
 
 
 def write_records(root: Path, rows: list[dict[str, str]], *, image_name: str) -> None:
-    """/etc/dib-source-repositories and /etc/dib-manifests/dib-manifest-git-<name>, as DIB writes them."""
+    """/etc/dib-source-repositories and /etc/dib-manifests/dib-manifest-git-<name>, as DIB writes them
+    (appended), but a source's line written before (a cache layer's tree, checked out again) is replaced."""
     etc = root / "etc"
     etc.mkdir(parents=True, exist_ok=True)
-    with (etc / "dib-source-repositories").open("a") as f:
-        f.writelines(f"{r['dest']}\n" for r in rows)
+    _append(etc / "dib-source-repositories", [r["dest"] for r in rows], lambda line: line)
     manifests = etc / "dib-manifests"
     manifests.mkdir(parents=True, exist_ok=True)
-    with (manifests / f"dib-manifest-git-{Path(image_name).name}").open("a") as f:
-        f.writelines(f"{r['name']} git {r['dest']} {r['location']} {r['commit']}\n" for r in rows)
+    _append(manifests / f"dib-manifest-git-{Path(image_name).name}",
+            [f"{r['name']} git {r['dest']} {r['location']} {r['commit']}" for r in rows],
+            lambda line: line.split(" ", 1)[0])
+
+
+def _append(path: Path, lines: list[str], key: Callable[[str], str]) -> None:
+    ours = {key(line) for line in lines}
+    kept = [line for line in path.read_text().splitlines() if key(line) not in ours] if path.is_file() else []
+    path.write_text("".join(f"{line}\n" for line in (*kept, *lines)))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -44,6 +45,9 @@ def _files(initramfs: Path, dest: Path) -> dict[str, str]:
             p = Path(root) / f
             rel = str(p.relative_to(dest))
             st = p.lstat()
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):  # /dev/zero would never end
+                found[rel] = f"{st.st_mode:o} {st.st_rdev}"
+                continue
             content = os.readlink(p) if p.is_symlink() else hashlib.sha256(p.read_bytes()).hexdigest()
             found[rel] = f"{st.st_mode:o} {st.st_mtime_ns} {content}"
     return found

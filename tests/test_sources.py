@@ -95,6 +95,19 @@ def test_fetch_ref_kinds_and_records(tmp_path: Path) -> None:
     assert (root / "etc/dib-source-repositories").read_text().splitlines()[:2] == ["/tmp/r0", "/tmp/r1"]
 
 
+def test_records_name_each_source_once_when_written_again(tmp_path: Path) -> None:
+    """A build resumed from a cache layer checks the sources out again over the layer's tree: each
+    source keeps one line, with this build's commit; lines of other sources stay."""
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/dib-source-repositories").write_text("/opt/base-image-source\n")
+    rows = [{"name": "ipa", "dest": "/tmp/ipa", "location": "file:///up", "commit": "a" * 40}]
+    sources.write_records(root, rows, image_name="img")
+    sources.write_records(root, [{**rows[0], "commit": "b" * 40}], image_name="img")
+    assert (root / "etc/dib-source-repositories").read_text() == "/opt/base-image-source\n/tmp/ipa\n"
+    assert (root / "etc/dib-manifests/dib-manifest-git-img").read_text() == f"ipa git /tmp/ipa file:///up {'b' * 40}\n"
+
+
 def test_refresh_online_not_offline(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     up = make_upstream(tmp_path / "up")
     repo = SourceRepo("ipa", "git", "/tmp/ipa", str(tmp_path / "up"), "master")
