@@ -98,6 +98,19 @@ def test_module_autoload_idempotent(target: Target) -> None:
     assert target.read("etc/modules-load.d/load.conf") == "megaraid_sas\nmpt3sas\n"
 
 
+def test_module_autoload_finds_compressed_modules_and_warns_of_missing_ones(target: Target) -> None:
+    """SLES ships .ko.zst: a module is found in modules.dep whatever its compression, or built in."""
+    kdir = "$ROOT/usr/lib/modules/6.4.0-150700.51-default"
+    setup = (f"mkdir -p {kdir} && printf '%s\\n' 'kernel/drivers/scsi/megaraid/megaraid_sas.ko.zst:'"
+             f" 'kernel/drivers/block/nbd.ko.xz: kernel/lib/x.ko' 'kernel/drivers/net/e1000e/e1000e.ko:'"
+             f" > {kdir}/modules.dep && echo kernel/drivers/block/virtio_blk.ko > {kdir}/modules.builtin")
+    env = {"DIB_ADDITIONAL_IPA_KERNEL_MODULES": "megaraid_sas nbd e1000e virtio-blk mpt3sas"}
+    target.run(["ipa-module-autoload"], ["install.d"], env=env, setup=setup)
+    assert target.read("etc/modules-load.d/load.conf").split() == env["DIB_ADDITIONAL_IPA_KERNEL_MODULES"].split()
+    warned = [line for line in target.output.splitlines() if "in no kernel of the image" in line]
+    assert len(warned) == 1 and "'mpt3sas'" in warned[0], target.output[-2000:]
+
+
 def test_module_autoload_rejects_garbage(target: Target) -> None:
     result = target.run(["ipa-module-autoload"], ["install.d"],
                         env={"DIB_ADDITIONAL_IPA_KERNEL_MODULES": "ok ../../etc"}, check=False)
