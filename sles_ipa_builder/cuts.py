@@ -90,16 +90,22 @@ class Cut:
         return {"rule": self.rule, "files": self.files, "bytes": self.bytes}
 
 
-def module_firmware(path: Path) -> list[str]:
-    """The firmware files a module declares (its `firmware=` .modinfo strings)."""
+def module_data(path: Path) -> bytes:
+    """A module file's ELF bytes, decompressed as its suffix says (.ko, .ko.zst, .ko.xz, .ko.gz)."""
     data = path.read_bytes()
     if path.name.endswith(".xz"):
-        data = lzma.decompress(data)
-    elif path.name.endswith(".zst"):
-        data = zstandard.ZstdDecompressor().decompressobj().decompress(data)
-    elif path.name.endswith(".gz"):
-        data = gzip.decompress(data)
-    return [m.decode(errors="replace") for m in _FIRMWARE.findall(data)]
+        return lzma.decompress(data)
+    if path.name.endswith(".zst"):
+        # every frame: a module compressed in pieces (or by a tool that writes several) is still one module
+        return zstandard.ZstdDecompressor().decompressobj(read_across_frames=True).decompress(data)
+    if path.name.endswith(".gz"):
+        return gzip.decompress(data)
+    return data
+
+
+def module_firmware(path: Path) -> list[str]:
+    """The firmware files a module declares (its `firmware=` .modinfo strings)."""
+    return [m.decode(errors="replace") for m in _FIRMWARE.findall(module_data(path))]
 
 
 def _modules(under: Path) -> list[Path]:

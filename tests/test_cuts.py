@@ -18,7 +18,10 @@ KVER = "6.4.0-150700.51-default"
 def _module(path: Path, firmware: list[str], pad: int = 1000) -> None:
     """A module file whose .modinfo strings name `firmware`, compressed as its suffix says."""
     info = b"".join(b"firmware=%s\0" % f.encode() for f in firmware)
-    data = b"\x7fELF" + b"\0" * pad + b"license=GPL\0" + info + b"depends=\0"
+    _module_bytes(path, b"\x7fELF" + b"\0" * pad + b"license=GPL\0" + info + b"depends=\0")
+
+
+def _module_bytes(path: Path, data: bytes) -> None:
     if path.name.endswith(".xz"):
         data = lzma.compress(data)
     elif path.name.endswith(".zst"):
@@ -76,24 +79,34 @@ def test_classes_and_the_firmware_only_they_name_are_cut(tmp_path: Path) -> None
                                                   "firmware only removed modules named"]
 
 
-def test_modules_needing_a_cut_one_follow_it_and_self_tests_go_by_name(tmp_path: Path) -> None:
+@pytest.mark.parametrize("suffix", ["", ".zst", ".xz"])
+def test_modules_needing_a_cut_one_follow_it_and_self_tests_go_by_name(tmp_path: Path, suffix: str) -> None:
+    """modules.dep names each module with its compression suffix (SLES: .ko.zst); the cut reads it so."""
     tree = _tree(tmp_path)
     mods = tree / f"usr/lib/modules/{KVER}"
-    for rel in ("net/ceph/libceph.ko", "drivers/block/rbd.ko", "drivers/block/nbd.ko", "lib/test_bpf.ko",
-                "lib/crc32.ko", "fs/nfs/nfs.ko"):
-        _module(mods / "kernel" / rel, [], pad=100)
+    ko = f".ko{suffix}"
+    for rel in ("net/ceph/libceph", "drivers/block/rbd", "drivers/block/nbd", "lib/test_bpf", "lib/crc32",
+                "fs/nfs/nfs"):
+        _module(mods / "kernel" / f"{rel}{ko}", [], pad=100)
     (mods / "modules.dep").write_text(
-        "kernel/net/ceph/libceph.ko: kernel/lib/crc32.ko\n"
-        "kernel/drivers/block/rbd.ko: kernel/net/ceph/libceph.ko kernel/lib/crc32.ko\n"
-        "kernel/drivers/block/nbd.ko:\nkernel/lib/test_bpf.ko:\nkernel/lib/crc32.ko:\nkernel/fs/nfs/nfs.ko:\n")
+        f"kernel/net/ceph/libceph{ko}: kernel/lib/crc32{ko}\n"
+        f"kernel/drivers/block/rbd{ko}: kernel/net/ceph/libceph{ko} kernel/lib/crc32{ko}\n"
+        f"kernel/drivers/block/nbd{ko}:\nkernel/lib/test_bpf{ko}:\nkernel/lib/crc32{ko}:\nkernel/fs/nfs/nfs{ko}:\n")
     done, _ = cuts.cut_modules(tree, ["netfs", "embedded"])
-    for gone in ("net/ceph", "fs/nfs", "drivers/block/rbd.ko", "lib/test_bpf.ko"):
+    for gone in ("net/ceph", "fs/nfs", f"drivers/block/rbd{ko}", f"lib/test_bpf{ko}"):
         assert not _exists(mods, f"kernel/{gone}"), gone
-    for kept in ("drivers/block/nbd.ko", "lib/crc32.ko"):  # a dependency of a cut module stays
+    for kept in (f"drivers/block/nbd{ko}", f"lib/crc32{ko}"):  # a dependency of a cut module stays
         assert _exists(mods, f"kernel/{kept}"), kept
     by_rule = {c.rule: c for c in done}
     assert by_rule["kernel modules: netfs"].files == 3  # libceph, nfs and rbd, which needs libceph
     assert by_rule["kernel modules: embedded"].files == 1
+
+
+def test_firmware_of_a_module_compressed_in_several_zstd_frames(tmp_path: Path) -> None:
+    ko = tmp_path / "m.ko.zst"
+    c = zstandard.ZstdCompressor()
+    ko.write_bytes(c.compress(b"\x7fELF" + b"\0" * 500) + c.compress(b"firmware=a/b.bin\0firmware=c.fw\0"))
+    assert cuts.module_firmware(ko) == ["a/b.bin", "c.fw"]
 
 
 def test_nothing_to_cut_leaves_the_tree_and_needs_no_depmod(tmp_path: Path) -> None:
@@ -103,13 +116,18 @@ def test_nothing_to_cut_leaves_the_tree_and_needs_no_depmod(tmp_path: Path) -> N
     assert _exists(tree, "usr/lib/firmware/intel/sof.bin.xz")
 
 
-def test_firmware_names_as_modinfo_reads_them() -> None:
-    """Our reading of a real module of this host against `modinfo -F firmware`."""
+@pytest.mark.parametrize("suffix", ["", ".zst", ".xz"])
+def test_firmware_names_as_modinfo_reads_them(tmp_path: Path, suffix: str) -> None:
+    """Our reading of a real module of this host against `modinfo -F firmware`, plain and compressed
+    as SLES (.ko.zst) and older kernels (.ko.xz) ship it."""
     found = sorted(Path("/usr/lib/modules").glob("*/kernel/drivers/net/ethernet/broadcom/tg3.ko*"))
     if not found or run.which("modinfo") is None:
         pytest.skip("no tg3 module or modinfo on this host")
-    theirs = run.output(["modinfo", "-F", "firmware", found[0]]).split()
-    assert theirs and sorted(cuts.module_firmware(found[0])) == sorted(theirs)
+    plain = cuts.module_data(found[0])
+    module = tmp_path / f"tg3.ko{suffix}"
+    _module_bytes(module, plain)
+    theirs = run.output(["modinfo", "-F", "firmware", module]).split()
+    assert theirs and sorted(cuts.module_firmware(module)) == sorted(theirs)
 
 
 def test_unknown_class_is_a_configuration_error() -> None:
