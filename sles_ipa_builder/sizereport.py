@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 DIR_DEPTH = 3
 CHUNK = 1 << 20
+MODULE_SUFFIXES = (".ko", ".ko.zst", ".ko.xz", ".ko.gz")  # as cuts.MODULE_SUFFIXES
 
 
 @dataclass
@@ -37,6 +38,23 @@ class Report:
     files: dict[str, int] = field(default_factory=dict)
     dirs: dict[str, int] = field(default_factory=dict)
     packages: dict[str, int] | None = None
+
+    def modules(self) -> dict[str, tuple[int, int]]:
+        """Kernel modules by suffix (.ko, .ko.zst, .ko.xz, .ko.gz): (files, bytes in the tree)."""
+        out: dict[str, tuple[int, int]] = {}
+        for name, size in self.files.items():
+            if "/modules/" in name and name.endswith(MODULE_SUFFIXES):
+                suffix = name[name.rindex(".ko"):]
+                n, total = out.get(suffix, (0, 0))
+                out[suffix] = (n + 1, total + size)
+        return out
+
+
+def modules_line(mods: dict[str, tuple[int, int]]) -> str:
+    """'2893 .ko.zst (44.1 MiB)', or 'none'."""
+    if not mods:
+        return "none"
+    return ", ".join(f"{n} {suffix} ({size / 2**20:.1f} MiB)" for suffix, (n, size) in sorted(mods.items()))
 
 
 def analyze(path: Path) -> Report:
@@ -94,6 +112,7 @@ def render(report: Report, top: int = 20) -> Group:
     head.add_row("compressed", f"{report.compressed_size / 2**20:.1f} MiB")
     head.add_row("file data", f"{report.uncompressed / 2**20:.1f} MiB")
     head.add_row("entries", str(report.entries))
+    head.add_row("kernel modules", modules_line(report.modules()))
     parts: list[Any] = [head, _top(f"Largest directories (depth ≤ {DIR_DEPTH})", report.dirs, top)]
     parts.append(_top("Largest files", report.files, top))
     if report.packages:
@@ -107,6 +126,7 @@ class Diff:
     packages: list[tuple[str, int, int]]
     total: tuple[int, int]
     compressed: tuple[int, int]
+    modules: tuple[int, int] = (0, 0)  # bytes of kernel module files, old and new
 
 
 def _delta(old: dict[str, int], new: dict[str, int]) -> list[tuple[str, int, int]]:
@@ -121,6 +141,7 @@ def compare(old: Report, new: Report) -> Diff:
         _delta(old.packages or {}, new.packages or {}),
         (old.uncompressed, new.uncompressed),
         (old.compressed_size, new.compressed_size),
+        (sum(b for _, b in old.modules().values()), sum(b for _, b in new.modules().values())),
     )
 
 
@@ -128,7 +149,7 @@ def render_diff(d: Diff, top: int = 25) -> Group:
     head = Table(title="Size diff (MiB)", show_header=True)
     for c in ("", "old", "new", "change"):
         head.add_column(c, justify="right")
-    for label, (a, b) in (("compressed", d.compressed), ("file data", d.total)):
+    for label, (a, b) in (("compressed", d.compressed), ("file data", d.total), ("kernel modules", d.modules)):
         head.add_row(label, f"{a / 2**20:.1f}", f"{b / 2**20:.1f}", f"{(b - a) / 2**20:+.1f}")
     parts: list[Any] = [head]
     for title, rows in (("Directories", d.dirs), ("Packages", d.packages)):

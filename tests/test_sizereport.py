@@ -36,6 +36,31 @@ def test_report_on_a_packed_tree(tmp_path: Path, spec: str, kind: str) -> None:
     assert rep.packages is None
     shown = text(sizereport.render(rep))
     assert "usr/lib/modules/k/kernel/big.ko" in shown and "Largest directories" in shown
+    assert rep.modules() == {".ko": (1, 300_000)} and "1 .ko (0.3 MiB)" in shown
+
+
+def test_kernel_modules_are_counted_by_compression(tmp_path: Path) -> None:
+    """SLES ships .ko.zst; the report says how many modules of each kind and their bytes in the tree."""
+    tree = make_root(tmp_path / "root")
+    k = tree / "usr/lib/modules/6.4.0-default/kernel/drivers"
+    k.mkdir(parents=True)
+    for name, size in (("a.ko.zst", 1000), ("b.ko.zst", 3000), ("c.ko.xz", 500), ("d.ko", 700)):
+        (k / name).write_bytes(os.urandom(size))
+    (tree / "usr/lib/modules/6.4.0-default/modules.dep").write_text("kernel/drivers/a.ko.zst:\n")
+    (tree / "usr/share").mkdir(exist_ok=True)
+    (tree / "usr/share/not-a-module.ko").write_bytes(b"x" * 10)  # outside a modules tree
+    out = tmp_path / "initrd"
+    ramdisk.pack(tree, out, Compression.parse("zstd"), progress=False, check_kernel=False)
+    rep = sizereport.analyze(out)
+    assert rep.modules() == {".ko.zst": (2, 4000), ".ko.xz": (1, 500), ".ko": (1, 700)}
+    assert sizereport.modules_line(rep.modules()) == "1 .ko (0.0 MiB), 1 .ko.xz (0.0 MiB), 2 .ko.zst (0.0 MiB)"
+    plain = tmp_path / "plain"
+    (k / "a.ko.zst").unlink()
+    (k / "a.ko").write_bytes(os.urandom(4000))  # the same module, uncompressed: the old side
+    ramdisk.pack(tree, plain, Compression.parse("zstd"), progress=False, check_kernel=False)
+    d = sizereport.compare(sizereport.analyze(plain), rep)
+    assert d.modules == (8200, 5200)
+    assert "kernel modules" in text(sizereport.render_diff(d))
 
 
 def test_report_on_gnu_cpio_with_dot_slash_names_and_a_plain_first_segment(tmp_path: Path) -> None:
