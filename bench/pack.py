@@ -1,6 +1,11 @@
 """Benchmark `pack` against the seed's `find | cpio -o -H newc | gzip`, in one run on one tree.
 
     .venv/bin/python bench/pack.py [TREE] [--release-sample N] [--keep DIR]
+    .venv/bin/python bench/pack.py --initramfs FILE --levels 3,6,9,12
+
+--initramfs unpacks a built ramdisk (zstd) and packs its tree: what a build packs, after its cuts.
+--levels only packs that tree with zstd at each level (the default level's time/size trade-off):
+seconds, MiB and the ratios against the default level.
 
 Without TREE the fixture root tree is used if the test media is built (fixtures/testmedia.py).
 Every variant packs the same content (the seed's full prune list is applied to the shell
@@ -25,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from sles_ipa_builder import cpio, ramdisk, run  # noqa: E402
-from sles_ipa_builder.compress import Compression  # noqa: E402
+from sles_ipa_builder.compress import DEFAULT_LEVEL, Compression  # noqa: E402
 
 MIB = 2**20
 
@@ -91,6 +96,26 @@ def warm(tree: Path) -> None:
     cpio.write(cpio.scan(tree).entries, Null())
 
 
+def unpack(initramfs: Path, dest: Path) -> Path:
+    dest.mkdir()
+    run.run(["bash", "-euo", "pipefail", "-c",
+             f"zstd -dcq '{initramfs}' | cpio -idm --quiet --no-absolute-filenames"], cwd=dest)
+    return dest
+
+
+def levels(tree: Path, work: Path, wanted: list[int]) -> None:
+    """zstd at each level on the same tree, in one run; ratios against the default level."""
+    base = DEFAULT_LEVEL["zstd"]
+    res = {lvl: ours(f"zstd:{lvl}", tree, work / f"z{lvl}") for lvl in sorted({base, *wanted})}
+    b = res[base]
+    print(f"{'zstd level':12} {'seconds':>8} {'MiB':>9} {'peak RSS MB':>12} {'time x':>7} {'size x':>7}"
+          f"   (load {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores)")
+    for lvl, r in res.items():
+        mark = " (default)" if lvl == base else ""
+        print(f"{lvl:<12} {r['seconds']:8.2f} {r['size'] / MIB:9.1f} {r['maxrss']:12.0f} "
+              f"{r['seconds'] / b['seconds']:7.2f} {r['size'] / b['size']:7.3f}{mark}")
+
+
 def default_tree() -> Path:
     """The fixtures' root tree, only if the test media is already built (the bench never builds it)."""
     from sles_ipa_builder.commands import built_testmedia
@@ -106,15 +131,20 @@ def main() -> None:
     ap.add_argument("tree", nargs="?", type=Path)
     ap.add_argument("--release-sample", type=int, default=1, metavar="N")
     ap.add_argument("--keep", type=Path, help="keep the outputs in this directory")
+    ap.add_argument("--initramfs", type=Path, help="pack the tree of this built (zstd) initramfs")
+    ap.add_argument("--levels", help="only compare these zstd levels, e.g. 3,6,9,12")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         child(a.child[0], Path(a.child[1]), Path(a.child[2]))
         return
-    tree = (a.tree or default_tree()).resolve()
-    work = Path(tempfile.mkdtemp(prefix="bench-pack-", dir=a.keep))
+    work = Path(tempfile.mkdtemp(prefix="bench-pack-", dir=a.keep or "/var/tmp"))
     try:
+        tree = unpack(a.initramfs, work / "tree") if a.initramfs else (a.tree or default_tree()).resolve()
         warm(tree)
+        if a.levels:
+            levels(tree, work, [int(x) for x in a.levels.split(",")])
+            return
         find = seed_find_args()
         res = {
             "seed: find|cpio|gzip": shell(f"{find} | cpio -o -H newc --quiet | gzip", tree, work / "seed.gz"),

@@ -6,8 +6,9 @@
 
 Builds the test media's default ramdisk with this checkout and, with --previous-ref, with the code of
 that git commit (a temporary worktree run by this venv), in fresh workspaces on one cache. Then, for
-each: compressed size, file data of the tree (size-report), and the boot under TCG from QEMU start to
-the agent's first lookup and heartbeat (rounds alternate between the two, medians printed).
+each: compressed size, file data of the tree and of its kernel modules (size-report), and the boot
+under TCG from QEMU start to the agent's first lookup and heartbeat (rounds alternate between the
+two, medians printed).
 --memory also bisects the smallest VM memory with which each still heartbeats (bench/memory.py).
 Goals: initramfs <= 110 MiB, tree <= 400 MB, lookup <= 30 s on an idle machine.
 """
@@ -87,6 +88,7 @@ def main() -> int:
             rows[k] = {
                 "initramfs MiB": rep.compressed_size / 2**20,
                 "tree MB": rep.uncompressed / 1e6,
+                "modules MB": sum(size for _, size in rep.modules().values()) / 1e6,
                 "lookup s": statistics.median(t[0] for t in times[k]),
                 "heartbeat s": statistics.median(t[1] for t in times[k]),
             }
