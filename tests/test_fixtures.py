@@ -179,6 +179,17 @@ def test_images_have_suse_like_partitions_and_a_root_with_boot_vmlinuz(media: An
         g.close()
 
 
+def test_kernel_modules_are_ko_zst_as_sles_ships_them(media: Any) -> None:
+    """One zstd file a module, named so by modules.dep; kmod's modinfo reads one."""
+    (modules,) = (Path(media.root_tree) / "usr/lib/modules").iterdir()
+    names = [f for _, _, files in os.walk(modules / "kernel") for f in files]
+    assert names and all(n.endswith(".ko.zst") for n in names), [n for n in names if not n.endswith(".ko.zst")][:5]
+    dep = (modules / "modules.dep").read_text().splitlines()
+    assert len(dep) == len(names) and all(line.split(":")[0].endswith(".ko.zst") for line in dep)
+    found = run.output(["modinfo", "-b", media.root_tree, "-k", modules.name, "-F", "filename", "virtio_net"])
+    assert found.endswith("/virtio_net.ko.zst")
+
+
 def test_source_repositories_are_tagged_and_have_a_test_branch(media: Any, tmp_path: Path) -> None:
     for name, url in media.repos.items():
         assert url.startswith("file://")
