@@ -22,7 +22,7 @@ the skipped steps reported (the manifest, the variables they set, the saved reso
 
 Layers need the root tree mounted (overlayfs): a copied root (`--keep-workspace`, no overlay) builds
 without them. `--no-cache` skips the lookup and builds every step (the layers are then made again).
-The two most recently used layers of each point are kept (GENERATIONS).
+The most recently used layers of each point are kept, two by default (the cache_generations setting).
 """
 
 from __future__ import annotations
@@ -50,8 +50,6 @@ if TYPE_CHECKING:
     from .context import BuildContext
 
 log = logging.getLogger(__name__)
-
-GENERATIONS = 2
 
 
 @dataclass(frozen=True)
@@ -417,7 +415,7 @@ def _save(ctx: BuildContext, layer: Layer) -> None:
         cache.touch_use(layer.path)
     layer.state = "made"
     log.info("cache layer %s %s kept (%.1fs)", layer.name, layer.key[:12], time.monotonic() - start)
-    cache.prune(f"layers/{layer.name}", GENERATIONS)
+    cache.prune(f"layers/{layer.name}", max(1, ctx.cfg.cache_generations))
 
 
 def _state(ctx: BuildContext) -> dict[str, Any]:

@@ -153,6 +153,7 @@ class Config:
     offline: bool
     keep_workspace: bool
     cache: bool
+    cache_generations: int
     break_: str | None
     report: Path | None
     sign_key: Path | None

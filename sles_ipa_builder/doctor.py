@@ -74,7 +74,7 @@ def checks(cfg: Config, *, launch: bool = True) -> list[Check]:
 
 
 def cache_size() -> Check:
-    """What the caches hold, in all and per kind (the root trees are bounded: layers.ROOTFS_GENERATIONS)."""
+    """What the caches hold, in all and per kind (bounded by the cache_generations setting)."""
     root = cache_root()
     if not root.is_dir():
         return Check("cache size", True, f"empty ({root})", fatal=False)

@@ -5,7 +5,7 @@ The root-tree cache keeps one directory per image hash: rootfs/<the qcow2's sha2
 it as the read-only lower layer of an overlayfs at `<build>/root`; everything the build writes lands
 in `<build>/.root-upper`, so the cached tree is never changed and restoring it costs one mount,
 whatever its size. Cold and warm builds both go this way, so both pack the same merged view (one
-hash for both). The two most recently used trees are kept (ROOTFS_GENERATIONS); older ones go when a
+hash for both). The two most recently used trees are kept (cache_generations); older ones go when a
 new one is made, unless a running build uses them (a shared flock on `<entry>.use`).
 
 overlayfs needs a kernel with it (any current one), an upper filesystem with trusted xattrs and
@@ -32,7 +32,6 @@ from .errors import CommandError, InputError
 
 log = logging.getLogger(__name__)
 
-ROOTFS_GENERATIONS = 2  # unpacked trees kept: two qcow2s, e.g. before and after an image update
 
 
 def prepare_root(cfg: Config, root: Path, *, accel: str = "auto", force: bool = False,
@@ -66,7 +65,7 @@ def prepare_root(cfg: Config, root: Path, *, accel: str = "auto", force: bool = 
         if stack is not None:
             cache.in_use(stack, entry.path)  # before the lock goes: no prune between finding and using
     if made:
-        cache.prune("rootfs", ROOTFS_GENERATIONS)
+        cache.prune("rootfs", max(1, cfg.cache_generations))  # 2: e.g. before and after an image update
     facts.update(restore(stack, entry.path, root, copy=cfg.keep_workspace, above=above))
     facts.setdefault("timings", {})["restore"] = facts["restore_seconds"]
     facts["seconds"] = round(time.monotonic() - start, 2)

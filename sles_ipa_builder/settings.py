@@ -155,6 +155,7 @@ SETTINGS: tuple[Setting, ...] = (
       "CA bundle visible to pip and git inside the target during the build only ('' to disable).", empty_ok=True),
     S("offline", False, "bool", "Use caches only; contact nothing.", ("SIB_OFFLINE", "DIB_OFFLINE")),
     S("keep_workspace", False, "bool", "Keep the build tree after the build."),
+    S("cache_generations", 2, "int", "Root trees and cache layers kept per layer (the most recently used)."),
     S("cache", True, "bool", "Start from the deepest cache layer whose inputs match; --no-cache runs every step "
       "(the layers are made again)."),
     S("break", None, "str", "Open a shell in the target: before-<phase>, after-<phase> or after-error (comma list).",

@@ -6,6 +6,7 @@ Each case changes one input of the default plan and checks exactly which of the 
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -129,3 +130,26 @@ def test_summary_shows_the_layers_without_fetching_or_writing(tmp_path: Path,
     assert all(r["state"].startswith("miss: not cached yet") for r in rows), rows
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     assert not os.path.exists(tmp_path / "cache/sles-ipa-builder/git")
+
+
+def test_a_kept_layer_is_the_upper_directory_without_mountpoints_and_old_ones_go(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    ctx = plan.make(config.resolve({"workspace": str(tmp_path / "ws"), "cache_generations": "1"}, environ={}))
+    upper = tmp_path / "ws/build/.root-upper"
+    (upper / "etc").mkdir(parents=True)
+    (upper / "etc/made-by-a-hook").write_text("x\n")
+    (upper / "tmp/in_target.d").mkdir(parents=True)  # a chroot phase's mountpoints
+    (upper / "tmp/sib-build-ca.pem").write_text("")
+    ctx.manifest["sources"] = [{"name": "ipa", "commit": "a" * 40}]
+    first = checkpoints.Layer("tree", 3, "1" * 64, {"below": "r"}, None)
+    second = checkpoints.Layer("tree", 3, "2" * 64, {"below": "s"}, None)
+    checkpoints._save(ctx, first)
+    tree = first.path / "tree"
+    assert (tree / "etc/made-by-a-hook").read_text() == "x\n"
+    assert not (tree / "tmp/in_target.d").exists() and not (tree / "tmp/sib-build-ca.pem").exists()
+    meta = json.loads((first.path / "meta.json").read_text())
+    assert meta["inputs"] == {"below": "r"} and meta["below"] == []
+    assert meta["state"]["manifest"]["sources"][0]["commit"] == "a" * 40
+    checkpoints._save(ctx, second)  # one generation: the older layer goes
+    assert second.path.is_dir() and not first.path.exists()
