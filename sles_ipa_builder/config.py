@@ -152,8 +152,8 @@ class Config:
     ca_bundle: Path | None
     offline: bool
     keep_workspace: bool
-    cache: bool
     cache_generations: int
+    cache: bool
     break_: str | None
     report: Path | None
     sign_key: Path | None
