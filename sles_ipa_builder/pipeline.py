@@ -78,9 +78,9 @@ def build(cfg: Config) -> Artifacts | None:
     ctx.media = opened
     check_inputs(ctx)
     wheels.check_offline(ctx)
-    checkpoints.prepare(ctx)
     phases.prepare_workspace(ctx)
     logmod.attach_file(ctx.log_path)
+    checkpoints.prepare(ctx)  # after the log file: it says which layers hit, and why the others missed
     ctx.manifest.update(builder=__version__, elements=[e.name for e in ctx.elements],
                         settings=cfg.shown_settings())
     try:
