@@ -56,11 +56,18 @@ def say(request: pytest.FixtureRequest, line: str) -> None:
             reporter.write_line(line)
 
 
+def biggest(steps: dict[str, float], n: int = 4) -> str:
+    return ", ".join(f"{name} {sec:.0f} s" for name, sec in sorted(steps.items(), key=lambda kv: -kv[1])[:n])
+
+
 @pytest.fixture(scope="module")
 def media(request: pytest.FixtureRequest) -> Any:
     start = time.monotonic()
     m = load_testmedia().ensure(arch=AARCH64)
-    say(request, f"aarch64: test media ready in {time.monotonic() - start:.0f} s")
+    took = time.monotonic() - start
+    built = json.loads((m.profile.parent / "manifest.json").read_text())
+    how = f"built in {built['seconds']:.0f} s ({biggest(built['steps'])})" if took > 5 else "cached"
+    say(request, f"aarch64: test media {how}; load {os.getloadavg()[0]:.1f}")
     return m
 
 
@@ -77,7 +84,10 @@ def built(media: Any, tmp_path_factory: pytest.TempPathFactory, request: pytest.
     (work / "build-output.txt").write_text(res.stdout + res.stderr)
     assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
     boot = next((ln for ln in res.stdout.splitlines() if ln.startswith("boot test passed")), "")
-    say(request, f"aarch64: build + boot test {took:.0f} s; {boot}")
+    timings = json.loads((work / "report.json").read_text())["timings"]
+    hooks = {f"{h['phase']}.d/{h['script']}": h["seconds"] for h in timings["hooks"]}
+    say(request, f"aarch64: build + boot test {took:.0f} s (build {sum(timings['steps'].values()):.0f} s: "
+                 f"{biggest(hooks)}); {boot}; load {os.getloadavg()[0]:.1f}")
     tree = work / "unpacked"
     tree.mkdir()
     run.pipe(["zstd", "-dc", out / f"{NAME}.initramfs"], ["cpio", "-idm", "--quiet", "--no-absolute-filenames"],
