@@ -23,8 +23,8 @@ from sles_ipa_builder import run
 from sles_ipa_builder.arch import AARCH64, X86_64
 from sles_ipa_builder.commands import load_testmedia
 
-# Off in `make test` (so in CI): from an empty cache it adds ~17 min on a busy 2-core host (media 6.3, build
-# 7.3, boot 3.8; README), where CI's 45-minute budget leaves ~12. `make test-aarch64` (SIB_TEST_AARCH64=1) runs it.
+# Off in `make test` (so in CI): from an empty cache it adds 10.6 min on a quiet 2-core host and 17.4 on a
+# busy one (README), where CI's 45-minute budget leaves ~12. `make test-aarch64` (SIB_TEST_AARCH64=1) runs it.
 SWITCH = "SIB_TEST_AARCH64"
 pytestmark = [pytest.mark.root, pytest.mark.guestfs, pytest.mark.qemu, pytest.mark.media, pytest.mark.slow,
               pytest.mark.skipif(os.environ.get(SWITCH, "0") != "1", reason=f"aarch64 cross build: set {SWITCH}=1")]
