@@ -18,6 +18,7 @@ from rich.console import Group
 from rich.table import Table
 
 from .cpioread import Reader, decompressor, detect, members, skip_zeros
+from .cuts import MODULE_SUFFIXES
 from .errors import BuildError, InputError
 from .inventory import RpmdbKeeper, rpm_table
 
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 
 DIR_DEPTH = 3
 CHUNK = 1 << 20
-MODULE_SUFFIXES = (".ko", ".ko.zst", ".ko.xz", ".ko.gz")  # as cuts.MODULE_SUFFIXES
 
 
 @dataclass
