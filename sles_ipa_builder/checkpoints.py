@@ -168,13 +168,14 @@ def _step_hash(ctx: BuildContext, s: Step, data: dict[str, str], scripts: set[st
     return _sha(_script(ctx, s) + data[s.element].encode())
 
 
-def hook_env(ctx: BuildContext) -> dict[str, str]:
+def _keyed_env(ctx: BuildContext) -> dict[str, str]:
+    """The hooks' environment as the keys see it: without what only says where or how."""
     return {k: v for k, v in ctx.phase_env.items() if k not in PLACES and not k.startswith(PLACE_PREFIXES)}
 
 
-def _env_owner(ctx: BuildContext, steps: list[Step], ends: list[tuple[Point, int]]) -> dict[str, str]:
+def _env_owner(ctx: BuildContext, env: dict[str, str], steps: list[Step],
+               ends: list[tuple[Point, int]]) -> dict[str, str]:
     """variable -> the layer of the first script that names it (else the first layer)."""
-    env = hook_env(ctx)
     owner: dict[str, str] = {}
     start = 0
     for point, end in ends:
@@ -198,8 +199,8 @@ def compute(ctx: BuildContext, *, root_key: str, media_identity: str, repo_diges
     the elements' files)."""
     steps = phase_steps(ctx)
     ends = _ends(steps)
-    owner = _env_owner(ctx, steps, ends)
-    env = hook_env(ctx)
+    env = _keyed_env(ctx)
+    owner = _env_owner(ctx, env, steps, ends)
     secrets = set(ctx.cfg.secrets())
     data: dict[str, str] = {}
     scripts = {f"{s.stage.value}.d/{s.name}" for s in steps if s.run is None}
