@@ -146,12 +146,13 @@ def main() -> None:
             levels(tree, work, [int(x) for x in a.levels.split(",")])
             return
         find = seed_find_args()
+        z = DEFAULT_LEVEL["zstd"]
         res = {
             "seed: find|cpio|gzip": shell(f"{find} | cpio -o -H newc --quiet | gzip", tree, work / "seed.gz"),
-            "find|cpio|zstd -3 -T0": shell(
-                f"{find} | cpio -o -H newc --quiet | zstd -3 -T0 -q", tree, work / "z3"
+            "find|cpio|zstd -T0": shell(
+                f"{find} | cpio -o -H newc --quiet | zstd -{z} -T0 -q", tree, work / "z"
             ),
-            "pack (zstd-3)": ours("zstd", tree, work / "ours.zst"),
+            f"pack (zstd-{z})": ours("zstd", tree, work / "ours.zst"),
             "pack --compress gzip": ours("gzip", tree, work / "ours.gz"),
         }
         rel_tree = tree
@@ -172,8 +173,8 @@ def report(res: dict[str, dict[str, float]], sampled: bool) -> None:
     for name, r in res.items():
         shown = f"{r['maxrss']:.0f}" if r["maxrss"] else "-"
         print(f"{name:28} {r['seconds']:8.2f} {r['size'] / MIB:9.1f} {shown:>12}")
-    seed, z3 = res["seed: find|cpio|gzip"], res["find|cpio|zstd -3 -T0"]
-    ours_, gz = res["pack (zstd-3)"], res["pack --compress gzip"]
+    seed, z3 = res["seed: find|cpio|gzip"], res["find|cpio|zstd -T0"]
+    ours_, gz = res[f"pack (zstd-{DEFAULT_LEVEL['zstd']})"], res["pack --compress gzip"]
     rel = res["sample: pack --release" if sampled else "pack --release"]
     gz_ref = res["sample: pack gzip"]["size"] if sampled else seed["size"]
     rss = max(ours_["maxrss"], gz["maxrss"])  # zstd-19 workers need more; shown in the table

@@ -151,6 +151,8 @@ def _native(ctx: BuildContext, s: Step) -> str:
         parts.append(repr(ctx.packages.get(phase_dir, uninstall)))
     elif s.name == "60-cut-kernel-modules":
         parts.append([cfg.minimal_prune, sorted(cfg.cut_modules)])
+    elif s.name in ("70-strip-agent-venv", "75-empty-icu-data"):
+        parts.append([cfg.minimal_prune, sorted(cfg.keep_paths)])
     elif s.name == "90-drop-packages":
         parts.append([cfg.minimal_prune, sorted(cfg.drop_packages), sorted(cfg.keep_paths)])
     elif s.name == "01-copy-manifests-dir":

@@ -27,7 +27,7 @@ from .errors import CommandError, ConfigError
 log = logging.getLogger(__name__)
 
 BUILTIN = ("zstd", "gzip", "xz", "none")
-DEFAULT_LEVEL = {"zstd": 3, "gzip": 6, "xz": 6}
+DEFAULT_LEVEL = {"zstd": 9, "gzip": 6, "xz": 6}
 LEVELS = {"zstd": range(1, 20), "gzip": range(1, 10), "xz": range(0, 10)}
 # The kernel's zstd decoder needs the whole window in memory: keep it at 8 MiB (level 19's own).
 ZSTD_MAX_WINDOW_LOG = 23

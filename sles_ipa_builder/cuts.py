@@ -54,6 +54,12 @@ MODULE_CLASSES: dict[str, tuple[str, ...]] = {
     # and the kernel's self-test modules.
     "embedded": ("drivers/usb/gadget", "drivers/iio", "drivers/w1", "drivers/memstick", "drivers/pcmcia",
                  "drivers/parport", "lib/test_*.ko*", "lib/*/test_*.ko*"),
+    # What a server runs for others, never the agent: hypervisor (KVM, vhost, VFIO), storage targets
+    # (LIO with its iSCSI/SRP/iSER front ends, NVMe-oF target), DRBD, Open vSwitch, IPVS, SCTP, and
+    # raw flash (MTD, UBIFS, JFFS2). The guest drivers of Xen, Hyper-V and VMware stay.
+    "server-roles": ("arch/x86/kvm", "arch/arm64/kvm", "drivers/vhost", "drivers/vfio", "drivers/target",
+                     "drivers/nvme/target", "drivers/block/drbd", "net/openvswitch", "net/netfilter/ipvs",
+                     "net/sctp", "drivers/mtd", "fs/ubifs", "fs/jffs2"),
 }
 DEFAULT_CUT = tuple(MODULE_CLASSES)
 # Package groups that leave the tree before packing (pkgdrop.GROUPS says what each holds).

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, checkpoints, dibsteps, elements, layers, packages, run, slessteps, wheels, zypper
+from . import __version__, checkpoints, dibsteps, elements, layers, packages, run, slessteps, slim, wheels, zypper
 from .cache import cache_dir
 from .config import Config
 from .context import BuildContext, make_context
@@ -72,6 +72,10 @@ NATIVES: tuple[Native, ...] = (
     Native(Phase.PRE_INSTALL, "01-install-bin", "install-bin", dibsteps.install_bin, "the elements' bin/", _has_bin),
     Native(Phase.INSTALL, "10-install-static-files", "install-static", dibsteps.install_static,
            "the elements' static/", lambda ctx: bool(ctx.tree.subtree("static"))),
+    Native(Phase.INSTALL, "70-strip-agent-venv", "sles-ipa-install", slim.strip_step,
+           "the venv's ELF files; strip in the target (binutils, build-only)", owned="present"),
+    Native(Phase.INSTALL, "75-empty-icu-data", "sles-ipa-ramdisk-base", slim.icu_step,
+           "libicudata in the tree, keep_paths; gcc in the target (build-only)", owned="present"),
     Native(Phase.POST_INSTALL, "99-pip-wheelhouse", "sles-ipa-install", wheels.save_step,
            "the IPA venv (for later --offline builds)", lambda ctx: not ctx.cfg.offline, owned="ours"),
     Native(Phase.FINALISE, "60-cut-kernel-modules", "sles-ipa-ramdisk-base", slessteps.cut_step,

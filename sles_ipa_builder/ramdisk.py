@@ -51,10 +51,32 @@ FULL_PRUNE = MINIMAL_PRUNE + (
     "var/cache/*",
     "var/log/*",
     "usr/lib*/*.a",  # static libraries: only a linker reads them
-    "usr/lib/udev/hwdb.d/*",  # the sources of hwdb.bin, which udev reads
+    "usr/lib/udev/hwdb.d/*",  # the sources of hwdb.bin
+    # udev's hardware database: vendor and model names, input-device quirks. The agent reads its
+    # devices from sysfs, lsblk and lshw; udev's persistent names do not come from it.
+    "usr/lib/udev/hwdb.bin",
+    "etc/udev/hwdb.bin",
+    # the wheels `python -m venv` installs pip from: the venv is built by then
+    "usr/share/python-wheels/*",
+    "usr/lib*/python3*/ensurepip/_bundled/*",
+    # test suites that Python packages ship inside themselves
+    "*site-packages/*/tests/*",
+    # the IEEE registries netaddr looks MAC vendors up in (its index files, read at import, stay)
+    "*site-packages/netaddr/eui/*.txt",
+    # qemu-tools besides qemu-img, the only one the agent runs
+    "usr/bin/qemu-io",
+    "usr/bin/qemu-nbd",
+    "usr/bin/qemu-storage-daemon",
+    # glibc's character set converters (iconv), but for the ones KEEP names
+    "usr/lib*/gconv/*",
 )
 # Python falls back to the source when a .pyc is missing, except for the codecs it needs to start.
 KEEP_PYC = "*/encodings/*.pyc"
+# iconv's module list, Latin-1 and the DOS code pages FAT labels are written in (mkfs.vfat converts
+# the labels the agent gives its EFI and config-drive partitions); UTF-8/16/32 are built into glibc.
+KEEP_GCONV = tuple(f"usr/lib*/gconv/{m}" for m in (
+    "gconv-modules*", "ISO8859-1.so", "ISO8859-15.so", "IBM437.so", "IBM850.so"))
+KEEP = (KEEP_PYC, *KEEP_GCONV)
 # PEP 552 flags of a .pyc checked neither against its source's mtime nor its hash: what the agent's
 # precompile hook writes (sles-ipa-install/finalise.d/50-ipa-precompile). Valid whatever the archive
 # does to mtimes; timestamp .pyc files would be stale once mtimes are clamped, so they stay out.
@@ -83,7 +105,7 @@ class Prune:
         patterns = (*(MINIMAL_PRUNE if settings.minimal else FULL_PRUNE), *settings.more)
         self._any = _glob_rx(patterns)
         self._each = [(p, _glob_rx([p])) for p in patterns]
-        self._keep = _glob_rx([KEEP_PYC, *settings.keep])
+        self._keep = _glob_rx([*KEEP, *settings.keep])
         # a directory holding a kept path is scanned, so that the rules apply to its entries one by one
         self._keep_dirs = tuple(re.split(r"[*?\[]", k)[0].encode() for k in settings.keep)
         self._base = os.fsencode(os.fspath(tree)) if tree is not None else None

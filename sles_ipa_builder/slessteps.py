@@ -127,7 +127,7 @@ def cut_step(ctx: BuildContext) -> None:
             log.info("cut %s: %d files, %.1f MiB", c.rule, c.files, c.bytes / 2**20)
     if not any(c.files for c in done):
         log.info("no kernel modules of the classes %s in the tree", " ".join(ctx.cfg.cut_modules))
-    ctx.manifest["cuts"] = [c.record() for c in done]
+    ctx.manifest["cuts"] = [*ctx.manifest.get("cuts", []), *(c.record() for c in done)]
 
 
 def drop_step(ctx: BuildContext) -> None:

@@ -28,7 +28,7 @@ def compress(c: Compression, data: bytes = DATA, threads: int | None = None, chu
 
 
 def test_parse() -> None:
-    assert Compression.parse("zstd") == Compression("zstd", 3)
+    assert Compression.parse("zstd") == Compression("zstd", 9)
     assert Compression.parse("zstd:19") == Compression.release() == Compression("zstd", 19)
     assert Compression.parse("gzip", 9) == Compression("gzip", 9)
     assert Compression.parse("xz").level == 6

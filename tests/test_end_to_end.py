@@ -165,6 +165,26 @@ def test_what_the_ramdisk_leaves_out_and_precompiles(built):
     assert any(r.startswith("packages: perl (") and c["bytes"] > 0 for r, c in cuts.items())
     listed = (t / inventory.LISTED).read_text()
     assert "\npython311\t" in listed and "python311-devel" not in listed  # build-only: removed in install.d
+    # the venv's libraries lost their symbol tables; ICU's data library is an empty table that still loads
+    assert cuts["stripped symbols: the agent venv's native libraries"]["bytes"] > 0
+    icu = cuts["ICU data: an empty table in place of libicudata"]
+    assert icu["files"] == 1 and icu["bytes"] > 20 * 2**20
+    assert [p.stat().st_size < 2**16 for p in t.glob("usr/lib/*/libicudata.so.*.*")] == [True]
+
+    def in_tree(*argv: str) -> str:
+        return run.run(["chroot", str(t), *argv], env={"PATH": "/usr/bin:/usr/sbin"}, capture=True).stdout
+
+    assert in_tree("fio", "--version").startswith("fio-")  # fio links libxml2 -> libicuuc -> libicudata
+    in_tree("/opt/ironic-python-agent/bin/python", "-c", "import ctypes; ctypes.CDLL('libicuuc.so.72')")
+    # the FAT code pages stay for mkfs.vfat's labels (the agent's efi-part and CONFIG-2); KOI8-R is gone
+    assert (t / "usr/lib/x86_64-linux-gnu/gconv/IBM850.so").is_file()
+    assert not (t / "usr/lib/x86_64-linux-gnu/gconv/KOI8-R.so").exists()
+    in_tree("mkfs.vfat", "-n", "efi-part", "-C", "/tmp/efi.img", "8192")
+    assert b"efi-part" in (t / "tmp/efi.img").read_bytes()[:512]
+    (t / "tmp/efi.img").unlink()
+    assert not (t / "usr/lib/udev/hwdb.bin").exists() and not (t / "usr/bin/qemu-nbd").exists()
+    assert (t / "usr/bin/qemu-img").is_file()
+    in_tree("/opt/ironic-python-agent/bin/python", "-c", "import netaddr; netaddr.EUI('52:54:00:12:34:56')")
 
 
 def test_no_secret_outside_shadow(built):

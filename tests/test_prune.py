@@ -32,6 +32,30 @@ def test_prune_semantics_full(tmp_path: Path) -> None:
     assert "var/lib/misc/keep" in names
 
 
+def test_prune_rules_for_what_the_agent_never_runs(tmp_path: Path) -> None:
+    """udev's hwdb, venv wheels, packages' test suites, netaddr's registries, qemu-tools but qemu-img,
+    and iconv's converters but the FAT code pages and Latin-1 stay out; minimal prune keeps them."""
+    tree = make_root(tmp_path / "root")
+    site = "opt/ironic-python-agent/lib/python3.11/site-packages"
+    gconv = "usr/lib/x86_64-linux-gnu/gconv"
+    out_ = ["usr/lib/udev/hwdb.bin", "usr/share/python-wheels/pip-23.0.1-py3-none-any.whl",
+            "usr/lib64/python3.11/ensurepip/_bundled/pip-24.0-py3-none-any.whl", f"{site}/oslo_utils/tests/test_x.py",
+            f"{site}/netaddr/eui/oui.txt", "usr/bin/qemu-nbd", "usr/bin/qemu-io", f"{gconv}/KOI8-R.so",
+            "usr/lib64/gconv/EUC-JP.so"]
+    stay = ["usr/bin/qemu-img", f"{site}/netaddr/eui/oui.idx", f"{site}/oslo_utils/strutils.py",
+            f"{gconv}/gconv-modules", f"{gconv}/gconv-modules.d/gconv-modules-extra.conf", f"{gconv}/IBM850.so",
+            f"{gconv}/IBM437.so", f"{gconv}/ISO8859-1.so", "usr/lib64/gconv/gconv-modules.cache"]
+    for rel in out_ + stay:
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_bytes(b"x" * 10)
+    ramdisk.pack(tree, tmp_path / "full", NONE, progress=False)
+    names = names_in(tmp_path / "full")
+    assert [r for r in out_ if r in names] == [] and [r for r in stay if r not in names] == []
+    ramdisk.pack(tree, tmp_path / "minimal", NONE, prune=PruneSettings(minimal=True), progress=False)
+    names = names_in(tmp_path / "minimal")
+    assert [r for r in out_ + stay if r not in names] == []
+
+
 def test_prune_semantics_minimal(tmp_path: Path) -> None:
     tree = make_root(tmp_path / "root")
     out = tmp_path / "initrd"
@@ -73,11 +97,12 @@ def test_each_prune_rule_reports_what_it_left_out(tmp_path: Path) -> None:
         (tree / rel).write_bytes(b"x" * size)
     result = ramdisk.pack(tree, tmp_path / "initrd", NONE, progress=False)
     names = names_in(tmp_path / "initrd")
-    assert "usr/lib/udev/hwdb.bin" in names
+    assert "usr/lib/udev/hwdb.bin" not in names
     assert "usr/lib/x86_64-linux-gnu/libc.a" not in names and "usr/lib/udev/hwdb.d/20-pci.hwdb" not in names
     report = {c.rule: (c.files, c.bytes) for c in result.pruned}
     assert report["left out usr/lib*/*.a"] == (1, 5000)
     assert report["left out usr/lib/udev/hwdb.d/*"] == (1, 700)
+    assert report["left out usr/lib/udev/hwdb.bin"] == (1, 900)
     assert report["left out usr/share/doc/*"] == (1, len(b"doc"))  # the files under the pruned directory
     assert report[f"left out {ramdisk.PYC_RULE}"] == (2, len(b"pyc") + len(b"pyo"))
     assert [c.bytes for c in result.pruned] == sorted((c.bytes for c in result.pruned), reverse=True)
