@@ -71,6 +71,8 @@ UNITS = textwrap.dedent("""\
     printf '[Service]\\nExecStart=/bin/true\\n' > $d/getty-static.service
     ln -sf ../getty-static.service $d/getty.target.wants/getty-static.service
     printf 'enable sib-daemon.service\\nenable fio.service\\n' > $ROOT/usr/lib/systemd/system-preset/10-sib.preset
+    g=$ROOT/usr/lib/systemd/system-generators; mkdir -p $g
+    for x in systemd-gpt-auto-generator systemd-fstab-generator; do printf '#!/bin/sh\\n' > $g/$x; done
     """)
 
 
@@ -82,11 +84,15 @@ def test_ramdisk_base_settles_units_at_build_time(target: Target) -> None:
     assert os.readlink(target.path("etc/systemd/system/getty-static.service")) == "/dev/null"  # static: masked
     line = next(x for x in target.output.splitlines() if "units of installed systems left out" in x)
     assert "fio.service" in line and "getty-static.service" in line and "sib-daemon" not in line
+    assert os.readlink(target.path("etc/systemd/system-generators/systemd-gpt-auto-generator")) == "/dev/null"
+    assert not target.exists("etc/systemd/system-generators/systemd-fstab-generator")  # reads the kernel's root=
 
 
 def test_ramdisk_base_keeps_the_units_asked_for(target: Target) -> None:
-    target.run(["sles-ipa-ramdisk-base"], ["finalise.d"], env={"DIB_IPA_KEEP_UNITS": "fio.service"}, setup=UNITS)
+    target.run(["sles-ipa-ramdisk-base"], ["finalise.d"],
+               env={"DIB_IPA_KEEP_UNITS": "fio.service systemd-gpt-auto-generator"}, setup=UNITS)
     assert target.exists("etc/systemd/system/multi-user.target.wants/fio.service")
+    assert not target.exists("etc/systemd/system-generators/systemd-gpt-auto-generator")
     assert os.readlink(target.path("etc/systemd/system/getty-static.service")) == "/dev/null"  # not kept
 
 
