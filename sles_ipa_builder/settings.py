@@ -103,7 +103,8 @@ SETTINGS: tuple[Setting, ...] = (
     S("install_debug_tools", False, "bool", "Keep ss, dig, diff, top, ping and vim in the ramdisk.",
       ("DIB_IPA_INSTALL_DEBUG_TOOLS",)),
     S("keep_units", "", "str", "Units the ramdisk keeps although they only make sense on installed systems "
-      "(sles-ipa-ramdisk-base disables the others: maintenance timers, smartd, ipmievd...; space separated).",
+      "(sles-ipa-ramdisk-base disables the others: maintenance timers, smartd, ipmievd...) and boot-time "
+      "generators it turns off (systemd-gpt-auto-generator...); space separated.",
       ("DIB_IPA_KEEP_UNITS",)),
     S("remove_firmware", DEFAULT_REMOVE_FIRMWARE, "str", "Firmware directories removed (comma separated).",
       ("IPA_REMOVE_FIRMWARE",)),
@@ -133,7 +134,7 @@ SETTINGS: tuple[Setting, ...] = (
     # --- packing
     S("compress", "zstd", "str", "Compressor: zstd, gzip, xz, none, or a command reading stdin ('zstd -19 -T0').",
       ("DIB_IPA_COMPRESS_CMD", "DIB_IPA_COMPRESS_COMMAND")),
-    S("compress_level", None, "int", "Compression level (zstd 1-19, gzip 1-9, xz 0-9)."),
+    S("compress_level", None, "int", "Compression level (zstd 1-19, gzip 1-9, xz 0-9; default zstd 9, gzip 6, xz 6)."),
     S("release", False, "bool", "Release profile: zstd level 19 unless a level is given."),
     S("minimal_prune", False, "bool", "Skip most ramdisk pruning (and the module cut).", ("DIB_IPA_MINIMAL_PRUNE",)),
     S("cut_modules", list(DEFAULT_CUT), "list",
