@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from conftest import make_element
 
-from sles_ipa_builder import checkpoints, config, plan, repos
+from sles_ipa_builder import checkpoints, config, layerkeys, plan, repos
 
 COMMITS = {"ironic-python-agent": "a" * 40, "ironic-lib": "b" * 40, "requirements": "c" * 40}
 
@@ -24,7 +24,7 @@ def keys(tmp_path: Path, environ: dict[str, str] | None = None, cli: dict[str, A
     ctx = plan.make(config.resolve({"workspace": str(tmp_path / "ws"), **(cli or {})}, environ=environ or {}))
     args: dict[str, Any] = {"root_key": "r" * 64, "media_identity": "iso-1", "repo_digests": {},
                             "commits": COMMITS, **inputs}
-    return {layer.name: layer.key for layer in checkpoints.compute(ctx, **args)}
+    return {layer.name: layer.key for layer in layerkeys.compute(ctx, **args)}
 
 
 def renewed(a: dict[str, str], b: dict[str, str]) -> list[str]:
@@ -98,16 +98,16 @@ def test_an_updated_repository_renews_every_layer(tmp_path: Path) -> None:
 def test_a_miss_says_which_input_changed() -> None:
     old = {"below": "x", "env DIB_IPA_KEEP_UNITS": "", "source ironic-python-agent": "a" * 40}
     new = {"below": "x", "env DIB_IPA_KEEP_UNITS": "chronyd.service", "source ironic-python-agent": "b" * 40}
-    assert checkpoints.why(old, new) == ("env DIB_IPA_KEEP_UNITS:  → chronyd.service; "
+    assert layerkeys.why(old, new) == ("env DIB_IPA_KEEP_UNITS:  → chronyd.service; "
                                          f"source ironic-python-agent: {'a' * 16} → {'b' * 16}")
-    assert checkpoints.why({**old, "below": "y"}, old) == "the layer below changed"
-    assert checkpoints.why(None, new) == "not cached yet"
+    assert layerkeys.why({**old, "below": "y"}, old) == "the layer below changed"
+    assert layerkeys.why(None, new) == "not cached yet"
 
 
 def test_secrets_never_show_in_the_inputs(tmp_path: Path) -> None:
     ctx = plan.make(config.resolve({"workspace": str(tmp_path)},
                                    environ={"DIB_DEV_USER_PASSWORD": "hunter2-very-secret"}))
-    found = checkpoints.compute(ctx, root_key="r", media_identity="m", repo_digests={}, commits=COMMITS)
+    found = layerkeys.compute(ctx, root_key="r", media_identity="m", repo_digests={}, commits=COMMITS)
     shown = " ".join(v for layer in found for v in layer.inputs.values())
     assert "hunter2" not in shown
     assert any(k == "env DIB_DEV_USER_PASSWORD" for layer in found for k in layer.inputs)
