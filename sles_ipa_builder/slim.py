@@ -23,6 +23,7 @@ from pathlib import Path
 from . import wheels
 from .context import BuildContext
 from .cuts import Cut
+from .errors import CommandError
 from .target import run_in_target
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,12 @@ def strip_step(ctx: BuildContext) -> None:
     elves = [p for p in _files(venv) if _is_elf(p)]
     before = {p: p.stat().st_size for p in elves}
     for i in range(0, len(elves), BATCH):
-        run_in_target(ctx, ["strip", "--strip-unneeded", "--", *(_abs(ctx, p) for p in elves[i:i + BATCH])],
-                      label="strip")
+        try:
+            run_in_target(ctx, ["strip", "--strip-unneeded", "--", *(_abs(ctx, p) for p in elves[i:i + BATCH])],
+                          label="strip")
+        except CommandError as e:  # strip goes on past a file it cannot read; those stay as they were
+            log.warning("strip failed on some of the venv's files, which stay as they are: %s",
+                        (e.output.strip().splitlines() or [str(e)])[-1])
     cut = Cut("stripped symbols: the agent venv's native libraries")
     for p in elves:
         saved = before[p] - p.stat().st_size
@@ -111,6 +116,11 @@ def icu_step(ctx: BuildContext) -> None:
         try:
             run_in_target(ctx, ["gcc", "-shared", "-fPIC", "-O2", "-s", f"-Wl,-soname,libicudata.so.{major}",
                                 "-o", _abs(ctx, out), _abs(ctx, src)], label="icu-data")
+        except CommandError as e:
+            log.warning("ICU data kept: gcc could not build the empty table: %s",
+                        (e.output.strip().splitlines() or [str(e)])[-1])
+            out.unlink(missing_ok=True)
+            continue
         finally:
             src.unlink(missing_ok=True)
         out.chmod(lib.stat().st_mode & 0o7777)
