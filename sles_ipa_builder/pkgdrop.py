@@ -33,9 +33,12 @@ class Group:
 
 
 GROUPS: dict[str, Group] = {
+    # GnuPG goes with them: in a ramdisk only they run it, to check repository and package signatures.
     "package-manager": Group(
         ("zypper", "zypper-*", "libzypp*", "zypp-*", "rpm", "rpm-*", "rpm2cpio", "librpm*", "libsolv-tools*",
-         "apt", "apt-*", "libapt-pkg*", "dpkg", "debconf", "debconf-*"),
+         "apt", "apt-*", "libapt-pkg*", "dpkg", "debconf", "debconf-*",
+         "gpg", "gpg2", "gpgv", "gpgv2", "gpg-agent", "gpg-wks-*", "gpgsm", "gpgconf", "gnupg", "gnupg2",
+         "gnupg-*", "dirmngr", "pinentry", "pinentry-*"),
         ("usr/lib/sysimage/rpm", "var/lib/rpm", "var/lib/zypp", "var/cache/zypp", "etc/zypp",
          "var/lib/dpkg", "var/lib/apt", "var/cache/apt", "var/cache/debconf", "etc/apt", "etc/dpkg")),
     "perl": Group(("perl", "perl-*", "libperl*"), (), interpreter="perl"),
@@ -192,7 +195,24 @@ def drop(root: Path, groups: tuple[str, ...], keep: tuple[str, ...] = ()) -> lis
         cuts.append(Cut(f"packages: {p.group} ({', '.join(p.packages) or 'no package'})", files + n, size + b))
     cuts.append(Cut("shared libraries only the dropped packages linked", *_remove(root, ["/" + x for x in libs], keep)))
     _dangling_links(root, graph.dirs)
+    _dangling_units(root, {os.path.basename(f) for p in plans if not p.kept_because for f in p.files
+                           if "/systemd/" in f})
     return cuts
+
+
+def _dangling_units(root: Path, units: set[str]) -> None:
+    """The enablement links in /etc/systemd (*.wants, *.requires, aliases) of unit files that left:
+    systemctl made them, no package database lists them."""
+    base = root / "etc/systemd"
+    if not units or not base.is_dir():
+        return
+    for d, _, names in os.walk(base):
+        for n in names:
+            p = Path(d, n)
+            if n in units and p.is_symlink() and not in_root(root, str(p.relative_to(root)), follow_last=True).exists():
+                p.unlink()
+        if Path(d) != base and Path(d).suffix in (".wants", ".requires") and not any(Path(d).iterdir()):
+            Path(d).rmdir()
 
 
 def _dangling_links(root: Path, lib_dirs: list[str]) -> None:

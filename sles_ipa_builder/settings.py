@@ -142,8 +142,9 @@ SETTINGS: tuple[Setting, ...] = (
       ("DIB_IPA_CUT_MODULES",), choices=tuple(MODULE_CLASSES)),
     S("drop_packages", list(DROP_GROUPS), "list",
       "Package groups that leave the tree before packing, with the libraries only they linked: "
-      "package-manager (zypper, rpm and their databases; the package list stays in the manifest, SBOM "
-      "and /usr/lib/sles-ipa-builder), perl (when the agent runs no perl script); empty keeps both.",
+      "package-manager (zypper, rpm and their databases, and GnuPG, which only they run; the package list "
+      "stays in the manifest, SBOM and /usr/lib/sles-ipa-builder), perl (when the agent runs no perl "
+      "script); empty keeps both.",
       ("SIB_DROP_PACKAGES",), choices=DROP_GROUPS),
     S("keep_paths", [], "list", "Paths (globs relative to the root) the ramdisk keeps although a prune rule "
       "matches them.", ("SIB_KEEP_PATHS",)),

@@ -63,6 +63,14 @@ def make_tree(base: Path) -> Path:
     _dpkg(base, "perl-base", "/usr/bin", "/usr/bin/perl")
     _dpkg(base, "perl-modules-5.36", "/usr/share/perl/5.36", "/usr/share/perl/5.36/strict.pm")
     _dpkg(base, "xz-utils", "/usr/bin/xz")
+    (base / "usr/bin/gpgv").write_bytes(b"\x7fELF not really")
+    (base / "usr/lib/systemd/user").mkdir(parents=True)
+    (base / "usr/lib/systemd/user/gpg-agent.socket").write_text("[Socket]\n")
+    wants = base / "etc/systemd/user/sockets.target.wants"
+    wants.mkdir(parents=True)
+    (wants / "gpg-agent.socket").symlink_to("/usr/lib/systemd/user/gpg-agent.socket")
+    _dpkg(base, "gpgv", "/usr/bin/gpgv")  # apt's signature checks: leaves with the package managers
+    _dpkg(base, "gpg-agent", "/usr/lib/systemd/user/gpg-agent.socket")
     return base
 
 
@@ -82,12 +90,13 @@ def test_package_manager_and_perl_leave_with_the_libraries_only_they_linked(tmp_
     tree = make_tree(tmp_path / "t")
     done = {c.rule.split(" (")[0]: c for c in pkgdrop.drop(tree, pkgdrop.DROP_GROUPS)}
     for gone in ("usr/bin/zypper", "usr/share/zypper", "var/lib/zypp", "etc/zypp", "var/lib/dpkg",
-                 "usr/bin/perl", "usr/share/perl/5.36/strict.pm", "usr/bin/dirsplit",
+                 "usr/bin/perl", "usr/share/perl/5.36/strict.pm", "usr/bin/dirsplit", "usr/bin/gpgv",
                  f"{LIBDIR}/libz.so.1", f"{LIBDIR}/liblz4.so.1"):  # fmt: skip
         assert not (tree / gone).exists() and not (tree / gone).is_symlink(), gone
     for stays in ("usr/bin/xz", "usr/bin/hello", f"{LIBDIR}/liblzma.so.5", f"{LIBDIR}/libc.so.6", "usr/bin", "usr"):
         assert (tree / stays).exists(), stays
     assert (tree / "lib").is_symlink() and (tree / "bin").is_symlink()  # dpkg listed /lib: a link to a directory stays
+    assert not (tree / "etc/systemd/user/sockets.target.wants").exists()  # the enablement link of a unit that left
     assert done["packages: package-manager"].files >= 5 and done["packages: package-manager"].bytes > 10_000
     assert done["packages: perl"].files == 3  # perl, its module, the script that runs under it
     libs = done["shared libraries only the dropped packages linked"]
