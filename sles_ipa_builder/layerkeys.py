@@ -10,6 +10,7 @@ a script that names it. Nothing here writes; reading the elements' files is all 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -70,6 +71,19 @@ def _sha(data: bytes | str) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
 
 
+def code_digest(package: Path) -> str:
+    """The sha256 of a package's modules, names and contents."""
+    return _sha(b"".join(p.name.encode() + b"\0" + p.read_bytes() + b"\0" for p in sorted(package.glob("*.py"))))
+
+
+@functools.cache
+def builder_id() -> str:
+    """The builder's version and a digest of its own code: a native step (module cut, package drop,
+    slimming...) is counted by what it reads, so a change to what it does must renew the layers too,
+    also between two commits that share a version number."""
+    return f"{__version__}+{code_digest(Path(__file__).parent)[:12]}"
+
+
 def phase_steps(ctx: BuildContext) -> list[Step]:
     return [s for s in ctx.steps if isinstance(s.stage, Phase)]
 
@@ -101,7 +115,7 @@ def _script(ctx: BuildContext, s: Step) -> bytes:
 
 
 def _native(ctx: BuildContext, s: Step) -> str:
-    """What a native step's result depends on, besides its name and the builder's version."""
+    """What a native step's result depends on, besides its name and the builder (builder_id)."""
     cfg = ctx.cfg
     parts: list[Any] = [s.reads]
     if s.name == "01-install-bin":
@@ -176,7 +190,7 @@ def compute(ctx: BuildContext, *, root_key: str, media_identity: str, repo_diges
     out: list[Layer] = []
     parent, start = root_key, 0
     for point, end in ends:
-        inputs = {"below": parent, "builder": __version__, "arch": ctx.cfg.arch.suse}
+        inputs = {"below": parent, "builder": builder_id(), "arch": ctx.cfg.arch.suse}
         if not out:
             inputs["media"] = media_identity
             inputs.update({f"repository {alias}": d for alias, d in sorted(repo_digests.items())})

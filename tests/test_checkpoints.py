@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from conftest import make_element
 
-from sles_ipa_builder import checkpoints, config, layerkeys, plan, repos
+from sles_ipa_builder import __version__, checkpoints, config, layerkeys, plan, repos
 
 COMMITS = {"ironic-python-agent": "a" * 40, "ironic-lib": "b" * 40, "requirements": "c" * 40}
 
@@ -153,3 +153,16 @@ def test_a_kept_layer_is_the_upper_directory_without_mountpoints_and_old_ones_go
     assert meta["state"]["manifest"]["sources"][0]["commit"] == "a" * 40
     checkpoints._save(ctx, second)  # one generation: the older layer goes
     assert second.path.is_dir() and not first.path.exists()
+
+
+def test_the_builders_own_code_is_in_every_key(tmp_path: Path) -> None:
+    """A native step's code changing between two commits of one version renews the layers."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d, body in ((a, "X = 1\n"), (b, "X = 2\n")):
+        d.mkdir()
+        (d / "step.py").write_text(body)
+        (d / "other.py").write_text("Y = 0\n")
+    assert layerkeys.code_digest(a) != layerkeys.code_digest(b)
+    (b / "step.py").write_text("X = 1\n")
+    assert layerkeys.code_digest(a) == layerkeys.code_digest(b)
+    assert layerkeys.builder_id().startswith(__version__ + "+")
