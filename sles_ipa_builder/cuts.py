@@ -15,6 +15,7 @@ that no module names stays: some drivers load files they never declare.
 
 from __future__ import annotations
 
+import fnmatch
 import gzip
 import logging
 import lzma
@@ -24,6 +25,7 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import zstandard
 
@@ -96,6 +98,16 @@ class Cut:
         return {"rule": self.rule, "files": self.files, "bytes": self.bytes}
 
 
+def kept(rel: str, keep: Iterable[str]) -> bool:
+    """Whether a path (relative to the root) is one keep_paths names: a glob, or under a directory one."""
+    return any(fnmatch.fnmatchcase(rel, k) or fnmatch.fnmatchcase(rel, k.rstrip("/") + "/*") for k in keep)
+
+
+def record(manifest: dict[str, Any], done: Iterable[Cut]) -> None:
+    """Add cuts to the build report's list, after those of earlier steps."""
+    manifest["cuts"] = [*manifest.get("cuts", []), *(c.record() for c in done)]
+
+
 def module_data(path: Path) -> bytes:
     """A module file's ELF bytes, decompressed as its suffix says (.ko, .ko.zst, .ko.xz, .ko.gz)."""
     data = path.read_bytes()
@@ -132,7 +144,7 @@ def size_of(paths: Iterable[Path]) -> tuple[int, int]:
     return files, total
 
 
-def _distinct_dirs(tree: Path, rels: Iterable[str]) -> list[Path]:
+def distinct_dirs(tree: Path, rels: Iterable[str]) -> list[Path]:
     """The directories that exist, each once (lib/ is usr/lib/ on a merged-/usr tree)."""
     seen: dict[str, Path] = {}
     for d in (tree / r for r in rels):
@@ -143,7 +155,7 @@ def _distinct_dirs(tree: Path, rels: Iterable[str]) -> list[Path]:
 
 def _module_trees(tree: Path) -> list[Path]:
     """<modules dir>/<version> of each kernel in the tree."""
-    return [d / kver for d in _distinct_dirs(tree, MODULE_DIRS) for kver in sorted(os.listdir(d))
+    return [d / kver for d in distinct_dirs(tree, MODULE_DIRS) for kver in sorted(os.listdir(d))
             if (d / kver / "kernel").is_dir()]
 
 
@@ -206,7 +218,7 @@ def _dependents(modules: Path, gone: dict[str, list[Path]]) -> dict[str, list[Pa
 def _firmware_files(tree: Path, names: set[str]) -> list[str]:
     """The files (plain or compressed) of these firmware names in the tree."""
     out = []
-    for fw_dir in _distinct_dirs(tree, FIRMWARE_DIRS):
+    for fw_dir in distinct_dirs(tree, FIRMWARE_DIRS):
         for name in sorted(names):
             for suffix in FIRMWARE_SUFFIXES:
                 p = fw_dir / (name + suffix)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import agenttools, elfdeps, inventory
-from .cuts import DROP_GROUPS, Cut, size_of
+from .cuts import DROP_GROUPS, Cut, kept, size_of
 from .target import in_root
 
 log = logging.getLogger(__name__)
@@ -117,10 +117,6 @@ def plan_group(root: Path, name: str, owners: dict[str, list[str]], agent_tools:
     return plan
 
 
-def _kept(rel: str, keep: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(rel, k) or fnmatch.fnmatchcase(rel, k.rstrip("/") + "/*") for k in keep)
-
-
 def _remove(root: Path, paths: list[str], keep: tuple[str, ...]) -> tuple[int, int]:
     """Remove files and links (then directories left empty) of `paths`; (files, bytes)."""
     files = size = 0
@@ -128,7 +124,7 @@ def _remove(root: Path, paths: list[str], keep: tuple[str, ...]) -> tuple[int, i
     for p in paths:
         rel = p.strip("/")
         full = in_root(root, rel)
-        if not rel or _kept(rel, keep) or not (full.exists() or full.is_symlink()):
+        if not rel or kept(rel, keep) or not (full.exists() or full.is_symlink()):
             continue
         if full.is_dir():  # a directory, or a link to one (/lib -> usr/lib): shared, never unlinked
             if not full.is_symlink():
@@ -147,7 +143,7 @@ def _remove(root: Path, paths: list[str], keep: tuple[str, ...]) -> tuple[int, i
 def _remove_state(root: Path, paths: list[str], keep: tuple[str, ...]) -> tuple[int, int]:
     files = size = 0
     for rel in paths:
-        if _kept(rel, keep):
+        if kept(rel, keep):
             continue
         full = in_root(root, rel)
         if not (full.exists() or full.is_symlink()):  # a package's own directory, gone with it
@@ -177,7 +173,7 @@ def drop(root: Path, groups: tuple[str, ...], keep: tuple[str, ...] = ()) -> lis
         if p.group == "package-manager" and not listed:
             p.kept_because = "its rpm database could not be read, and the package list would be lost"
     for p in plans:
-        p.files = [f for f in p.files if not _kept(f.strip("/"), keep)]
+        p.files = [f for f in p.files if not kept(f.strip("/"), keep)]
     graph = elfdeps.Graph(root)
     gone: set[str] = set()
     for p in plans:

@@ -127,7 +127,7 @@ def cut_step(ctx: BuildContext) -> None:
             log.info("cut %s: %d files, %.1f MiB", c.rule, c.files, c.bytes / 2**20)
     if not any(c.files for c in done):
         log.info("no kernel modules of the classes %s in the tree", " ".join(ctx.cfg.cut_modules))
-    ctx.manifest["cuts"] = [*ctx.manifest.get("cuts", []), *(c.record() for c in done)]
+    cuts.record(ctx.manifest, done)
 
 
 def drop_step(ctx: BuildContext) -> None:
@@ -138,7 +138,7 @@ def drop_step(ctx: BuildContext) -> None:
     done = pkgdrop.drop(ctx.root, tuple(ctx.cfg.drop_packages), ctx.cfg.prune.keep)
     for c in done:
         log.info("%s: %d files, %.1f MiB", c.rule, c.files, c.bytes / 2**20)
-    ctx.manifest["cuts"] = [*ctx.manifest.get("cuts", []), *(c.record() for c in done)]
+    cuts.record(ctx.manifest, done)
 
 
 def tools_step(ctx: BuildContext) -> None:

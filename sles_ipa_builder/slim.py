@@ -14,13 +14,12 @@ Each cut is recorded with its files and bytes; `keep_paths` matching the data li
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
 import re
 from pathlib import Path
 
-from . import wheels
+from . import agenttools, cuts, wheels
 from .context import BuildContext
 from .cuts import Cut
 from .errors import CommandError
@@ -57,16 +56,12 @@ __attribute__((visibility("default"))) const struct empty_icu_data %(symbol)s = 
 """
 
 
-def _in_target(ctx: BuildContext, tool: str) -> bool:
-    return any((ctx.root / d / tool).exists() for d in ("usr/bin", "bin"))
-
-
 def strip_step(ctx: BuildContext) -> None:
     """Symbol tables out of the venv's ELF files (extension modules and the libraries wheels bundle)."""
     if ctx.cfg.minimal_prune:
         log.info("venv libraries not stripped (minimal prune)")
         return
-    if not _in_target(ctx, "strip"):
+    if not agenttools.present(ctx.root, "strip"):
         log.info("venv libraries not stripped: the target has no strip (binutils)")
         return
     venv = ctx.root / wheels.VENV
@@ -86,7 +81,7 @@ def strip_step(ctx: BuildContext) -> None:
             cut.files += 1
             cut.bytes += saved
     log.info("%s: %d files, %.1f MiB", cut.rule, cut.files, cut.bytes / 2**20)
-    _record(ctx, cut)
+    cuts.record(ctx.manifest, [cut])
 
 
 def icu_step(ctx: BuildContext) -> None:
@@ -95,11 +90,11 @@ def icu_step(ctx: BuildContext) -> None:
     if ctx.cfg.minimal_prune or not found:
         log.info("ICU data kept (%s)", "minimal prune" if ctx.cfg.minimal_prune else "no ICU data library in the tree")
         return
-    kept = [p for p in found if _kept(str(p.relative_to(ctx.root)), ctx.cfg.prune.keep)]
+    kept = [p for p in found if cuts.kept(str(p.relative_to(ctx.root)), ctx.cfg.prune.keep)]
     for p in kept:
         log.info("ICU data kept: %s is in keep_paths", p.relative_to(ctx.root))
     todo = [p for p in found if p not in kept]
-    if todo and not _in_target(ctx, "gcc"):
+    if todo and not agenttools.present(ctx.root, "gcc"):
         log.info("ICU data kept: the target has no gcc to build the empty table")
         return
     cut = Cut("ICU data: an empty table in place of libicudata")
@@ -129,29 +124,22 @@ def icu_step(ctx: BuildContext) -> None:
         cut.bytes += size - lib.stat().st_size
     if cut.files:
         log.info("%s: %d files, %.1f MiB", cut.rule, cut.files, cut.bytes / 2**20)
-        _record(ctx, cut)
+        cuts.record(ctx.manifest, [cut])
 
 
 def icu_data_libraries(root: Path) -> list[Path]:
-    """The ICU data libraries of the tree (regular files; lib/ is usr/lib/ on a merged-/usr tree)."""
-    seen: dict[str, Path] = {}
-    for d in LIB_DIRS:
-        for p in sorted(_files(root / d, depth=2)):
-            if ICU_DATA.match(p.name) and not p.is_symlink():
-                seen.setdefault(os.path.realpath(p), p)
-    return list(seen.values())
+    """The ICU data libraries of the tree: regular files in the library directories or their
+    multiarch subdirectories (lib/ is usr/lib/ on a merged-/usr tree)."""
+    return [p for d in cuts.distinct_dirs(root, LIB_DIRS) for p in sorted([*d.glob("libicudata.so.*"),
+                                                                           *d.glob("*/libicudata.so.*")])
+            if ICU_DATA.match(p.name) and p.is_file() and not p.is_symlink()]
 
 
-def _files(top: Path, depth: int | None = None) -> list[Path]:
-    out: list[Path] = []
+def _files(top: Path) -> list[Path]:
+    """The regular files under a directory (links left alone)."""
     if not top.is_dir() or top.is_symlink():
-        return out
-    base = len(top.parts)
-    for d, dirs, names in os.walk(top):
-        if depth is not None and len(Path(d).parts) - base >= depth:
-            dirs[:] = []
-        out += [Path(d, n) for n in names if not os.path.islink(os.path.join(d, n))]
-    return out
+        return []
+    return [Path(d, n) for d, _, names in os.walk(top) for n in names if not os.path.islink(os.path.join(d, n))]
 
 
 def _is_elf(p: Path) -> bool:
@@ -162,13 +150,5 @@ def _is_elf(p: Path) -> bool:
         return False
 
 
-def _kept(rel: str, keep: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatch(rel, k) for k in keep)
-
-
 def _abs(ctx: BuildContext, p: Path) -> str:
     return "/" + str(p.relative_to(ctx.root))
-
-
-def _record(ctx: BuildContext, cut: Cut) -> None:
-    ctx.manifest["cuts"] = [*ctx.manifest.get("cuts", []), cut.record()]
