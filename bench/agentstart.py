@@ -19,12 +19,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from sles_ipa_builder import (
+    log,
+    run,
+)
+from sles_ipa_builder.packing import ramdisk
+from sles_ipa_builder.packing.compress import Compression
+from sles_ipa_builder.verify.boottest import boot_test
 
-from sles_ipa_builder import log, ramdisk, run  # noqa: E402
-from sles_ipa_builder.boottest import boot_test  # noqa: E402
-from sles_ipa_builder.compress import Compression  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 WORKSPACE = Path("/tmp/dib")
 

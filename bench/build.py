@@ -27,11 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from sles_ipa_builder import run
+from sles_ipa_builder.config import resolve as config
+from sles_ipa_builder.fixtures import testmedia
 
-from sles_ipa_builder import config, run  # noqa: E402
-from sles_ipa_builder.commands import load_testmedia  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 GOALS = {"nothing changed": 0.10, "a late hook changed": 0.25, "a new IPA commit": 0.40}
 
@@ -86,7 +86,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--boot", action="store_true", help="boot the nothing-changed build to the agent's lookup")
     args = ap.parse_args()
-    media = load_testmedia().ensure()
+    media = testmedia.ensure()
     prof = config.load_toml(media.profile)["env"]
     tmp = Path(tempfile.mkdtemp(prefix="sib-bench-build-", dir="/var/tmp"))
     load = os.getloadavg()[0]

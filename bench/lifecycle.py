@@ -20,10 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from sles_ipa_builder import run
 
-from sles_ipa_builder import run  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 BUDGET_SECONDS = 180.0
 

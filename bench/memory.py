@@ -15,12 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from sles_ipa_builder import log
+from sles_ipa_builder.errors import BuildError
+from sles_ipa_builder.verify.boottest import boot_test
 
-from sles_ipa_builder import log  # noqa: E402
-from sles_ipa_builder.boottest import boot_test  # noqa: E402
-from sles_ipa_builder.errors import BuildError  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 WORKSPACE = Path("/tmp/dib")
 

@@ -27,10 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from sles_ipa_builder import cpio, ramdisk, run  # noqa: E402
-from sles_ipa_builder.compress import DEFAULT_LEVEL, Compression  # noqa: E402
+from sles_ipa_builder import run
+from sles_ipa_builder.packing import cpio, ramdisk
+from sles_ipa_builder.packing.compress import DEFAULT_LEVEL, Compression
 
 MIB = 2**20
 
@@ -118,7 +117,7 @@ def levels(tree: Path, work: Path, wanted: list[int]) -> None:
 
 def default_tree() -> Path:
     """The fixtures' root tree, only if the test media is already built (the bench never builds it)."""
-    from sles_ipa_builder.commands import built_testmedia
+    from sles_ipa_builder.cli.commands import built_testmedia
 
     media = built_testmedia()
     if media is not None:

@@ -23,15 +23,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from memory import smallest
+
+from sles_ipa_builder import log, run
+from sles_ipa_builder.fixtures import testmedia
+from sles_ipa_builder.packing import sizereport
+from sles_ipa_builder.verify.boottest import boot_test
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from memory import smallest  # noqa: E402
-
-from sles_ipa_builder import log, run, sizereport  # noqa: E402
-from sles_ipa_builder.boottest import boot_test  # noqa: E402
-from sles_ipa_builder.commands import load_testmedia  # noqa: E402
 
 NAME = "ironic-python-agent"
 
@@ -66,7 +65,7 @@ def main() -> int:
     log.setup(0)
     tmp = Path(tempfile.mkdtemp(prefix="sib-bench-ramdisk-", dir="/var/tmp"))
     try:
-        profile = load_testmedia().ensure().profile
+        profile = testmedia.ensure().profile
         outs = {}
         if args.previous_ref:
             old = tmp / "previous-code"

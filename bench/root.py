@@ -23,18 +23,21 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from sles_ipa_builder import run
+from sles_ipa_builder.cache import roottree as layers
+from sles_ipa_builder.config import resolve as config
+from sles_ipa_builder.engine import namespace
+from sles_ipa_builder.inputs import image
 
-from sles_ipa_builder import config, image, layers, namespace, run  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 ESP = image.ESP_GUID.lower()
 TAR_KEEP = ["--numeric-owner", "--xattrs", "--xattrs-include=*", "--xattrs-exclude=security.selinux"]
 
 
 def default_image() -> Path:
-    from sles_ipa_builder.cache import cache_dir
-    from sles_ipa_builder.commands import built_testmedia
+    from sles_ipa_builder.cache.store import cache_dir
+    from sles_ipa_builder.cli.commands import built_testmedia
 
     media = built_testmedia()
     if media is not None:

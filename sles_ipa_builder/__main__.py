@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, log
+from .config.settings import SETTINGS, Setting
 from .errors import BuildError
-from .settings import SETTINGS, Setting
 
 # Flags with a shape of their own (lists take several words; bools get --x/--no-x).
 LIST_FLAGS = {"elements", "elements_path", "repos", "repo_credentials"}
@@ -162,7 +162,7 @@ def cli_settings(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     log.setup(verbosity=-1 if args.quiet else args.verbose, debug=args.debug)
-    from . import commands
+    from .cli import commands
 
     try:
         return int(commands.dispatch(args, cli_settings(args)) or 0)

@@ -12,15 +12,23 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from . import __version__, boottest, checkpoints, image, media, phases, plan, publish, repos, servicepack, wheels
+from . import __version__
 from . import log as logmod
-from .cache import cache_dir
-from .config import Config
-from .context import BuildContext
-from .doctor import input_checks
+from .cache import layers as checkpoints
+from .cache.store import cache_dir
+from .cli.doctor import input_checks
+from .cli.results import show
+from .config import servicepack
+from .config.resolve import Config
+from .delivery import publish
+from .delivery.artifacts import Artifacts
+from .engine import plan
+from .engine import runner as phases
+from .engine.runtime import BuildContext
 from .errors import InputError
-from .outputs import Artifacts
-from .results import show
+from .inputs import image, media, repos
+from .steps import wheels
+from .verify import boottest
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,9 @@ from typing import Any
 import hooktree
 import pytest
 
-from sles_ipa_builder import config, elements, run
+from sles_ipa_builder import run
+from sles_ipa_builder.config import resolve as config
+from sles_ipa_builder.engine import elements
 
 BUSYBOX = "/bin/busybox"
 # A zypper stand-in for the target: records its argv, one call a line.
@@ -60,7 +62,7 @@ def no_builtin_hooks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Unit tests see only their own elements, not the repository's hooks/."""
     empty = tmp_path / "builtin-hooks"
     empty.mkdir()
-    monkeypatch.setattr(elements, "HOOKS_DIR", empty)
+    monkeypatch.setattr(elements, "BUILTIN_DIR", empty)
     return empty
 
 
@@ -259,9 +261,9 @@ def target(tmp_path: Path, hook_base: Path) -> hooktree.Target:
 @pytest.fixture(scope="session")
 def fixture_media() -> Any:
     """The generated test media (built on first use, cached; see fixtures/README.md)."""
-    from sles_ipa_builder.commands import load_testmedia
+    from sles_ipa_builder.fixtures import testmedia
 
-    return load_testmedia().ensure(log_progress=False)
+    return testmedia.ensure(log_progress=False)
 
 
 REPO = Path(__file__).resolve().parent.parent

@@ -29,12 +29,17 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sles_ipa_builder import config, context, elements, hooks, namespace, phases, plan, run
-from sles_ipa_builder.context import BuildContext
+from sles_ipa_builder import run
+from sles_ipa_builder.config import resolve as config
+from sles_ipa_builder.engine import elements, namespace, plan
+from sles_ipa_builder.engine import runner as phases
+from sles_ipa_builder.engine import runtime as context
+from sles_ipa_builder.engine import scripts as hooks
+from sles_ipa_builder.engine.runtime import BuildContext
+from sles_ipa_builder.engine.stages import Phase
 from sles_ipa_builder.errors import BuildError
-from sles_ipa_builder.phase import Phase
 
-HOOKS = elements.HOOKS_DIR
+HOOKS = elements.BUILTIN_DIR
 REPO = HOOKS.parent
 ORDER = ("extra-data.d", "pre-install.d", "install.d", "post-install.d", "post-root.d", "pre-finalise.d",
          "finalise.d", "cleanup.d")

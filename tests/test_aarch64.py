@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from sles_ipa_builder import run
-from sles_ipa_builder.arch import AARCH64, X86_64
-from sles_ipa_builder.commands import load_testmedia
+from sles_ipa_builder.config.arch import AARCH64, X86_64
+from sles_ipa_builder.fixtures import testmedia
 
 # In `make test`, so in CI: from an empty cache it adds 10.6 min on a quiet 2-core host (17.4 on one busy
 # with other builds; README). SIB_TEST_AARCH64=0 leaves it out; `make test-aarch64` runs it alone.
@@ -63,7 +63,7 @@ def biggest(steps: dict[str, float], n: int = 4) -> str:
 @pytest.fixture(scope="module")
 def media(request: pytest.FixtureRequest) -> Any:
     start = time.monotonic()
-    m = load_testmedia().ensure(arch=AARCH64)
+    m = testmedia.ensure(arch=AARCH64)
     took = time.monotonic() - start
     built = json.loads((m.profile.parent / "manifest.json").read_text())
     how = f"built in {built['seconds']:.0f} s ({biggest(built['steps'])})" if took > 5 else "cached"

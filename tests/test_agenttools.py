@@ -9,8 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from sles_ipa_builder import agenttools, slessteps
 from sles_ipa_builder.errors import BuildError
+from sles_ipa_builder.steps import agenttools
+from sles_ipa_builder.steps import sles as slessteps
 
 SITE = "opt/ironic-python-agent/lib/python3.11/site-packages"
 HARDWARE = """\

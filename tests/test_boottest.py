@@ -19,10 +19,10 @@ from types import ModuleType
 
 import pytest
 
-from sles_ipa_builder import boottest
-from sles_ipa_builder.arch import AARCH64, ARCHES, HOST_DEFAULT
-from sles_ipa_builder.boottest import MAC, BootResult, accel_plan, boot_test, qemu_argv
+from sles_ipa_builder.config.arch import AARCH64, ARCHES, HOST_DEFAULT
 from sles_ipa_builder.errors import BuildError, ConfigError, InputError
+from sles_ipa_builder.verify import boottest
+from sles_ipa_builder.verify.boottest import MAC, BootResult, accel_plan, boot_test, qemu_argv
 
 DATA = Path(__file__).parent / "data"
 

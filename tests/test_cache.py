@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sles_ipa_builder import cache
+from sles_ipa_builder.cache import store as cache
 
 
 @pytest.fixture(autouse=True)

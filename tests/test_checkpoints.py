@@ -14,7 +14,12 @@ from typing import Any
 import pytest
 from conftest import make_element
 
-from sles_ipa_builder import __version__, checkpoints, config, layerkeys, plan, repos
+from sles_ipa_builder import __version__
+from sles_ipa_builder.cache import keys as layerkeys
+from sles_ipa_builder.cache import layers as checkpoints
+from sles_ipa_builder.config import resolve as config
+from sles_ipa_builder.engine import plan
+from sles_ipa_builder.inputs import repos
 
 COMMITS = {"ironic-python-agent": "a" * 40, "ironic-lib": "b" * 40, "requirements": "c" * 40}
 
@@ -122,7 +127,7 @@ def test_summary_shows_the_layers_without_fetching_or_writing(tmp_path: Path,
     qcow2.write_bytes(b"QFI\xfb" + bytes(508))
     ctx = plan.make(config.resolve({"workspace": str(tmp_path / "ws"), "images_dir": str(images)}, environ={}))
     assert checkpoints.describe(ctx)[0]["state"] == "unknown until the qcow2 is hashed"
-    from sles_ipa_builder import cache
+    from sles_ipa_builder.cache import store as cache
     cache.file_sha256(qcow2)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     rows = checkpoints.describe(ctx)

@@ -10,7 +10,7 @@ import pytest
 
 from sles_ipa_builder import run
 from sles_ipa_builder.__main__ import main, parser
-from sles_ipa_builder.settings import SETTINGS
+from sles_ipa_builder.config.settings import SETTINGS
 
 REPO = Path(__file__).resolve().parent.parent
 VERBS = ["build", "summary", "doctor", "repos", "pack", "boot-test", "size-report", "clean", "fixtures"]
@@ -49,8 +49,8 @@ def test_bad_values_exit_2_with_one_line(env, fragment, tmp_path):
 
 
 def test_flag_beats_environment(monkeypatch):
-    from sles_ipa_builder import config
     from sles_ipa_builder.__main__ import cli_settings
+    from sles_ipa_builder.config import resolve as config
 
     args = parser().parse_args(["summary", "--name", "flagged", "--no-boot-test", "--elements", "a", "b"])
     cli = cli_settings(args)
@@ -161,8 +161,9 @@ def test_install_type_chosen_in_environment_d(tmp_path):
 def test_ipa_python_requirement_checked_before_the_package_installs(tmp_path):
     from types import SimpleNamespace
 
-    from sles_ipa_builder import config, slessteps
+    from sles_ipa_builder.config import resolve as config
     from sles_ipa_builder.errors import ConfigError
+    from sles_ipa_builder.steps import sles as slessteps
 
     src = tmp_path / "tmp/ironic-python-agent"
     src.mkdir(parents=True)

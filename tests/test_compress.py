@@ -11,8 +11,8 @@ import pytest
 import zstandard
 
 from sles_ipa_builder import run
-from sles_ipa_builder.compress import Compression, check_kernel_support
 from sles_ipa_builder.errors import CommandError, ConfigError
+from sles_ipa_builder.packing.compress import Compression, check_kernel_support
 
 # compressible but not trivial: text with some randomness, several gzip blocks long
 DATA = b"".join(b"line %d %s\n" % (i, os.urandom(8).hex().encode()) for i in range(120_000))

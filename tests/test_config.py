@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from sles_ipa_builder import config, servicepack
+from sles_ipa_builder.config import resolve as config
+from sles_ipa_builder.config import servicepack
+from sles_ipa_builder.config.settings import SETTINGS
 from sles_ipa_builder.errors import ConfigError
-from sles_ipa_builder.settings import SETTINGS
 
 
 def resolve(cli=None, env=None, toml: str | None = None, tmp_path: Path | None = None):
@@ -179,7 +180,7 @@ def test_config_attributes_are_the_settings_table() -> None:
     """Config is written out for mypy; this keeps it and settings.SETTINGS one list, in one order."""
     import dataclasses
 
-    from sles_ipa_builder.config import Config, attr
+    from sles_ipa_builder.config.resolve import Config, attr
 
     kinds = {"str": "str", "int": "int", "bool": "bool", "path": "Path", "list": "list[str]",
              "pathlist": "list[Path]", "choice": "str", "arch": "Arch"}

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from sles_ipa_builder import cpio, run
+from sles_ipa_builder import run
 from sles_ipa_builder.errors import BuildError
+from sles_ipa_builder.packing import cpio
 
 ROOT = os.geteuid() == 0
 

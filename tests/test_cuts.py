@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from sles_ipa_builder import config, cuts, run
+from sles_ipa_builder import run
+from sles_ipa_builder.config import resolve as config
 from sles_ipa_builder.errors import ConfigError
+from sles_ipa_builder.packing import cuts
 
 KVER = "6.4.0-150700.51-default"
 

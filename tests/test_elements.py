@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import make_element
 
-from sles_ipa_builder import elements, packages
-from sles_ipa_builder.elements import Element, merge, resolve, sort_key
+from sles_ipa_builder.engine import elements, packages
+from sles_ipa_builder.engine.elements import Element, merge, resolve, sort_key
 from sles_ipa_builder.errors import ConfigError
 
 OS = {"provides": ["operating-system"]}
@@ -94,7 +94,7 @@ def test_native_element_resolves_without_a_directory(tmp_path: Path) -> None:
 
 
 def test_search_path_puts_user_dirs_before_builtin(tmp_path: Path) -> None:
-    assert elements.search_path([tmp_path]) == [tmp_path, elements.HOOKS_DIR]
+    assert elements.search_path([tmp_path]) == [tmp_path, elements.BUILTIN_DIR]
 
 
 # --- ordering --------------------------------------------------------------------------------------

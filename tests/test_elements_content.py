@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-HOOKS = Path(__file__).resolve().parent.parent / "hooks"
+HOOKS = Path(__file__).resolve().parent.parent / "elements"
 SCRIPT_RE = re.compile(r"^[0-9A-Za-z_-]+$")  # dib-run-parts
 ENV_RE = re.compile(r"^[0-9A-Za-z_.-]+$")
 PHASES = ("root.d", "extra-data.d", "pre-install.d", "install.d", "post-install.d", "post-root.d",
@@ -159,7 +159,7 @@ def test_environment_honours_user_values() -> None:
 
 def test_service_pack_facts_come_from_the_builder() -> None:
     """servicepack.py is the one table: the builder exports its facts, the hooks read them."""
-    from sles_ipa_builder import config
+    from sles_ipa_builder.config import resolve as config
 
     for sp, python, release in (("SP4", "python3.10", "15.4"), ("SP5", "python3.11", "15.5"),
                                 ("sp7", "python3.11", "15.7")):
@@ -202,7 +202,7 @@ def test_element_deps_resolve_within_hooks() -> None:
 
 
 def test_default_and_optional_lists_resolve_with_the_engine() -> None:
-    elements = pytest.importorskip("sles_ipa_builder.elements")
+    elements = pytest.importorskip("sles_ipa_builder.engine.elements")
     for names in (DEFAULT, [*DEFAULT, *OPTIONAL]):
         resolved = {e.name for e in elements.resolve(names, [HOOKS])}
         assert {"sles-ipa-install", "sles", "sysprep", "dhcp-all-interfaces", "ibft-interfaces",
@@ -211,7 +211,7 @@ def test_default_and_optional_lists_resolve_with_the_engine() -> None:
 
 
 def test_extra_hardware_runs_before_the_sources_are_removed() -> None:
-    elements = pytest.importorskip("sles_ipa_builder.elements")
+    elements = pytest.importorskip("sles_ipa_builder.engine.elements")
     names = ["98-zypper-clean-cache", "99-remove-extra-packages", "99-package-installs-extra-hardware",
              "99-harden-sshd-config", "80-ironic-python-agent-ramdisk"]
     order = sorted(names, key=elements.sort_key)
@@ -255,8 +255,8 @@ def test_package_installs_are_valid_and_documented() -> None:
 
 
 def test_python_interpreter_follows_the_service_pack() -> None:
-    packages = pytest.importorskip("sles_ipa_builder.packages")
-    elements = pytest.importorskip("sles_ipa_builder.elements")
+    packages = pytest.importorskip("sles_ipa_builder.engine.packages")
+    elements = pytest.importorskip("sles_ipa_builder.engine.elements")
     el = elements.Element("sles-zypper-config", HOOKS / "sles-zypper-config", None)
     for python, want in (("python3.10", "python310"), ("python3.11", "python311")):
         got = packages.entries(el, {"DIB_SLES_PYTHON": python})

@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from sles_ipa_builder import inventory, ramdisk, run
-from sles_ipa_builder.commands import load_testmedia
+from sles_ipa_builder import run
+from sles_ipa_builder.fixtures import testmedia
+from sles_ipa_builder.packing import inventory, ramdisk
 
 pytestmark = [pytest.mark.root, pytest.mark.guestfs, pytest.mark.qemu, pytest.mark.media, pytest.mark.slow]
 NAME = "ipa-e2e"
@@ -25,7 +26,7 @@ NAME = "ipa-e2e"
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    media = load_testmedia().ensure()
+    media = testmedia.ensure()
     work = tmp_path_factory.mktemp("e2e")
     out = work / "out"
     password = "pw-" + secrets.token_hex(8)
@@ -204,7 +205,7 @@ def test_no_secret_outside_shadow(built):
 def test_offline_rebuild_contacts_nothing(built, tmp_path):
     """After the online build, `--offline` builds again in a network namespace with only loopback:
     the root from the cache, git from the mirrors, packages from the ISO, pip from the wheelhouse."""
-    media = load_testmedia().ensure()
+    media = testmedia.ensure()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DIB_", "IPA_", "IRONIC_", "SIB_"))}
     env["SIB_ACCEL"] = os.environ.get("SIB_ACCEL", "tcg")
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
@@ -243,7 +244,7 @@ def check_addon_boot(kernel: Path, initramfs: Path, dev_user: str, work: Path) -
     from the add-on's static address. The initramfs file is not changed."""
     import socket
 
-    from sles_ipa_builder import boottest, qemu
+    from sles_ipa_builder.verify import boottest, qemu
 
     work.mkdir(parents=True, exist_ok=True)
     ca, cert, key = _tls_pair(work)
@@ -296,9 +297,9 @@ def check_addon_boot(kernel: Path, initramfs: Path, dev_user: str, work: Path) -
 
 
 def test_addon_changes_trust_ssh_and_network_without_a_rebuild(built, tmp_path):
-    from sles_ipa_builder import config
+    from sles_ipa_builder.config import resolve as config
 
-    media = load_testmedia().ensure()
+    media = testmedia.ensure()
     dev_user = config.resolve({}, config_file=media.profile, environ={}).dev_user_username
     out = built["out"]
     check_addon_boot(out / f"{NAME}.kernel", out / f"{NAME}.initramfs", dev_user, tmp_path / "addon")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from conftest import CHROOT_PHASES, make_busybox_root, make_engine_elements
 
-from sles_ipa_builder import namespace
+from sles_ipa_builder.engine import namespace
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.media]
 REPO = Path(__file__).resolve().parent.parent

@@ -17,6 +17,7 @@ import pycdlib
 import pytest
 
 from sles_ipa_builder import run
+from sles_ipa_builder.fixtures import testmedia
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIRED_DIRS = {
@@ -30,9 +31,7 @@ pytestmark = [pytest.mark.media, pytest.mark.slow]
 
 
 def _load() -> ModuleType:
-    from sles_ipa_builder.commands import load_testmedia
-
-    return load_testmedia()
+    return testmedia
 
 
 @pytest.fixture(scope="module")

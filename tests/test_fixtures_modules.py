@@ -5,18 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from types import ModuleType
 
 import zstandard
 
-from sles_ipa_builder.commands import load_testmedia
+from sles_ipa_builder.fixtures import rootfs
 
 KVER = "6.1.0-99-amd64"
-
-
-def _rootfs() -> ModuleType:
-    module: ModuleType = load_testmedia()._sibling("rootfs")
-    return module
 
 
 def test_modules_become_ko_zst_and_dpkg_follows(tmp_path: Path) -> None:
@@ -39,7 +33,7 @@ def test_modules_become_ko_zst_and_dpkg_follows(tmp_path: Path) -> None:
         + "0123  boot/vmlinuz\n")
     (info / "other.list").write_text("/usr/bin/other\n")
 
-    assert _rootfs().compress_modules(root, kernel) == 2
+    assert rootfs.compress_modules(root, kernel) == 2
 
     for rel, data in plain.items():
         zst = kernel / f"{rel}.zst"

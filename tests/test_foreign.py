@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from sles_ipa_builder import config, foreign
 from sles_ipa_builder.__main__ import main
-from sles_ipa_builder.arch import AARCH64, X86_64, Arch
+from sles_ipa_builder.config import foreign
+from sles_ipa_builder.config import resolve as config
+from sles_ipa_builder.config.arch import AARCH64, X86_64, Arch
 from sles_ipa_builder.errors import ConfigError
 
 ENTRY = ("enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: {flags}\noffset 0\n"

@@ -14,7 +14,8 @@ import pytest
 from hookfakes import fake_ipa_setup, fake_package
 from hooktree import HOOKS, Target
 
-from sles_ipa_builder import ramdisk, run
+from sles_ipa_builder import run
+from sles_ipa_builder.packing import ramdisk
 
 pytestmark = [pytest.mark.root]
 

@@ -17,8 +17,11 @@ from typing import Any
 
 import pytest
 
-from sles_ipa_builder import appliance, config, image, layers, run
+from sles_ipa_builder import run
+from sles_ipa_builder.cache import roottree as layers
+from sles_ipa_builder.config import resolve as config
 from sles_ipa_builder.errors import InputError
+from sles_ipa_builder.inputs import appliance, image
 
 IMAGES_VERSION = "v4"
 VARIANTS = ("ext4", "btrfs", "aarch64", "noroot", "lvm")
@@ -148,7 +151,7 @@ def build_images(dest: Path, work: Path) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def images(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from sles_ipa_builder.cache import cache_dir
+    from sles_ipa_builder.cache.store import cache_dir
 
     dest = cache_dir("test-images") / IMAGES_VERSION  # kept between runs; `clean -ff` drops it
     dest.mkdir(parents=True, exist_ok=True)

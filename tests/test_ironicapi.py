@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sles_ipa_builder.ironicapi import MAX_VERSION, FakeIronic, FakeNode
+from sles_ipa_builder.verify.fake_ironic import MAX_VERSION, FakeIronic, FakeNode
 
 MAC = "52:54:00:12:34:56"
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from sles_ipa_builder import cache
+from sles_ipa_builder.cache import store as cache
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,7 +24,9 @@ CHILD = """
 import hashlib, io, os, shutil, sys
 from contextlib import ExitStack
 from pathlib import Path
-from sles_ipa_builder import cpio, layers, namespace
+from sles_ipa_builder.packing import cpio
+from sles_ipa_builder.cache import roottree as layers
+from sles_ipa_builder.engine import namespace
 namespace.enter()
 layer, work = Path(sys.argv[1]), Path(sys.argv[2])
 for copy in (False, True):
@@ -118,7 +120,8 @@ def test_disk_usage_counts_hard_links_once(tmp_path: Path) -> None:
 
 def test_summary_names_the_root_layer_without_hashing_or_writing(tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from sles_ipa_builder import config, layers
+    from sles_ipa_builder.cache import roottree as layers
+    from sles_ipa_builder.config import resolve as config
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     img = tmp_path / "base.qcow2"
@@ -136,7 +139,7 @@ def test_summary_names_the_root_layer_without_hashing_or_writing(tmp_path: Path,
 
 
 def test_doctor_reports_the_cache_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sles_ipa_builder import doctor
+    from sles_ipa_builder.cli import doctor
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert doctor.cache_size().detail.startswith("empty")

@@ -22,11 +22,12 @@ from typing import Any
 
 import pytest
 
-from sles_ipa_builder import ironic, qemu, run, vmdisk
-from sles_ipa_builder.arch import AARCH64, X86_64
+from sles_ipa_builder import run
+from sles_ipa_builder.config.arch import AARCH64, X86_64
 from sles_ipa_builder.errors import InputError
-from sles_ipa_builder.ironic import StageFailed
-from sles_ipa_builder.lifecycle import check_inventory, uefi_entry
+from sles_ipa_builder.verify import ironic, qemu, vmdisk
+from sles_ipa_builder.verify.ironic import StageFailed
+from sles_ipa_builder.verify.lifecycle import check_inventory, uefi_entry
 
 needs_tools = pytest.mark.skipif(
     any(shutil.which(t) is None for t in ("sgdisk", "mkfs.vfat", "mcopy", "qemu-img", "mkfs.ext4")),
@@ -311,9 +312,9 @@ def slow(test: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def ramdisk(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from sles_ipa_builder.commands import load_testmedia
+    from sles_ipa_builder.fixtures import testmedia
 
-    media = load_testmedia().ensure()
+    media = testmedia.ensure()
     work = tmp_path_factory.mktemp("lifecycle")
     res = cli("build", "--config", str(media.profile), "--workspace", str(work / "ws"), "--output", str(work / "out"))
     assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]

@@ -13,9 +13,9 @@ from pathlib import Path
 import pycdlib
 import pytest
 
-from sles_ipa_builder import media
-from sles_ipa_builder.arch import AARCH64, X86_64
+from sles_ipa_builder.config.arch import AARCH64, X86_64
 from sles_ipa_builder.errors import InputError
+from sles_ipa_builder.inputs import media
 
 PRODUCTS = b"/Module-Basesystem sle-module-basesystem 15.4-0\n/Product-SLES SLES 15.4-0\n"
 
@@ -236,7 +236,7 @@ in_root rpm -q "$pkg"
 def test_zypper_in_chroot_installs_from_the_iso_over_http(
     fixture_media: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from sles_ipa_builder import zypper
+    from sles_ipa_builder.inputs import zypper
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     fm = fixture_media

@@ -10,7 +10,7 @@ import git
 import pytest
 
 from sles_ipa_builder.errors import BuildError, InputError
-from sles_ipa_builder.metal3 import IPA_TAR_NAME, run_from_config, run_metal3_dev_env
+from sles_ipa_builder.verify.metal3 import IPA_TAR_NAME, run_from_config, run_metal3_dev_env
 
 # Each target runs record.sh, which appends "<target> USE_LOCAL_IPA=... IPA_DOWNLOAD_ENABLED=...
 # LOCAL_IPA_PATH=... tar=yes|no <version>" to $RECORD: the order of targets and the environment each got.

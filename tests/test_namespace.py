@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import make_busybox_root
 
-from sles_ipa_builder import namespace
+from sles_ipa_builder.engine import namespace
 
 pytestmark = pytest.mark.root
 REPO = Path(__file__).resolve().parent.parent
@@ -22,7 +22,7 @@ CHILD = """
 import os, sys, time
 from pathlib import Path
 from contextlib import ExitStack
-from sles_ipa_builder import namespace
+from sles_ipa_builder.engine import namespace
 namespace.enter()
 here = Path(sys.argv[1])
 stack = ExitStack()

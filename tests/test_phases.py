@@ -17,9 +17,12 @@ from conftest import (
     make_engine_elements,
 )
 
-from sles_ipa_builder import config, context, phases, plan, target
+from sles_ipa_builder.config import resolve as config
+from sles_ipa_builder.engine import plan, target
+from sles_ipa_builder.engine import runner as phases
+from sles_ipa_builder.engine import runtime as context
+from sles_ipa_builder.engine.stages import Phase
 from sles_ipa_builder.errors import BuildError, ConfigError
-from sles_ipa_builder.phase import Phase
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from sles_ipa_builder import config, elfdeps, inventory, pkgdrop
+from sles_ipa_builder.config import resolve as config
 from sles_ipa_builder.errors import ConfigError
+from sles_ipa_builder.packing import inventory
+from sles_ipa_builder.steps import elfdeps, pkgdrop
 
 MULTIARCH = sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu"
 LIBDIR = f"usr/lib/{MULTIARCH}"

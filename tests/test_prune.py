@@ -9,8 +9,9 @@ from pathlib import Path
 
 from test_ramdisk import KVER, NONE, make_root, names_in
 
-from sles_ipa_builder import config, ramdisk
-from sles_ipa_builder.cuts import PruneSettings
+from sles_ipa_builder.config import resolve as config
+from sles_ipa_builder.packing import ramdisk
+from sles_ipa_builder.packing.cuts import PruneSettings
 
 
 def test_prune_semantics_full(tmp_path: Path) -> None:

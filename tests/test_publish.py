@@ -22,9 +22,11 @@ from typing import Any
 
 import pytest
 
-from sles_ipa_builder import outputs, publish, run
-from sles_ipa_builder.compress import Compression
+from sles_ipa_builder import run
+from sles_ipa_builder.delivery import artifacts as outputs
+from sles_ipa_builder.delivery import publish
 from sles_ipa_builder.errors import ConfigError
+from sles_ipa_builder.packing.compress import Compression
 
 KVER = "6.4.0-150600.23.25-default"
 NAME = "ipa"

@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from sles_ipa_builder import cache, cpioread, inventory, outputs, ramdisk, run
-from sles_ipa_builder.compress import Compression
+from sles_ipa_builder import run
+from sles_ipa_builder.cache import store as cache
+from sles_ipa_builder.delivery import artifacts as outputs
 from sles_ipa_builder.errors import BuildError, CommandError, ConfigError, InputError
+from sles_ipa_builder.packing import cpioread, inventory, ramdisk
+from sles_ipa_builder.packing.compress import Compression
 
 KVER = "5.14.21-150400.22-default"
 NONE = Compression.parse("none")

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 from repohttp import build_rpm, make_repo, serve
 
-from sles_ipa_builder import config, pipeline, repos, run, zypper
+from sles_ipa_builder import pipeline, run
+from sles_ipa_builder.config import resolve as config
 from sles_ipa_builder.errors import ConfigError
+from sles_ipa_builder.inputs import repos, zypper
 
 USER, PASSWORD = "rmt-user", "s3cret-Pa55"
 
@@ -139,7 +141,7 @@ def test_settle_picks_python_for_sp4_from_the_repositories(repo_dir: Path, tmp_p
 
 
 def test_iso_is_optional_only_with_repositories(tmp_path: Path) -> None:
-    from sles_ipa_builder.doctor import input_checks
+    from sles_ipa_builder.cli.doctor import input_checks
 
     def iso_check(**kw: object) -> tuple[bool, bool]:
         c = next(c for c in input_checks(config.resolve({"images_dir": str(tmp_path), **kw}, environ={}))
@@ -156,7 +158,7 @@ def test_iso_is_optional_only_with_repositories(tmp_path: Path) -> None:
 
 
 def test_installed_from_reads_zypper_history(tmp_path: Path) -> None:
-    from sles_ipa_builder.slessteps import HISTORY, installed_from
+    from sles_ipa_builder.steps.sles import HISTORY, installed_from
 
     h = tmp_path / HISTORY
     h.parent.mkdir(parents=True)
@@ -185,7 +187,7 @@ def test_offline_reads_what_zypper_cached(repo_dir: Path, tmp_path: Path, monkey
     """Offline, a remote repository is not contacted: its metadata in the zypper cache decides SP4's python."""
     import shutil
 
-    from sles_ipa_builder.cache import cache_dir
+    from sles_ipa_builder.cache.store import cache_dir
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     url = "https://rmt.example.invalid/repo/SUSE/Updates/SLE-Module-Python3/15-SP4/x86_64/update/"

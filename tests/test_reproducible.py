@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from sles_ipa_builder import run
-from sles_ipa_builder.commands import load_testmedia
+from sles_ipa_builder.fixtures import testmedia
 
 pytestmark = [pytest.mark.root, pytest.mark.guestfs, pytest.mark.media, pytest.mark.slow]
 EPOCH = "1700000000"
@@ -65,7 +65,7 @@ def _same(tmp: Path, one: Path, two: Path) -> None:
 
 
 def test_cold_and_warm_builds_give_one_hash(tmp_path: Path) -> None:
-    media = load_testmedia().ensure()
+    media = testmedia.ensure()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DIB_", "IPA_", "IRONIC_", "SIB_"))}
     env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), SOURCE_DATE_EPOCH=EPOCH,
                SIB_ACCEL=os.environ.get("SIB_ACCEL", "tcg"))

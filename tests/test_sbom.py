@@ -13,8 +13,10 @@ import pytest
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
-from sles_ipa_builder import outputs, run, sbom
-from sles_ipa_builder.compress import Compression
+from sles_ipa_builder import run
+from sles_ipa_builder.delivery import artifacts as outputs
+from sles_ipa_builder.delivery import sbom
+from sles_ipa_builder.packing.compress import Compression
 
 KVER = "6.4.0-150600.23.25-default"
 SITE = "opt/ironic-python-agent/lib/python3.11/site-packages"

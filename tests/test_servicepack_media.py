@@ -6,8 +6,9 @@ from typing import Any
 
 import pytest
 
-from sles_ipa_builder import config, image, media, repos
-from sles_ipa_builder.doctor import input_checks
+from sles_ipa_builder.cli.doctor import input_checks
+from sles_ipa_builder.config import resolve as config
+from sles_ipa_builder.inputs import image, media, repos
 
 pytestmark = [pytest.mark.media]
 

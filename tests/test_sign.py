@@ -7,10 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from sles_ipa_builder import config, outputs, run, sign
+from sles_ipa_builder import run
 from sles_ipa_builder.__main__ import main
-from sles_ipa_builder.compress import Compression
+from sles_ipa_builder.config import resolve as config
+from sles_ipa_builder.delivery import artifacts as outputs
+from sles_ipa_builder.delivery import sign
 from sles_ipa_builder.errors import ConfigError
+from sles_ipa_builder.packing.compress import Compression
 
 pytestmark = pytest.mark.skipif(shutil.which("minisign") is None, reason="minisign is not installed")
 KVER = "6.4.0-150600.23.25-default"

@@ -10,9 +10,10 @@ import pytest
 from rich.console import Console
 from test_ramdisk import make_root, make_rpm_tree
 
-from sles_ipa_builder import ramdisk, run, sizereport
-from sles_ipa_builder.compress import Compression
+from sles_ipa_builder import run
 from sles_ipa_builder.errors import InputError
+from sles_ipa_builder.packing import ramdisk, sizereport
+from sles_ipa_builder.packing.compress import Compression
 
 
 def text(renderable: object) -> str:

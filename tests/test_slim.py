@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sles_ipa_builder import slim
+from sles_ipa_builder.steps import slim
 
 
 def test_icu_data_libraries_are_the_real_files_once(tmp_path: Path) -> None:

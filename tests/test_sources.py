@@ -8,8 +8,10 @@ import git
 import pytest
 from conftest import make_element
 
-from sles_ipa_builder import config, elements, sources
+from sles_ipa_builder.config import resolve as config
+from sles_ipa_builder.engine import elements
 from sles_ipa_builder.errors import InputError
+from sles_ipa_builder.inputs import sources
 
 
 @pytest.fixture(autouse=True)

@@ -13,9 +13,9 @@ import pytest
 from conftest import make_busybox_root
 from test_user_elements import with_bash
 
-from sles_ipa_builder import config
+from sles_ipa_builder.config import resolve as config
 
-HOOKS = Path(__file__).resolve().parent.parent / "hooks/sles-ipa-install"
+HOOKS = Path(__file__).resolve().parent.parent / "elements/sles-ipa-install"
 pytestmark = pytest.mark.root
 
 ZYPPER = """#!/bin/bash
@@ -110,7 +110,7 @@ def test_debug_tools_go_unless_asked(tree: Path) -> None:
 def test_a_hooks_warning_lines_reach_the_console() -> None:
     import logging
 
-    from sles_ipa_builder.hooks import line_level
+    from sles_ipa_builder.engine.scripts import line_level
 
     assert line_level("warning: no configured repository provides nmstate: the ramdisk goes without it") == \
         logging.WARNING

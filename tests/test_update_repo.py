@@ -18,9 +18,9 @@ import pytest
 import zstandard
 from repohttp import make_repo, serve
 
-from sles_ipa_builder import media as media_mod
 from sles_ipa_builder import run
-from sles_ipa_builder.cache import cache_dir
+from sles_ipa_builder.cache.store import cache_dir
+from sles_ipa_builder.inputs import media as media_mod
 
 pytestmark = [pytest.mark.root, pytest.mark.guestfs, pytest.mark.media, pytest.mark.slow]
 USER = "rmt-user"

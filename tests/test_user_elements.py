@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 from conftest import make_busybox_root, make_element
 
-from sles_ipa_builder import config, plan, run
-from sles_ipa_builder.settings import DEFAULT_ELEMENTS
+from sles_ipa_builder import run
+from sles_ipa_builder.config import resolve as config
+from sles_ipa_builder.config.settings import DEFAULT_ELEMENTS
+from sles_ipa_builder.engine import plan
 
 REPO = Path(__file__).resolve().parent.parent
 # A root.d script with the very name of our native step: the clash a migrating user once hit.

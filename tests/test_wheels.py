@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from sles_ipa_builder import run, wheels
+from sles_ipa_builder import run
+from sles_ipa_builder.steps import wheels
 
 
 def dist(venv: Path, name: str, version: str, *, direct: bool = False) -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sles_ipa_builder import zypper
+from sles_ipa_builder.inputs import zypper
 
 
 def test_repo_files_local_and_remote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,7 +94,7 @@ def test_zypper_refreshes_when_another_build_did_and_runs_under_the_cache_lock(t
 
     from filelock import FileLock, Timeout
 
-    from sles_ipa_builder import target
+    from sles_ipa_builder.engine import target
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     calls: list[tuple[list[str], bool]] = []
@@ -129,7 +129,7 @@ def test_no_zypper_call_sees_another_targets_rpmdb_cache(tmp_path: Path, monkeyp
     call starts without it (zypper rebuilds it from the target's own database)."""
     from types import SimpleNamespace
 
-    from sles_ipa_builder import target
+    from sles_ipa_builder.engine import target
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     system = tmp_path / "sles-ipa-builder/zypper/solv/@System"

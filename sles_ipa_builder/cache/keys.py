@@ -1,0 +1,226 @@
+"""The keys of the cache layers: which points a plan has, and for each the hash of everything that
+made the tree there (checkpoints.py keeps, finds and restores the layers).
+
+Each key chains the key of the layer below with the layer's own inputs: the media identity and
+each --repo's repomd.xml digest (in the first layer), the source commits (in `venv`), every step
+in the layer's range counted by content (a script by its bytes plus its element's other files, a
+native step by what it reads), and the hooks' environment, each variable in the first layer holding
+a script that names it. Nothing here writes; reading the elements' files is all the I/O.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__
+from ..engine.packages import HOOK_NAMES, pkg_map_files
+from ..engine.stages import Phase, Step
+from ..inputs import repos
+from . import store as cache
+
+if TYPE_CHECKING:
+    from ..engine.runtime import BuildContext
+
+
+def root() -> Path:
+    """Where the layers are kept: <cache>/layers/<point>/<key>/."""
+    return cache.cache_root() / "layers"
+
+
+@dataclass(frozen=True)
+class Point:
+    name: str
+    phase: Phase | None  # None: after the last phase
+    step: str
+
+
+POINTS = (Point("packages", Phase.INSTALL, "01-package-installs"),
+          Point("venv", Phase.INSTALL, "60-ironic-python-agent-ramdisk-install"),
+          Point("tree", None, ""))
+
+# Where things are or how they are fetched, not what they are: left out of the keys. The media, the
+# qcow2 and the sources are in the keys by content (identity, sha256, commits) instead of by name.
+PLACES = {"PATH", "HOME", "PWD", "OLDPWD", "SHLVL", "_", "TERM", "SHELL", "TARGET_ROOT", "TMP_MOUNT_PATH",
+          "TMP_HOOKS_PATH", "TMP_BUILD_DIR", "TMP_IMAGE_DIR", "_LIB", "ELEMENTS_PATH", "IMAGE_ELEMENT_YAML",
+          "DIB_PYTHON_EXEC", "DIB_IMAGE_CACHE", "PIP_CACHE_DIR", "PIP_NO_INDEX", "PIP_FIND_LINKS",
+          "SIB_BUILDER_VERSION", "SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE", "GIT_SSL_CAINFO",
+          "CURL_CA_BUNDLE", "DIB_OFFLINE", "SIB_OFFLINE", "DIB_SLES_OFFLINE_TARGET_DIR", "DIB_SLES_ISO_REPO_FILE"}
+PLACE_PREFIXES = ("DIB_REPOLOCATION_", "DIB_REPOREF_")
+
+
+@dataclass
+class Layer:
+    name: str
+    end: int  # how many of the plan's phase steps ran before it is taken
+    key: str
+    inputs: dict[str, str]
+    after: tuple[str, str] | None  # (phase, step) it is taken after; None: after the last phase
+    state: str = "not looked up"
+
+    @property
+    def path(self) -> Path:
+        return root() / self.name / self.key
+
+
+def _sha(data: bytes | str) -> str:
+    return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
+
+
+def code_digest(package: Path) -> str:
+    """The sha256 of a package's modules, names and contents."""
+    return _sha(b"".join(str(p.relative_to(package)).encode() + b"\0" + p.read_bytes() + b"\0"
+                     for p in sorted(package.rglob("*.py"))))
+
+
+@functools.cache
+def builder_id() -> str:
+    """The builder's version and a digest of its own code: a native step (module cut, package drop,
+    slimming...) is counted by what it reads, so a change to what it does must renew the layers too,
+    also between two commits that share a version number."""
+    return f"{__version__}+{code_digest(Path(__file__).parents[1])[:12]}"
+
+
+def phase_steps(ctx: BuildContext) -> list[Step]:
+    return [s for s in ctx.steps if isinstance(s.stage, Phase)]
+
+
+def _ends(steps: list[Step]) -> list[tuple[Point, int]]:
+    """(point, how many steps come before it) for the points this plan has."""
+    where = {(s.stage, s.name): i for i, s in enumerate(steps)}
+    out = []
+    for p in POINTS:
+        if p.phase is None:
+            out.append((p, len(steps)))
+        elif (p.phase, p.step) in where:
+            out.append((p, where[(p.phase, p.step)] + 1))
+    return out
+
+
+def _element_data(ctx: BuildContext, element: str, scripts: set[str]) -> str:
+    """The hash of an element's files other than the plan's scripts (static files, service units,
+    package lists...): any of its scripts may read them."""
+    rows = sorted(f"{rel} {_sha(src.read_bytes()) if src.is_file() else os.readlink(src)}"
+                  for rel, (el, src) in ctx.tree.files.items()
+                  if el == element and rel not in scripts and (src.is_file() or src.is_symlink()))
+    return _sha("\n".join(rows))
+
+
+def _script(ctx: BuildContext, s: Step) -> bytes:
+    entry = ctx.tree.resolve_entry(f"{s.stage.value}.d/{s.name}")
+    return entry[1].read_bytes() if entry is not None else b""
+
+
+def _native(ctx: BuildContext, s: Step) -> str:
+    """What a native step's result depends on, besides its name and the builder (builder_id)."""
+    cfg = ctx.cfg
+    parts: list[Any] = [s.reads]
+    if s.name == "01-install-bin":
+        parts.append(sorted((r, _sha(p.read_bytes())) for r, (_, p) in ctx.tree.subtree("bin").items()))
+    elif s.name == "10-install-static-files":
+        parts.append(sorted((r, _sha(p.read_bytes()) if p.is_file() else str(p))
+                            for r, (_, p) in ctx.tree.subtree("static").items()))
+    elif s.name == "10-create-pkg-map-dir":
+        parts.append(sorted((e, _sha(f.read_bytes())) for e, f in pkg_map_files(ctx.elements).items()))
+    elif s.name == "98-source-repositories":
+        parts.append([(r.name, r.type, r.dest) for r in ctx.source_repos])  # the commits: in the venv layer
+    elif s.name in {n for names in HOOK_NAMES.values() for n in names}:
+        phase_dir, uninstall = f"{s.stage.value}.d", s.name in {n[1] for n in HOOK_NAMES.values()}
+        parts.append(repr(ctx.packages.get(phase_dir, uninstall)))
+    elif s.name == "60-cut-kernel-modules":
+        parts.append([cfg.minimal_prune, sorted(cfg.cut_modules)])
+    elif s.name in ("70-strip-agent-venv", "75-empty-icu-data"):
+        parts.append([cfg.minimal_prune, sorted(cfg.keep_paths)])
+    elif s.name == "90-drop-packages":
+        parts.append([cfg.minimal_prune, sorted(cfg.drop_packages), sorted(cfg.keep_paths)])
+    elif s.name == "01-copy-manifests-dir":
+        parts.append([sorted(k + "=" + v for k, v in ctx.env.items() if k.startswith("DIB_")), cfg.element_list])
+    elif s.name in ("05-media-repositories", "05-remove-media-repositories"):
+        parts.append([r.alias for r in repos.parse(list(cfg.repos))])
+    return _sha(json.dumps(parts, default=str))
+
+
+def _step_hash(ctx: BuildContext, s: Step, data: dict[str, str], scripts: set[str]) -> str:
+    if s.run is not None:
+        return _native(ctx, s)
+    if s.element not in data:
+        data[s.element] = _element_data(ctx, s.element, scripts)
+    return _sha(_script(ctx, s) + data[s.element].encode())
+
+
+def _keyed_env(ctx: BuildContext) -> dict[str, str]:
+    """The hooks' environment as the keys see it: without what only says where or how."""
+    return {k: v for k, v in ctx.phase_env.items() if k not in PLACES and not k.startswith(PLACE_PREFIXES)}
+
+
+def _env_owner(ctx: BuildContext, env: dict[str, str], steps: list[Step],
+               ends: list[tuple[Point, int]]) -> dict[str, str]:
+    """variable -> the layer of the first script that names it (else the first layer)."""
+    owner: dict[str, str] = {}
+    start = 0
+    for point, end in ends:
+        text = b"\n".join(_script(ctx, s) for s in steps[start:end] if s.run is None).decode(errors="replace")
+        names = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
+        for var in env:
+            if var not in owner and var in names:
+                owner[var] = point.name
+        start = end
+    first = ends[0][0].name if ends else ""
+    return {var: owner.get(var, first) for var in env}
+
+
+def _shown(value: str, secret: bool) -> str:
+    return value if len(value) <= 80 and not secret else "sha256:" + _sha(value)[:16]
+
+
+def compute(ctx: BuildContext, *, root_key: str, media_identity: str, repo_digests: dict[str, str],
+            commits: dict[str, str]) -> list[Layer]:
+    """The layers of this plan with their keys and the inputs that make them (no I/O but reading
+    the elements' files)."""
+    steps = phase_steps(ctx)
+    ends = _ends(steps)
+    env = _keyed_env(ctx)
+    owner = _env_owner(ctx, env, steps, ends)
+    secrets = set(ctx.cfg.secrets())
+    data: dict[str, str] = {}
+    scripts = {f"{s.stage.value}.d/{s.name}" for s in steps if s.run is None}
+    out: list[Layer] = []
+    parent, start = root_key, 0
+    for point, end in ends:
+        inputs = {"below": parent, "builder": builder_id(), "arch": ctx.cfg.arch.suse}
+        if not out:
+            inputs["media"] = media_identity
+            inputs.update({f"repository {alias}": d for alias, d in sorted(repo_digests.items())})
+        if point.name == "venv" or (point.name == "tree" and not any(layer.name == "venv" for layer in out)):
+            inputs.update({f"source {name}": sha for name, sha in sorted(commits.items())})
+        for s in steps[start:end]:
+            inputs[f"step {s.stage.value}.d/{s.name}"] = _step_hash(ctx, s, data, scripts)[:16]
+        for var in sorted(v for v, o in owner.items() if o == point.name):
+            inputs[f"env {var}"] = _shown(env[var], env[var] in secrets)
+        key = _sha(json.dumps(inputs, sort_keys=True))
+        after = (steps[end - 1].stage.value, steps[end - 1].name) if point.phase is not None else None
+        out.append(Layer(point.name, end, key, inputs, after))
+        parent, start = key, end
+    return out
+
+
+def why(old: dict[str, str] | None, new: dict[str, str]) -> str:
+    """Which inputs changed between the last layer made at this point and this build's."""
+    if old is None:
+        return "not cached yet"
+    changed = [k for k in sorted(old.keys() | new.keys()) if k != "below" and old.get(k) != new.get(k)]
+    if not changed:
+        return "the layer below changed" if old.get("below") != new.get("below") else "entry missing"
+    parts = []
+    for k in changed[:4]:
+        a, b = old.get(k), new.get(k)
+        parts.append(f"{k} added" if a is None else f"{k} removed" if b is None else
+                     f"{k}: {a[:16]} → {b[:16]}")
+    more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+    return "; ".join(parts) + more

@@ -1,0 +1,1 @@
+"""The command line: the verbs, their results on stdout, the doctor."""

@@ -1,0 +1,1 @@
+"""Configuration: the settings table, the resolved Config, architectures, service packs."""

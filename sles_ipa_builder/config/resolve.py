@@ -1,0 +1,447 @@
+"""The resolved configuration: defaults < TOML file < environment variables < command-line flags.
+
+`resolve()` reads every row of settings.SETTINGS from those four places, converts and validates it,
+and returns one frozen Config that remembers where each value came from. All validation happens here,
+before any work: a bad value is a ConfigError (exit 2) with a hint.
+"""
+
+from __future__ import annotations
+
+import keyword
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..delivery import publish, sign
+from ..engine.stages import parse_break_points
+from ..errors import ConfigError
+from ..inputs import repos as repositories
+from ..packing.compress import Compression
+from ..packing.cuts import PruneSettings
+from . import servicepack
+from .arch import Arch
+from .settings import BY_KEY, SETTINGS, Setting
+
+TRUE = {"1", "true", "yes", "y", "on"}
+FALSE = {"0", "false", "no", "n", "off", ""}
+REPO_ENV = re.compile(r"^DIB_REPO(LOCATION|REF)_(\w+)$")
+
+
+def parse_bool(value: Any, where: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in TRUE:
+        return True
+    if text in FALSE:
+        return False
+    raise ConfigError(f"{where}: '{value}' is not a boolean", "use true/false, yes/no or 1/0")
+
+
+def convert(setting: Setting, value: Any, where: str) -> Any:
+    """Turn a raw value (str from env/flag, any from TOML) into the setting's type."""
+    if value is None:
+        return None
+    kind = setting.kind
+    if kind == "bool":
+        return parse_bool(value, where)
+    if kind == "int":
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: '{value}' is not a whole number", f"give {setting.key} a number")
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ConfigError(
+                f"{where}: '{value}' is not a whole number", f"give {setting.key} a number, e.g. {setting.default}"
+            ) from None
+    if kind == "list":
+        items = [str(i) for i in (value if isinstance(value, list) else str(value).split())]
+        wrong = [i for i in items if setting.choices and i not in setting.choices]
+        if wrong:
+            raise ConfigError(f"{where}: '{wrong[0]}' is not one of {', '.join(setting.choices)}",
+                              f"give {setting.key} items of {', '.join(setting.choices)}, or none")
+        return items
+    if kind == "pathlist":
+        items = value if isinstance(value, list) else [p for p in str(value).split(":") if p]
+        return [Path(os.path.expanduser(str(p))) for p in items]
+    if kind == "path":
+        text = str(value)
+        return Path(os.path.expanduser(text)) if text else None
+    if kind == "arch":
+        return Arch.parse(str(value))
+    if kind == "choice":
+        text = str(value)
+        if text not in setting.choices:
+            raise ConfigError(f"{where}: '{text}' is not one of {', '.join(setting.choices)}",
+                              f"set {setting.key} to one of {', '.join(setting.choices)}")
+        return text
+    return str(value)
+
+
+def attr(key: str) -> str:
+    """The Config attribute of a setting key (`break` is a Python keyword: `break_`)."""
+    return f"{key}_" if keyword.iskeyword(key) else key
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting as a typed attribute (checked against settings.SETTINGS by a test), plus where
+    each value came from. mypy sees each attribute, so a misspelt setting is a type error."""
+
+    workspace: Path
+    output: Path | None
+    name: str
+    base_os: str
+    arch: Arch
+    images_dir: Path
+    base_image: Path | None
+    base_tree: Path | None
+    iso: Path | None
+    iso_name: str | None
+    sles_release: str
+    service_pack: str
+    sles_python: str | None
+    install_type: str
+    image_platform: str
+    repos: list[str]
+    repo_credentials: list[Path]
+    elements: list[str]
+    elements_path: list[Path]
+    ipa_repo: str
+    ipa_ref: str
+    ironic_lib_repo: str
+    ironic_lib_ref: str
+    requirements_repo: str
+    requirements_ref: str
+    ironic_lib_from_source: bool
+    kernel_modules: str
+    ipa_cert: Path | None
+    enable_rescue: bool
+    install_ssh: bool
+    install_debug_tools: bool
+    keep_units: str
+    remove_firmware: str
+    hardware_package: str | None
+    hardware_version: str | None
+    tls_cert_file: Path | None
+    tls_key_file: Path | None
+    tls_ca_file: Path | None
+    tls_cert_hostname: str
+    tls_cert_expiration: int
+    dev_user_pass: bool
+    dev_user_ssh: bool
+    dev_user_ssh_path: Path
+    dev_user_username: str
+    dev_user_password: str | None
+    dev_user_pwdless_sudo: str | None
+    dev_user_authorized_keys: Path | None
+    dev_user_shell: str | None
+    compress: str
+    compress_level: int | None
+    release: bool
+    minimal_prune: bool
+    cut_modules: list[str]
+    drop_packages: list[str]
+    keep_paths: list[str]
+    prune_paths: list[str]
+    size_limit_mb: int
+    source_date_epoch: int | None
+    ca_bundle: Path | None
+    offline: bool
+    keep_workspace: bool
+    cache_generations: int
+    cache: bool
+    break_: str | None
+    report: Path | None
+    sign_key: Path | None
+    publish: str | None
+    publish_insecure: bool
+    boot_test: bool
+    boot_timeout: int
+    boot_memory: int
+    accel: str
+    quiet_cleanup: bool
+    dev_env_repo: str
+    dev_env_location: Path | None
+    dev_env_branch: str
+    dev_env_commit: str
+    sources: Mapping[str, str] = field(default_factory=dict)
+    # DIB_* variables of the user's environment and TOML [env] table that no setting claims:
+    # elements read arbitrary DIB_ variables, so they pass through to the hooks.
+    passthrough: Mapping[str, str] = field(default_factory=dict)
+    # name -> (location, ref) from DIB_REPOLOCATION_<name> / DIB_REPOREF_<name>
+    repo_overrides: Mapping[str, tuple[str | None, str | None]] = field(default_factory=dict)
+
+    def value(self, key: str) -> Any:
+        """A setting by its key, for code that walks the settings table."""
+        return getattr(self, attr(key))
+
+    # --- derived values -------------------------------------------------------------------------
+    @property
+    def build_dir(self) -> Path:
+        return self.workspace / "build"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.output or self.workspace
+
+    @property
+    def break_points(self) -> frozenset[str]:
+        return parse_break_points(self.break_)
+
+    @property
+    def tar_name(self) -> str:
+        """IPA_IMAGE_TAR of the seed, which derives it from the image name the same way."""
+        return f"{self.name}.tar"
+
+    @property
+    def element_list(self) -> list[str]:
+        """The requested elements, with the seed's `sles` slot taken by IPA_BASE_OS."""
+        names = list(self.elements)
+        if self.base_os != "sles":
+            names = [self.base_os if n == "sles" else n for n in names]
+        return names
+
+    @property
+    def python(self) -> str:
+        """Interpreter for the IPA venv: sles_python, else the service pack's (servicepack.py)."""
+        return self.sles_python or servicepack.python(self.service_pack)
+
+    @property
+    def prune(self) -> PruneSettings:
+        return PruneSettings(self.minimal_prune, tuple(self.keep_paths), tuple(self.prune_paths))
+
+    @property
+    def compression(self) -> Compression:
+        return Compression.parse(self.compress, self.compress_level)
+
+    @property
+    def iso_file_name(self) -> str:
+        return self.iso_name or servicepack.iso_name(self.sles_release, self.service_pack, self.arch.suse)
+
+    @property
+    def iso_path(self) -> Path:
+        """The Media1 ISO: --iso, else images_dir/<iso_file_name>."""
+        return self.iso or self.images_dir / self.iso_file_name
+
+    @property
+    def iso_optional(self) -> bool:
+        """With --repo URLs and no ISO given or found by name, the repositories alone provide the packages."""
+        return bool(self.repos) and self.iso is None and not self.iso_path.is_file()
+
+    def base_image_candidates(self) -> list[Path]:
+        """Names the base image may have in images_dir: SUSE's download name and the seed's name."""
+        names = servicepack.base_image_names(self.sles_release, self.service_pack, self.install_type,
+                                             self.arch.suse, self.image_platform)
+        return [self.images_dir / n for n in names]
+
+    def source_env(self) -> dict[str, str]:
+        """DIB_REPOLOCATION_/DIB_REPOREF_ of every source the user set: the seed's three repositories
+        always (build_ipa_sles.sh exported them, defaults included), then any DIB_REPO* override, which
+        wins. elements.source_repos applies them, as DIB's source-repositories element does."""
+        env = {}
+        for name, location, ref in (("ironic_python_agent", self.ipa_repo, self.ipa_ref),
+                                    ("ironic_lib", self.ironic_lib_repo, self.ironic_lib_ref),
+                                    ("requirements", self.requirements_repo, self.requirements_ref)):
+            env[f"DIB_REPOLOCATION_{name}"], env[f"DIB_REPOREF_{name}"] = location, ref
+        for name, (loc, rev) in self.repo_overrides.items():
+            env.update({k: v for k, v in ((f"DIB_REPOLOCATION_{name}", loc), (f"DIB_REPOREF_{name}", rev)) if v})
+        return env
+
+    def shown(self, key: str) -> Any:
+        """The value as it may be printed: secrets masked."""
+        value = self.value(key)
+        if BY_KEY[key].secret and value:
+            return "***"
+        if key == "repos":  # a URL may carry a password or a token
+            return [repositories.mask(u) for u in value]
+        return value
+
+    def shown_settings(self) -> dict[str, Any]:
+        """Every setting as JSON can hold it, secrets masked: for summary --json and the manifest."""
+        def plain(v: Any) -> Any:
+            if isinstance(v, list):
+                return [plain(i) for i in v]
+            return str(v) if isinstance(v, Path | Arch) else v
+
+        return {s.key: plain(self.shown(s.key)) for s in SETTINGS}
+
+    def hook_env(self) -> dict[str, str]:
+        """The seed's variables as the elements expect them in their environment."""
+        # DIB_RELEASE is DIB's own variable: a user's value passes through and wins
+        env: dict[str, str] = {"DIB_RELEASE": servicepack.dib_release(self.sles_release, self.service_pack),
+                               **self.passthrough}
+        seed = {
+            "IMAGE_NAME": self.name,
+            "DIB_SLES_OFFLINE_TARGET_DIR": str(self.images_dir),
+            "DIB_SLES_RELEASE": self.sles_release,
+            "DIB_SLES_SERVICE_PACK": self.service_pack,
+            "DIB_SLES_INSTALL_TYPE": self.install_type,
+            "DIB_SLES_IMAGE_TARGET_PLATFORM": self.image_platform,
+            "DIB_SLES_ISO_REPO_FILE": self.iso_file_name,
+            "DIB_ADDITIONAL_IPA_KERNEL_MODULES": self.kernel_modules,
+            "DIB_IPA_ENABLE_RESCUE": "true" if self.enable_rescue else "false",
+            "IPA_REMOVE_FIRMWARE": self.remove_firmware,
+            "DIB_IPA_INSTALL_SSH": "true" if self.install_ssh else "false",
+            "DIB_IPA_INSTALL_DEBUG_TOOLS": "true" if self.install_debug_tools else "false",
+            "DIB_IPA_KEEP_UNITS": self.keep_units,
+            "IRONIC_LIB_FROM_SOURCE": "true" if self.ironic_lib_from_source else "false",
+            "DIB_IPA_CERT_HOSTNAME": self.tls_cert_hostname,
+            "DIB_IPA_CERT_EXPIRATION": str(self.tls_cert_expiration),
+            "DIB_DEV_USER_USERNAME": self.dev_user_username,
+            "DIB_OFFLINE": "1" if self.offline else "",
+        }
+        optional = {
+            "DIB_IPA_CERT": self.ipa_cert,
+            "DIB_IPA_CERT_FILE": self.tls_cert_file,
+            "DIB_IPA_KEY_FILE": self.tls_key_file,
+            "DIB_IPA_CA_FILE": self.tls_ca_file,
+            "DIB_IPA_HARDWARE_PACKAGE": self.hardware_package,
+            "DIB_IPA_HARDWARE_VERSION": self.hardware_version,
+            "DIB_DEV_USER_SHELL": self.dev_user_shell,
+            "DIB_DEV_USER_PWDLESS_SUDO": self.dev_user_pwdless_sudo,
+            "DIB_DEV_USER_PASSWORD": self.dev_user_password,
+            "DIB_DEV_USER_AUTHORIZED_KEYS": self.dev_user_authorized_keys,
+        }
+        env.update(seed)
+        env.update(servicepack.hook_env(self.service_pack, self.python))
+        env.update({k: str(val) for k, val in optional.items() if val not in (None, "")})
+        return env
+
+    def secrets(self) -> list[str]:
+        """Secret values, so logs and manifests can be checked for them."""
+        out = [str(self.value(s.key)) for s in SETTINGS if s.secret and self.value(s.key)]
+        out += [secret for r in repositories.parse(self.repos) for secret in r.secrets()]
+        out += [c.password for c in repositories.load_credentials(self.repo_credentials).values() if c.password]
+        return out
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found", "check the path given to --config") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path}: {e}", "fix the TOML syntax") from None
+
+
+def _env_lookup(setting: Setting, env: Mapping[str, str]) -> tuple[str, str] | None:
+    for name in setting.all_envs:
+        if name in env:
+            return name, env[name]
+    return None
+
+
+def resolve(
+    cli: Mapping[str, Any] | None = None,
+    *,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Build the Config. `cli` holds only the flags the user actually gave (key -> raw value)."""
+    environ = os.environ if environ is None else environ
+    cli = cli or {}
+    data = load_toml(config_file) if config_file else {}
+    toml_env = {str(k): str(v) for k, v in (data.pop("env", {}) or {}).items()}
+    data.pop("fixture", None)  # documentation table of the test media profile
+    unknown = sorted(k for k in data if k not in BY_KEY)
+    if unknown:
+        raise ConfigError(f"{config_file}: unknown setting(s) {', '.join(unknown)}",
+                          "see `sles-ipa-builder summary` or the README's settings table for valid keys")
+    # The TOML [env] table sits below real environment variables.
+    env: dict[str, str] = {**toml_env, **environ}
+
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for s in SETTINGS:
+        value, source = s.default, "default"
+        if s.key in data:
+            value, source = data[s.key], f"config {config_file}"
+        hit = _env_lookup(s, env)
+        if hit:
+            name, raw = hit
+            value, source = raw, ("config [env] " if name in toml_env and name not in environ else "env ") + name
+        if s.key in cli and cli[s.key] is not None:
+            value, source = cli[s.key], f"flag {s.option}"
+        values[s.key] = convert(s, value, source if source != "default" else s.key)
+        sources[s.key] = source
+
+    claimed = {e for s in SETTINGS for e in s.all_envs}
+    passthrough = {k: v for k, v in env.items() if k.startswith("DIB_") and k not in claimed
+                   and not REPO_ENV.match(k)}
+    overrides: dict[str, tuple[str | None, str | None]] = {}
+    for k, v in env.items():
+        m = REPO_ENV.match(k)
+        if m:
+            loc, ref = overrides.get(m.group(2), (None, None))
+            overrides[m.group(2)] = (v, ref) if m.group(1) == "LOCATION" else (loc, v)
+    _apply_seed_switches(values, sources)
+    _required(values, sources)
+    if sources["name"] == "default" and values["arch"].metal3_suffix:
+        # metal3's ironic-ipa-downloader names: ironic-python-agent${IPA_ARCH:+_${IPA_ARCH}}
+        values["name"] += values["arch"].metal3_suffix
+        sources["name"] = f"default for {values['arch']} (metal3's name)"
+    cfg = Config(**{attr(k): v for k, v in values.items()}, sources=sources, passthrough=passthrough,
+                 repo_overrides=overrides)
+    validate(cfg)
+    return cfg
+
+
+def _required(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """A path setting with a default may not be emptied (ca_bundle may: '' turns it off)."""
+    for s in SETTINGS:
+        if s.kind == "path" and s.default is not None and values[s.key] is None and not s.empty_ok:
+            raise ConfigError(f"{s.key} is empty ({sources[s.key]})", f"give {s.key} a path, or leave it unset")
+
+
+def _apply_seed_switches(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """The seed's ENABLE_DEV_USER_* switches fill the devuser element's variables."""
+    if values["dev_user_pass"]:
+        if values["dev_user_password"] is None:
+            values["dev_user_password"], sources["dev_user_password"] = "test", "dev_user_pass (seed default)"
+        if values["dev_user_pwdless_sudo"] is None:
+            values["dev_user_pwdless_sudo"], sources["dev_user_pwdless_sudo"] = "yes", "dev_user_pass"
+    if values["dev_user_ssh"] and values["dev_user_authorized_keys"] is None:
+        values["dev_user_authorized_keys"] = values["dev_user_ssh_path"]
+        sources["dev_user_authorized_keys"] = "dev_user_ssh_path"
+    # keys for the dev user ask for an SSH server, unless DIB_IPA_INSTALL_SSH says otherwise
+    if values["dev_user_authorized_keys"] is not None and sources["install_ssh"] == "default":
+        values["install_ssh"], sources["install_ssh"] = True, "dev_user_authorized_keys"
+    if values["release"] and values["compress_level"] is None and values["compress"] == "zstd":
+        values["compress_level"], sources["compress_level"] = 19, "release"
+
+
+def validate(cfg: Config) -> None:
+    for key in ("size_limit_mb", "tls_cert_expiration", "boot_timeout", "boot_memory"):
+        if cfg.value(key) <= 0:
+            raise ConfigError(f"{key} must be positive, not {cfg.value(key)}", f"set {key} to a number above 0")
+    cfg.compression  # noqa: B018 - compress.py is the one judge of compressors and their levels
+    servicepack.normalise(cfg.service_pack)
+    for key in ("ipa_cert", "tls_cert_file", "tls_key_file", "tls_ca_file", "dev_user_authorized_keys"):
+        p = cfg.value(key)
+        if p is not None and not Path(p).is_file():
+            raise ConfigError(f"{key}: {p} is not a readable file ({cfg.sources[key]})",
+                              "give the path of an existing file, or unset it")
+    if bool(cfg.tls_cert_file) != bool(cfg.tls_key_file):
+        raise ConfigError("a TLS certificate needs its key (DIB_IPA_CERT_FILE and DIB_IPA_KEY_FILE go together)",
+                          "set both, or neither to have a certificate generated")
+    if cfg.dev_user_password and not cfg.dev_user_username:
+        raise ConfigError("a dev user password is set but no user name",
+                          "set DIB_DEV_USER_USERNAME, or drop DIB_DEV_USER_PASSWORD")
+    if cfg.sign_key is not None:
+        sign.check_key(cfg.sign_key)
+    if cfg.publish is not None:
+        publish.parse_destination(cfg.publish)
+    if cfg.base_tree is not None and not cfg.base_tree.is_dir():
+        raise ConfigError(f"base tree {cfg.base_tree} is not a directory", "give an extracted root filesystem")
+    cfg.break_points  # noqa: B018 - phase.py parses break points, here as at the build
+    creds = repositories.load_credentials(cfg.repo_credentials)
+    for repo in repositories.parse(cfg.repos):
+        repositories.credentials_for(repo, creds)
+    if not cfg.elements:
+        raise ConfigError("the element list is empty", "give at least an operating-system element such as sles")

@@ -1,0 +1,187 @@
+"""Every setting the builder knows: TOML key, environment variables, flag, default, meaning.
+
+One table, read by config.py (resolution), __main__.py (flags) and the README (docs). A new setting
+gets one row; its TOML key is the row's key, its flag `--key-with-dashes` and, when the seed had no
+variable for it, its environment variable `SIB_KEY_IN_CAPITALS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..packing.cuts import DEFAULT_CUT, DROP_GROUPS, MODULE_CLASSES
+from . import servicepack
+from .arch import ARCHES, HOST_DEFAULT
+
+DEFAULT_ELEMENTS = (
+    "sles-ipa-install sles sles-zypper-config sles-ipa-ramdisk-base dynamic-login "
+    "journal-to-console devuser openssh-server sles-extra-hardware ipa-module-autoload"
+)
+DEFAULT_REMOVE_FIRMWARE = (
+    "amdgpu,netronome,qcom,ti-communication,ti-keystone,ueagle-atm,rsi,mrvl,brcm,mediatek,ath10k,rtlwifi"
+)
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    default: Any
+    kind: str  # str, int, bool, path, list (space separated), pathlist (colon separated), choice, arch
+    help: str
+    envs: tuple[str, ...] = ()
+    flag: bool = True  # exposed as --key-with-dashes
+    secret: bool = False
+    choices: tuple[str, ...] = ()
+    flag_name: str = ""  # when the flag reads better than the key (--repo URL... for repos)
+    empty_ok: bool = False  # a path with a default that '' may turn off
+
+    @property
+    def option(self) -> str:
+        return "--" + (self.flag_name or self.key.replace("_", "-"))
+
+    @property
+    def all_envs(self) -> tuple[str, ...]:
+        return self.envs or ("SIB_" + self.key.upper(),)
+
+
+S = Setting
+SETTINGS: tuple[Setting, ...] = (
+    # --- where things are
+    S("workspace", "/tmp/dib", "path", "Build workspace; its build/ subdirectory is emptied when a build starts.",
+      ("IPA_BUILD_WORKSPACE",)),
+    S("output", None, "path", "Directory for the artifacts (default: the workspace, where metal3-dev-env looks)."),
+    S("name", "ironic-python-agent", "str", "Artifact base name: <name>.kernel, .initramfs, .tar ...",
+      ("IPA_IMAGE_NAME",)),
+    S("base_os", "sles", "str", "Operating-system element put in the element list.", ("IPA_BASE_OS",)),
+    S("arch", HOST_DEFAULT.suse, "arch", "Target architecture (SUSE's name; DIB's is accepted too: ARCH=arm64).",
+      ("SIB_ARCH", "ARCH"), choices=tuple(a.suse for a in ARCHES)),
+    S("images_dir", "~/sles_images", "path", "Directory searched for the base qcow2 and the Media1 ISO.",
+      ("DIB_SLES_OFFLINE_TARGET_DIR",)),
+    S("base_image", None, "path", "The SLES Minimal-VM qcow2 (default: found in images_dir by name)."),
+    S("base_tree", None, "path", "Start from an already extracted root tree instead of a qcow2."),
+    S("iso", None, "path", "The SLE Full Media1 ISO (default: images_dir/<iso_name>)."),
+    S("iso_name", None, "str", "Media1 ISO file name in images_dir (default SLE-15-<SP>-Full-<arch>-GM-Media1.iso).",
+      ("DIB_SLES_ISO_REPO_FILE",), flag=False),
+    S("sles_release", "SLE-15", "str", "SLES release used in the image names.", ("DIB_SLES_RELEASE",), flag=False),
+    S("service_pack", servicepack.DEFAULT, "str", "SLES service pack, SP4 to SP7 (see servicepack.py).",
+      ("DIB_SLES_SERVICE_PACK",)),
+    S("sles_python", None, "choice", "Interpreter of the IPA venv (default: python3.11; on SP4 python3.11 when "
+      "a repository provides python311, else python3.10).", ("DIB_SLES_PYTHON",), choices=(servicepack.PY310,
+      servicepack.PY311), flag_name="python"),
+    S("install_type", "Minimal-VM", "str", "Image type in the base image name.", ("DIB_SLES_INSTALL_TYPE",),
+      flag=False),
+    S("image_platform", "OpenStack-Cloud-GM", "str", "Platform in the base image name.",
+      ("DIB_SLES_IMAGE_TARGET_PLATFORM",), flag=False),
+    S("repos", [], "list", "Extra zypper repositories (URLs) added next to the Media1 modules; with them the "
+      "ISO is optional.", ("SIB_REPOS",), flag_name="repo"),
+    S("repo_credentials", [], "pathlist", "zypper credentials files (or credentials.d directories) for repository "
+      "URLs that name them with ?credentials=NAME.", ("SIB_REPO_CREDENTIALS",)),
+    # --- elements
+    S("elements", DEFAULT_ELEMENTS, "list", "Element list (replaces the default list).", ("SIB_ELEMENTS",)),
+    S("elements_path", [], "pathlist", "Extra element directories, searched before the built-in elements/.",
+      ("ELEMENTS_PATH",)),
+    # --- sources
+    S("ipa_repo", "https://opendev.org/openstack/ironic-python-agent", "str", "ironic-python-agent git URL.",
+      ("IPA_REPO",)),
+    S("ipa_ref", "master", "str", "ironic-python-agent ref (branch, tag or commit).", ("IPA_REF", "IPA_COMMIT")),
+    S("ironic_lib_repo", "https://opendev.org/openstack/ironic-lib", "str", "ironic-lib git URL.",
+      ("IRONIC_LIB_REPO", "IRONIc_LIB_REPO")),
+    S("ironic_lib_ref", "master", "str", "ironic-lib ref.", ("IRONIC_LIB_REF",)),
+    S("requirements_repo", "https://opendev.org/openstack/requirements", "str",
+      "openstack/requirements git URL (upper-constraints).", ("OPENSTACK_REQUIREMENTS_REPO",)),
+    S("requirements_ref", "master", "str", "openstack/requirements ref.", ("OPENSTACK_REQUIREMENTS_REF",)),
+    S("ironic_lib_from_source", False, "bool", "Install ironic-lib from the cloned source.",
+      ("IRONIC_LIB_FROM_SOURCE",)),
+    # --- contents
+    S("kernel_modules", "megaraid_sas", "str", "Kernel modules loaded at boot (space separated).",
+      ("DIB_ADDITIONAL_IPA_KERNEL_MODULES",)),
+    S("ipa_cert", None, "path", "CA certificate appended to the IPA venv's trust bundle.", ("DIB_IPA_CERT",)),
+    S("enable_rescue", True, "bool", "Configure IPA rescue mode.", ("DIB_IPA_ENABLE_RESCUE",)),
+    S("install_ssh", False, "bool", "Keep an SSH server in the ramdisk (off: sshd removed; keys for the dev "
+      "user turn it on).", ("DIB_IPA_INSTALL_SSH",)),
+    S("install_debug_tools", False, "bool", "Keep ss, dig, diff, top, ping and vim in the ramdisk.",
+      ("DIB_IPA_INSTALL_DEBUG_TOOLS",)),
+    S("keep_units", "", "str", "Units the ramdisk keeps although they only make sense on installed systems "
+      "(sles-ipa-ramdisk-base disables the others: maintenance timers, smartd, ipmievd...) and boot-time "
+      "generators it turns off (systemd-gpt-auto-generator...); space separated.",
+      ("DIB_IPA_KEEP_UNITS",)),
+    S("remove_firmware", DEFAULT_REMOVE_FIRMWARE, "str", "Firmware directories removed (comma separated).",
+      ("IPA_REMOVE_FIRMWARE",)),
+    S("hardware_package", None, "str", "pip requirement for the hardware package.", ("DIB_IPA_HARDWARE_PACKAGE",)),
+    S("hardware_version", None, "str", "Version of hardware when hardware_package is unset.",
+      ("DIB_IPA_HARDWARE_VERSION",)),
+    S("tls_cert_file", None, "path", "TLS certificate for the agent API (sles-ipa-tls).", ("DIB_IPA_CERT_FILE",)),
+    S("tls_key_file", None, "path", "TLS private key matching tls_cert_file.", ("DIB_IPA_KEY_FILE",)),
+    S("tls_ca_file", None, "path", "CA for client certificate validation.", ("DIB_IPA_CA_FILE",)),
+    S("tls_cert_hostname", "ipa-ramdisk.example.com", "str", "CN of a generated certificate.",
+      ("DIB_IPA_CERT_HOSTNAME",)),
+    S("tls_cert_expiration", 1095, "int", "Days a generated certificate is valid.", ("DIB_IPA_CERT_EXPIRATION",)),
+    # --- dev user
+    S("dev_user_pass", False, "bool", "Give the dev user a password ('test', as the seed) and passwordless sudo.",
+      ("ENABLE_DEV_USER_PASS",)),
+    S("dev_user_ssh", False, "bool", "Install dev_user_ssh_path as the dev user's authorized key.",
+      ("ENABLE_DEV_USER_SSH",)),
+    S("dev_user_ssh_path", "~/.ssh/id_rsa.pub", "path", "Public key used when dev_user_ssh is on.",
+      ("DEV_USER_SSH_PATH",)),
+    S("dev_user_username", "metal3", "str", "Dev user name.", ("DIB_DEV_USER_USERNAME",)),
+    S("dev_user_password", None, "str", "Dev user password.", ("DIB_DEV_USER_PASSWORD",), secret=True),
+    S("dev_user_pwdless_sudo", None, "str", "yes: passwordless sudo for the dev user.",
+      ("DIB_DEV_USER_PWDLESS_SUDO",)),
+    S("dev_user_authorized_keys", None, "path", "authorized_keys file for the dev user.",
+      ("DIB_DEV_USER_AUTHORIZED_KEYS",)),
+    S("dev_user_shell", None, "str", "Dev user login shell.", ("DIB_DEV_USER_SHELL",)),
+    # --- packing
+    S("compress", "zstd", "str", "Compressor: zstd, gzip, xz, none, or a command reading stdin ('zstd -19 -T0').",
+      ("DIB_IPA_COMPRESS_CMD", "DIB_IPA_COMPRESS_COMMAND")),
+    S("compress_level", None, "int", "Compression level (zstd 1-19, gzip 1-9, xz 0-9; default zstd 9, gzip 6, xz 6)."),
+    S("release", False, "bool", "Release profile: zstd level 19 unless a level is given."),
+    S("minimal_prune", False, "bool", "Skip most ramdisk pruning (and the module cut).", ("DIB_IPA_MINIMAL_PRUNE",)),
+    S("cut_modules", list(DEFAULT_CUT), "list",
+      "Kernel module classes cut from the ramdisk, with the firmware only they use; empty keeps all.",
+      ("DIB_IPA_CUT_MODULES",), choices=tuple(MODULE_CLASSES)),
+    S("drop_packages", list(DROP_GROUPS), "list",
+      "Package groups that leave the tree before packing, with the libraries only they linked: "
+      "package-manager (zypper, rpm and their databases, and GnuPG, which only they run; the package list "
+      "stays in the manifest, SBOM and /usr/lib/sles-ipa-builder), perl (when the agent runs no perl "
+      "script); empty keeps both.",
+      ("SIB_DROP_PACKAGES",), choices=DROP_GROUPS),
+    S("keep_paths", [], "list", "Paths (globs relative to the root) the ramdisk keeps although a prune rule "
+      "matches them.", ("SIB_KEEP_PATHS",)),
+    S("prune_paths", [], "list", "More paths (globs relative to the root) to leave out of the ramdisk.",
+      ("SIB_PRUNE_PATHS",)),
+    S("size_limit_mb", 500, "int", "The tar may not reach this size (MiB).", ("IRONIC_SIZE_LIMIT_MB",)),
+    S("source_date_epoch", None, "int", "Clamp mtimes in the initramfs to this time.", ("SOURCE_DATE_EPOCH",)),
+    # --- build behaviour
+    S("ca_bundle", "/etc/ssl/certs/ca-certificates.crt", "path",
+      "CA bundle visible to pip and git inside the target during the build only ('' to disable).", empty_ok=True),
+    S("offline", False, "bool", "Use caches only; contact nothing.", ("SIB_OFFLINE", "DIB_OFFLINE")),
+    S("keep_workspace", False, "bool", "Keep the build tree after the build."),
+    S("cache_generations", 2, "int", "Root trees and cache layers kept per layer (the most recently used)."),
+    S("cache", True, "bool", "Start from the deepest cache layer whose inputs match; --no-cache runs every step "
+      "(the layers are made again)."),
+    S("break", None, "str", "Open a shell in the target: before-<phase>, after-<phase> or after-error (comma list).",
+      ("SIB_BREAK", "break")),
+    S("report", None, "path", "Also write the build report (manifest, timings) to this JSON file."),
+    S("sign_key", None, "path", "minisign secret key: sign <name>.sha256 (<name>.sha256.minisig); "
+      "an encrypted key's password comes from SIB_SIGN_PASSWORD."),
+    S("publish", None, "str", "After the build, publish the artifacts: oci://REGISTRY/REPO:TAG or "
+      "oci-layout:DIR[:TAG] (see `publish`)."),
+    S("publish_insecure", False, "bool", "The publish registry speaks plain HTTP or has an untrusted certificate."),
+    S("boot_test", False, "bool", "Boot the result in QEMU at the end of the build.", ("ENABLE_BOOTSTRAP_TEST",)),
+    S("boot_timeout", 600, "int", "Seconds the boot test waits for the agent."),
+    S("boot_memory", 2048, "int", "Boot test VM memory (MiB)."),
+    S("accel", "auto", "choice", "QEMU/libguestfs acceleration: auto tries KVM then falls back to TCG.",
+      choices=("auto", "kvm", "tcg")),
+    # --- metal3-dev-env
+    S("quiet_cleanup", False, "bool", "Hide the output of metal3-dev-env's make clean.", ("QUIET_CLEANUP",),
+      flag=False),
+    S("dev_env_repo", "https://github.com/metal3-io/metal3-dev-env", "str", "metal3-dev-env repository.",
+      ("METAL3_DEV_ENV_REPO",), flag=False),
+    S("dev_env_location", None, "path", "metal3-dev-env checkout (default <workspace>/metal3-dev-env).",
+      ("DEV_ENV_REPO_LOCATION",), flag=False),
+    S("dev_env_branch", "main", "str", "metal3-dev-env branch.", ("METAL3_DEV_ENV_BRANCH",), flag=False),
+    S("dev_env_commit", "HEAD", "str", "metal3-dev-env commit.", ("METAL3_DEV_ENV_COMMIT",), flag=False),
+)
+
+BY_KEY = {s.key: s for s in SETTINGS}

@@ -1,0 +1,289 @@
+"""The artifacts: one writer per file, all behind one interface, and the one rule of putting them in place.
+
+Every writer writes its file into a temp dir beside the output directory (a `Staging`); `commit()`
+then renames the set into place, checksum files after what they vouch for and `<name>.sha256` last
+of all, so a failure or a kill leaves the previous good set untouched and never a checksum file that
+vouches for a half-renamed set. A new format is a new `Output` in OUTPUTS; the plan (plan.py) gives
+each its own step.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from .. import log
+from ..cache.store import sha256_file
+from ..config.arch import HOST_DEFAULT, Arch
+from ..errors import BuildError
+from ..packing.compress import Compression, check_kernel_support
+from ..packing.cuts import PruneSettings
+from ..packing.inventory import list_packages
+from ..packing.ramdisk import HashingWriter, Kernel, PackResult, find_kernel, pack
+from ..packing.sizereport import analyze, render
+from . import sbom, sign
+
+logger = logging.getLogger(__name__)
+
+LAST = "sha256"  # renamed last: see the module doc
+SIG = f"{LAST}.{sign.SIG_SUFFIX}"  # its signature, when signed
+TARGZ_LEVEL = 1  # the tar holds a compressed initramfs: deflating it harder saves nothing
+
+
+@dataclass
+class Staging:
+    """One build's artifacts while they are written, and what the writers hand each other."""
+
+    tree: Path
+    output_dir: Path
+    name: str
+    compression: Compression
+    kernel: Kernel
+    work: Path  # the temp dir inside output_dir
+    busy: IO[str]  # flock'ed while this build writes there; a killed build's lock is gone with it
+    manifest: dict[str, Any] = field(default_factory=dict)
+    prune: PruneSettings = field(default_factory=PruneSettings)
+    source_date_epoch: int | None = None
+    size_limit_mb: int | None = None
+    progress: bool = True
+    sha256: dict[str, str] = field(default_factory=dict)  # suffix -> digest
+    pack: PackResult | None = None
+    sign_key: Path | None = None  # minisign secret key: <name>.sha256 gets a .minisig
+
+    def staged(self, suffix: str) -> Path:
+        return self.work / f"{self.name}.{suffix}"
+
+    def final(self, suffix: str) -> Path:
+        return self.output_dir / f"{self.name}.{suffix}"
+
+
+@dataclass(frozen=True)
+class Output:
+    suffix: str
+    write: Callable[[Staging], None]
+    what: str  # one line for summary
+    also: tuple[str, ...] = ()  # other files the writer makes (a checksum file of its own)
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        return (self.suffix, *self.also)
+
+
+@dataclass
+class Artifacts:
+    kernel: Path
+    initramfs: Path
+    tar: Path
+    files: dict[str, Path]  # suffix -> final path, every output
+    sha256s: dict[str, str] = field(default_factory=dict)  # file name -> digest (the checksummed ones)
+    sizes: dict[str, int] = field(default_factory=dict)
+    pack: PackResult | None = None
+
+    @property
+    def sha256(self) -> Path:
+        return self.files[LAST]
+
+    @property
+    def packages(self) -> Path:
+        return self.files["packages"]
+
+    @property
+    def manifest(self) -> Path:
+        return self.files["manifest.json"]
+
+
+# --- the writers -----------------------------------------------------------------------------------
+def _copy_hashed(src: Path, dst: Path) -> str:
+    h = hashlib.sha256()
+    with src.open("rb") as fi, dst.open("wb") as fo:
+        while chunk := fi.read(4 << 20):
+            h.update(chunk)
+            fo.write(chunk)
+    return h.hexdigest()
+
+
+def write_kernel(st: Staging) -> None:
+    st.sha256["kernel"] = _copy_hashed(st.kernel.path, st.staged("kernel"))
+    st.staged("kernel").chmod(0o644)
+
+
+def write_initramfs(st: Staging) -> None:
+    st.pack = pack(st.tree, st.staged("initramfs"), st.compression, prune=st.prune,
+                   source_date_epoch=st.source_date_epoch, progress=st.progress, check_kernel=False)
+    st.sha256["initramfs"] = st.pack.sha256
+
+
+def write_tar(st: Staging) -> None:
+    """metal3's contract: an uncompressed tar holding exactly <name>.kernel then <name>.initramfs."""
+    mtime = st.source_date_epoch if st.source_date_epoch is not None else int(st.kernel.path.stat().st_mtime)
+    with st.staged("tar").open("wb") as f:
+        w = HashingWriter(f)
+        with tarfile.TarFile(fileobj=w, mode="w", format=tarfile.USTAR_FORMAT, copybufsize=4 << 20) as tar:  # type: ignore[arg-type]
+            for member in (st.staged("kernel"), st.staged("initramfs")):
+                info = tarfile.TarInfo(member.name)
+                info.size = member.stat().st_size
+                info.mtime = mtime
+                info.mode = 0o644
+                info.uname = info.gname = "root"
+                with member.open("rb") as fm:
+                    tar.addfile(info, fm)
+        st.sha256["tar"] = w.sha.hexdigest()
+
+
+def write_targz(st: Staging) -> None:
+    """The tar, gzipped (zlib-ng, threaded, no name or mtime in the header): the form metal3's
+    ironic-ipa-downloader fetches. It strips `.tar.gz` from the file name and links
+    <stem>.kernel and <stem>.initramfs, the tar's members."""
+    with st.staged("tar").open("rb") as src, st.staged("tar.gz").open("wb") as out:
+        w = HashingWriter(out)
+        gz = Compression("gzip", TARGZ_LEVEL).open(w)  # type: ignore[arg-type]
+        while chunk := src.read(4 << 20):
+            gz.write(chunk)
+        gz.finish()
+    st.sha256["tar.gz"] = w.sha.hexdigest()
+    st.staged("tar.gz.sha256").write_text(f"{st.sha256['tar.gz']}  {st.final('tar.gz').name}\n")
+
+
+def _hash_staged(st: Staging, suffix: str) -> None:
+    st.sha256[suffix] = sha256_file(st.staged(suffix))
+
+
+def write_packages(st: Staging) -> None:
+    st.staged("packages").write_text(list_packages(st.tree, sources=st.manifest.get("package_repositories")))
+    _hash_staged(st, "packages")
+
+
+def write_sbom(st: Staging) -> None:
+    """CycloneDX SBOM of the tree (sbom.py): RPMs, the IPA venv, sources, kernel, inputs."""
+    bom = sbom.make_bom(st.tree, name=st.name, kernel_version=st.kernel.version, kernel_sha256=st.sha256["kernel"],
+                        manifest=st.manifest, artifacts={st.final(s).name: d for s, d in st.sha256.items()},
+                        source_date_epoch=st.source_date_epoch)  # fmt: skip
+    st.staged(sbom.SUFFIX).write_text(sbom.to_json(bom))
+    _hash_staged(st, sbom.SUFFIX)
+
+
+def write_manifest(st: Staging) -> None:
+    assert st.pack is not None, "the initramfs is written before the manifest"
+    sizes = {s: st.staged(s).stat().st_size for s in st.sha256}
+    doc = dict(st.manifest)
+    doc["ramdisk"] = {
+        "compression": st.compression.as_dict(),
+        "kernel": {"version": st.kernel.version, "source": str(st.kernel.path.relative_to(st.tree))},
+        "prune": st.prune.as_dict(),
+        "source_date_epoch": st.source_date_epoch,
+        "entries": st.pack.entries,
+        "uncompressed_bytes": st.pack.uncompressed,
+        "pack_seconds": round(st.pack.seconds, 2),
+        "pruned": [c.record() for c in st.pack.pruned],
+        "artifacts": {st.final(s).name: {"size": sizes[s], "sha256": d} for s, d in st.sha256.items()},
+    }
+    st.staged("manifest.json").write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
+    _hash_staged(st, "manifest.json")
+
+
+def write_sums(st: Staging) -> None:
+    """One checksum file for every artifact; signed (minisign) when a key is given."""
+    st.staged(LAST).write_text("".join(f"{d}  {st.final(s).name}\n" for s, d in st.sha256.items()))
+    if st.sign_key is not None:
+        sign.sign(st.staged(LAST), st.sign_key, st.staged(SIG), comment=f"file:{st.final(LAST).name}")
+
+
+OUTPUTS: tuple[Output, ...] = (
+    Output("kernel", write_kernel, "the kernel the ramdisk boots, from the tree's /boot"),
+    Output("initramfs", write_initramfs, "the pruned tree as a compressed newc cpio"),
+    Output("tar", write_tar, "kernel + initramfs, uncompressed (metal3-dev-env's IPA_IMAGE_TAR)"),
+    Output("tar.gz", write_targz, "the tar gzipped, with its .tar.gz.sha256 (metal3's ironic-ipa-downloader)",
+           also=("tar.gz.sha256",)),
+    Output("packages", write_packages, "rpm -qa of the tree and the IPA venv's pip freeze"),
+    Output(sbom.SUFFIX, write_sbom, "CycloneDX SBOM: RPMs, Python packages, sources, kernel, inputs"),
+    Output("manifest.json", write_manifest, "inputs, commits, elements, settings, sizes, timings"),
+    Output(LAST, write_sums, "sha256sum lines of every artifact, signed with --sign-key", also=(SIG,)),
+)
+
+
+# --- staging and commit ----------------------------------------------------------------------------
+def open_staging(tree: Path, output_dir: Path, name: str, compression: Compression, *, arch: Arch = HOST_DEFAULT,
+                 **options: Any) -> Staging:
+    """Find the kernel, check it can unpack the chosen compression, and make the temp dir."""
+    kernel = find_kernel(tree, arch)
+    check_kernel_support(compression, kernel.config)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    _sweep_stale(output_dir, name)
+    work = Path(tempfile.mkdtemp(dir=output_dir, prefix=f".{name}.tmp-"))
+    busy = (work / ".busy").open("w")
+    fcntl.flock(busy, fcntl.LOCK_EX)
+    return Staging(tree, output_dir, name, compression, kernel, work, busy, **options)
+
+
+def close(st: Staging) -> None:
+    """Drop whatever was not committed (all of it after a failure)."""
+    shutil.rmtree(st.work, ignore_errors=True)
+    st.busy.close()
+
+
+def commit(st: Staging) -> Artifacts:
+    """Rename every written file into place: checksum files after what they vouch for, <name>.sha256
+    last of all. Then the size check (the artifacts stay)."""
+    written = [f for o in OUTPUTS for f in o.files if st.staged(f).exists()]
+    sizes = {s: st.staged(s).stat().st_size for s in st.sha256}
+    for suffix in sorted(written, key=lambda s: (s.endswith("sha256"), s == LAST)):
+        os.replace(st.staged(suffix), st.final(suffix))
+    for suffix in (f for o in OUTPUTS for f in o.files if f not in written):
+        st.final(suffix).unlink(missing_ok=True)  # an earlier build's signature would not match these sums
+    arts = Artifacts(st.final("kernel"), st.final("initramfs"), st.final("tar"),
+                     {s: st.final(s) for s in written}, {st.final(s).name: d for s, d in st.sha256.items()},
+                     sizes, st.pack)
+    check_size(arts.tar, st.size_limit_mb, arts.initramfs)
+    return arts
+
+
+def write_artifacts(tree: Path, output_dir: Path, name: str, compression: Compression, *,
+                    size_limit_mb: int | None, arch: Arch = HOST_DEFAULT, **options: Any) -> Artifacts:
+    """Every output at once (the plan runs them as separate steps; tests and benches use this)."""
+    st = open_staging(tree, output_dir, name, compression, arch=arch, size_limit_mb=size_limit_mb, **options)
+    try:
+        for output in OUTPUTS:
+            output.write(st)
+        return commit(st)
+    finally:
+        close(st)
+
+
+def _sweep_stale(output_dir: Path, name: str) -> None:
+    """Remove the temp dirs of builds killed while writing artifacts (SIGKILL runs no clean-up)."""
+    for d in output_dir.glob(f".{name}.tmp-*"):
+        try:
+            with (d / ".busy").open("r") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held: another build is writing there
+        except BlockingIOError:
+            continue
+        except FileNotFoundError:  # no lock yet: a build may be just starting there
+            if time.time() - d.stat().st_mtime < 600:
+                continue
+        logger.info("removing %s, left by an interrupted build", d)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def check_size(tar: Path, limit_mb: int | None, initramfs: Path | None = None) -> int:
+    """Print the archive size (floor MiB, like the seed) and fail at or over the limit."""
+    mib = tar.stat().st_size // 2**20
+    logger.info("Size of the archive: %dMB (%s)", mib, tar)
+    if limit_mb and mib >= limit_mb:
+        if initramfs is not None:
+            log.console.print(render(analyze(initramfs)))
+        raise BuildError(
+            f"{tar.name} is {mib} MiB, at or over the {limit_mb} MiB limit",
+            "see the size report above; prune more, use --release (zstd -19) or raise the size limit",
+        )
+    return mib

@@ -1,0 +1,223 @@
+"""The target tree while hooks run: paths resolved as inside it, its mounts, commands run in it,
+zypper under the shared cache lock, and the host's resolv.conf lent to it for the build."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import run
+from ..cache.store import cache_dir, locked
+from ..errors import BuildError, CommandError
+from ..inputs import zypper
+from . import namespace
+from .runtime import TARGET_CA, BuildContext
+
+log = logging.getLogger(__name__)
+
+IN_TARGET = "/tmp/in_target.d"  # the merged hooks dir, bound read-only while chroot phases run
+
+
+@dataclass(frozen=True)
+class ResolvSaved:
+    """What resolv_conf_in found and wrote, so resolv_conf_out can undo exactly that."""
+
+    had: bool
+    text: str
+
+
+def target_shell(root: Path) -> str:
+    """bash when the target has it (SLES does), else sh (busybox test trees)."""
+    for cand in ("usr/bin/bash", "bin/bash"):
+        if os.path.lexists(root / cand):
+            return "/" + cand
+    return "/bin/sh"
+
+
+def chroot_argv(root: Path, argv: list[str]) -> list[str]:
+    """`chroot root argv...`; the environment goes through exec (run with env=chroot_env), not argv,
+    so secrets among the element variables never show in the log or in /proc/PID/cmdline."""
+    return [run.which("chroot") or "/usr/sbin/chroot", str(root), *argv]
+
+
+def chroot_env(ctx: BuildContext) -> dict[str, str]:
+    return run.target_env({**ctx.env, **ctx.target_ca_env()})
+
+
+def host_env(ctx: BuildContext) -> dict[str, str]:
+    """Host hooks: a clean environment too, with the host's PATH (plus sbin dirs, as DIB)."""
+    path = os.environ.get("PATH", "/usr/bin:/bin") + ":/sbin:/usr/sbin:/usr/local/sbin"
+    env = run.target_env({**ctx.env, **ctx.host_ca_env()})
+    env.update(PATH=path, HOME=os.environ.get("HOME", "/root"))
+    return env
+
+
+@contextlib.contextmanager
+def target_mounts(ctx: BuildContext) -> Iterator[contextlib.ExitStack]:
+    """proc, sys (ro), dev, dev/pts, extra binds, hooks (ro) and the CA bundle, undone on exit."""
+    root = ctx.root
+
+    def at(rel: str) -> Path:  # mount(8) follows symlinks on the host: resolve them inside the target
+        return in_root(root, rel, follow_last=True)
+
+    with contextlib.ExitStack() as stack:
+        namespace.proc(stack, at("proc"))
+        namespace.sysfs(stack, at("sys"))
+        namespace.dev(stack, at("dev"))
+        namespace.devpts(stack, at("dev/pts"))
+        # host /dev/shm is a mount of its own, so the bound /dev has a bare devtmpfs dir there
+        namespace.tmpfs(stack, at("dev/shm"))
+        for host_dir, inside in ctx.target_mounts:
+            host_dir.mkdir(parents=True, exist_ok=True)
+            namespace.bind(stack, host_dir, at(inside))
+        hooks = at(IN_TARGET)
+        created = not hooks.exists()
+        hooks.mkdir(parents=True, exist_ok=True)
+        if created:
+            stack.callback(_rmdir, hooks)
+        namespace.bind(stack, ctx.hooks_dir, hooks, ro=True)
+        if ctx.ca_bundle is not None:
+            namespace.bind_file(stack, ctx.ca_bundle, at(TARGET_CA))
+        # Anything a hook left running in the target would keep these mounts busy.
+        stack.callback(namespace.kill_rooted_in, root)
+        yield stack
+
+
+def _rmdir(path: Path) -> None:
+    deadline = time.monotonic() + 10  # DIB retries for 10 s: a lazily detached mount may linger
+    while True:
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                log.warning("unable to cleanly remove %s", path)
+                return
+            time.sleep(0.2)
+
+
+def run_in_target(
+    ctx: BuildContext, argv: list[str], *, extra_env: Mapping[str, str] | None = None, label: str = ""
+) -> None:
+    """A native command inside the target (zypper for package-installs), output streamed to the log."""
+    env = {**chroot_env(ctx), **(extra_env or {})}
+    clog = logging.getLogger("sles_ipa_builder.hook.native")
+    run.stream(
+        chroot_argv(ctx.root, argv),
+        env=env,
+        on_line=lambda line: clog.debug("%s: %s", label or argv[0], line),
+    )
+
+
+def run_zypper(ctx: BuildContext, argv: list[str] | None = None) -> None:
+    """zypper in the target while holding the host's shared zypper cache (/var/cache/zypp of every
+    build). The media repositories of all builds have the same aliases, perhaps from different ISOs:
+    unlocked, one build's refresh would replace the metadata another is installing from, and its
+    clean-up of downloaded packages would delete the other's. So under the lock the build refreshes
+    its repositories first whenever the metadata was last refreshed by someone else (a stamp in the
+    cache names the last build to refresh); alone, it refreshes once. argv None: only that."""
+    env = zypper.target_env_extra()
+    cache = cache_dir("zypper")
+    stamp = cache / ".refreshed-by"
+    mine = ctx.zypper_token
+    with locked(cache):
+        if not stamp.is_file() or stamp.read_text() != mine:
+            _forget_installed(cache)
+            run_in_target(ctx, zypper.refresh_argv(ctx.refresh_aliases), extra_env=env,
+                          label="zypper")
+            stamp.write_text(mine)
+        if argv:
+            _forget_installed(cache)
+            run_in_target(ctx, argv, extra_env=env, label="zypper")
+
+
+def _forget_installed(cache: Path) -> None:
+    """zypper's cache of the target's rpm database (solv/@System) belongs to one target, but the cache
+    is shared. libsolv takes the cached one as current when the database file's (st_ino, st_dev)
+    match, and under the root tree's overlayfs every build's database has the same inode number, often
+    on the same device number: one build would read another's packages (or fail: "Failed to cache
+    rpm database"). So it goes before every zypper call; rebuilding it reads the target's headers
+    (well under a second)."""
+    shutil.rmtree(cache / "solv" / "@System", ignore_errors=True)
+
+
+def in_root(root: Path, rel: str, *, follow_last: bool = False) -> Path:
+    """root/rel resolved as the kernel would inside `chroot root`: every symlink, at any depth and in
+    any link's own target, is followed within root (an absolute link restarts at root, `..` stops at
+    root), so a target's `/lib -> /usr/lib` never leads to the host's /usr/lib. The last component is
+    followed only with follow_last (mount points); a file about to be replaced must not be followed."""
+    base = Path(os.path.realpath(root))
+    todo = [p for p in reversed(rel.split("/")) if p not in ("", ".")]
+    done: list[str] = []
+    hops = 0
+    while todo:
+        part = todo.pop()
+        if part == "..":
+            del done[-1:]
+            continue
+        here = base.joinpath(*done, part)
+        if here.is_symlink() and (todo or follow_last):
+            hops += 1
+            if hops > 40:
+                raise BuildError(f"{rel}: too many levels of symbolic links in the target", "fix the target's links")
+            target = os.readlink(here)
+            if target.startswith("/"):
+                done = []
+            todo.extend(p for p in reversed(target.split("/")) if p not in ("", "."))
+            continue
+        done.append(part)
+    return base.joinpath(*done)
+
+
+def resolv_conf_in(ctx: BuildContext) -> None:
+    """DIB's create_base: move the target's resolv.conf aside and use the host's during the build."""
+    if ctx.resolv is not None:
+        return
+    etc = ctx.root / "etc"
+    if not etc.is_dir():
+        return
+    conf, orig = etc / "resolv.conf", etc / "resolv.conf.ORIG"
+    had = os.path.lexists(conf)
+    if had:
+        os.rename(conf, orig)
+    host = Path("/etc/resolv.conf")
+    text = host.read_text() if host.is_file() else "nameserver 8.8.8.8\n"
+    conf.write_text(text)
+    ctx.resolv = ResolvSaved(had, text)
+    ctx.stack.callback(resolv_conf_out, ctx)
+
+
+def resolv_conf_out(ctx: BuildContext) -> None:
+    """DIB's finalise_base: keep a symlink/immutable resolv.conf a hook made, else restore the original."""
+    info, ctx.resolv = ctx.resolv, None
+    if info is None:
+        return
+    conf, orig = ctx.root / "etc/resolv.conf", ctx.root / "etc/resolv.conf.ORIG"
+    if not os.path.lexists(orig):
+        # Nothing saved (there was no file, or a hook such as 98-prepare-resolve-conf already restored
+        # it): drop only our own copy.
+        if not info.had and not conf.is_symlink() and conf.is_file() and conf.read_text() == info.text:
+            conf.unlink()
+        return
+    if conf.is_symlink() or _immutable(conf):
+        orig.unlink()
+        return
+    if os.path.lexists(conf):
+        conf.unlink()
+    os.rename(orig, conf)
+
+
+def _immutable(path: Path) -> bool:
+    try:
+        out = run.output(["lsattr", "-d", path], check=True)
+    except (CommandError, FileNotFoundError):
+        return False
+    return len(out) > 4 and out[4] == "i"

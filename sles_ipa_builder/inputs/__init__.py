@@ -1,0 +1,1 @@
+"""Inputs: the base qcow2, the Media1 ISO, zypper repositories, git sources."""

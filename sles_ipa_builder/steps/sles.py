@@ -1,0 +1,160 @@
+"""The builder's own steps for the sles element: the root tree from the qcow2, the Media1 ISO as
+zypper repositories (and their removal), and an early check of IPA's Python requirement; for
+sles-ipa-ramdisk-base, the cut of unused kernel modules; for the agent, the check of its tools.
+Each function is a step of the plan (plan.py)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from ..cache import layers as checkpoints
+from ..cache import roottree as layers
+from ..engine.runtime import BuildContext
+from ..engine.target import run_in_target, run_zypper
+from ..errors import BuildError, ConfigError
+from ..inputs import media, repos, zypper
+from ..packing import cuts
+from . import agenttools, pkgdrop
+
+log = logging.getLogger(__name__)
+
+HISTORY = "var/log/zypp/history"
+
+
+def root_step(ctx: BuildContext) -> None:
+    """root.d/10-sles-image: the base tree from the qcow2 (or --base-tree), through the cache."""
+    facts = layers.prepare_root(ctx.cfg, ctx.root, accel=ctx.cfg.accel, stack=ctx.stack,
+                                above=checkpoints.above(ctx))
+    if facts.get("restore") != "overlay":
+        checkpoints.off(ctx, f"the root tree was {facts.get('restore', 'copied')}, not mounted")
+    ctx.manifest.setdefault("inputs", {})["base"] = facts
+    ctx.env["SIB_BASE_IMAGE_SHA256"] = str(facts.get("sha256", "tree:" + str(facts.get("path", ""))))
+
+
+def media_step(ctx: BuildContext) -> None:
+    """The Media1 modules (and any --repo) as zypper repositories, served from the ISO on loopback.
+    With --repo URLs the ISO is optional (the input checks leave ctx.media None when there is none)."""
+    cfg = ctx.cfg
+    m = ctx.media
+    if m is None and not cfg.iso_optional:
+        m = media.open_media(cfg.iso_path)
+    local = media.repo_urls(m, media.serve(m, ctx.stack)) if m is not None else []
+    user = repos.parse(list(cfg.repos))
+    remote = [(r.alias, r.url) for r in user]
+    repos.write_credentials(ctx.root, user, repos.load_credentials(list(cfg.repo_credentials)))
+    zypper.write_repos(ctx.root, local + remote)
+    zypper.zypp_conf(ctx.root)
+    ctx.zypper_repos = local + remote
+    # offline, only the media's repositories are refreshed: remote ones keep what was cached
+    ctx.refresh_aliases = [alias for alias, _ in local] if cfg.offline else None
+    ctx.env["SIB_MEDIA_IDENTITY"] = m.identity if m is not None else "none"
+    ctx.manifest.setdefault("inputs", {})["media"] = {
+        "iso": str(cfg.iso_path) if m is not None else None,
+        "identity": m.identity if m is not None else None,
+        "repositories": [alias for alias, _ in local + remote],
+        "remote": {r.alias: r.shown for r in user},
+    }
+
+
+def refresh_step(ctx: BuildContext) -> None:
+    """Fresh metadata once per build: the loopback port changes, and the ISO may have."""
+    run_zypper(ctx)
+
+
+def python_floor(src: Path) -> tuple[tuple[int, int], str] | None:
+    """The `>=X.Y` of a Python project's requires-python (pyproject.toml, else setup.cfg), if any."""
+    for name, pattern in (("pyproject.toml", r"^\s*requires-python\s*=\s*[\"']([^\"']+)"),
+                          ("setup.cfg", r"^\s*python[_-]requires\s*=\s*(\S+)")):
+        found = re.search(pattern, (src / name).read_text(), re.M) if (src / name).is_file() else None
+        floor = re.search(r">=\s*(\d+)\.(\d+)", found.group(1)) if found else None
+        if found and floor:
+            return (int(floor.group(1)), int(floor.group(2))), found.group(1)
+    return None
+
+
+def python_check_step(ctx: BuildContext) -> None:
+    """IPA 12+ needs Python 3.11; SP4's GM media has 3.10: say so now, not after the package installs.
+    (60-ironic-python-agent-ramdisk-install checks again in the target, for other users of the hook.)"""
+    src = ctx.root / "tmp/ironic-python-agent"
+    found = python_floor(src)
+    have = re.fullmatch(r"python(\d+)\.(\d+)", ctx.env.get("DIB_SLES_PYTHON", ""))
+    if found and have and (int(have.group(1)), int(have.group(2))) < found[0]:
+        older_ipa = "pick an IPA release that supports it (IPA_REF and OPENSTACK_REQUIREMENTS_REF"
+        hint = ("add a repository that provides python311 (SP4's update channel, --repo URL), build from "
+                f"SP5 or later media (DIB_SLES_SERVICE_PACK), or {older_ipa}, e.g. stable/2026.1 for IPA 11.x)"
+                if found[0] <= (3, 11) else
+                f"no SLES 15 python310/python311 satisfies it: {older_ipa} of an older OpenStack release)")
+        raise ConfigError(f"this ironic-python-agent requires Python {found[1]}, but service pack "
+                          f"{ctx.cfg.service_pack} gives the IPA venv {have.group(0)}", hint)
+
+
+def unconfigure_step(ctx: BuildContext) -> None:
+    """No repository pointing at a loopback port of the build, and no credentials, are left in the image.
+    Before they go, zypper's history says which repository each installed package came from."""
+    ctx.manifest["package_repositories"] = installed_from(ctx.root, dict(ctx.zypper_repos),
+                                                         dict(ctx.manifest.get("inputs", {}).get("media", {})
+                                                              .get("remote", {})))
+    zypper.remove_repos(ctx.root, [alias for alias, _ in ctx.zypper_repos])
+    repos.remove_credentials(ctx.root, repos.load_credentials(list(ctx.cfg.repo_credentials)))
+
+
+def installed_from(root: Path, aliases: dict[str, str], shown: dict[str, str]) -> dict[str, str]:
+    """package name -> repository alias (with a user repository's masked URL), from /var/log/zypp/history.
+    Only this build's repositories count, only packages still installed; the last install wins."""
+    history = root / HISTORY
+    out: dict[str, str] = {}
+    if not history.is_file():
+        return out
+    for line in history.read_text(errors="replace").splitlines():
+        fields = [f.strip() for f in line.split("|")]
+        if len(fields) > 6 and fields[1] == "install" and fields[6] in aliases:
+            alias = fields[6]
+            out[fields[2]] = f"{alias} {shown[alias]}" if alias in shown else alias
+        elif len(fields) > 2 and fields[1] == "remove":  # build-only packages, the SSH server...
+            out.pop(fields[2], None)
+    return dict(sorted(out.items()))
+
+
+def cut_step(ctx: BuildContext) -> None:
+    """Kernel modules of classes the agent does not use, and the firmware only they name (cuts.py);
+    then depmod in the target for each kernel whose module tree changed."""
+    if ctx.cfg.minimal_prune or not ctx.cfg.cut_modules:
+        log.info("no kernel modules cut (%s)", "minimal prune" if ctx.cfg.minimal_prune else "cut_modules is empty")
+        return
+    done, kernels = cuts.cut_modules(ctx.root, ctx.cfg.cut_modules)
+    for kver in kernels:
+        run_in_target(ctx, ["depmod", "-a", kver], label="depmod")
+    for c in done:
+        if c.files:
+            log.info("cut %s: %d files, %.1f MiB", c.rule, c.files, c.bytes / 2**20)
+    if not any(c.files for c in done):
+        log.info("no kernel modules of the classes %s in the tree", " ".join(ctx.cfg.cut_modules))
+    cuts.record(ctx.manifest, done)
+
+
+def drop_step(ctx: BuildContext) -> None:
+    """Package groups that leave before packing (pkgdrop.py), after every chroot phase."""
+    if ctx.cfg.minimal_prune or not ctx.cfg.drop_packages:
+        log.info("no packages dropped (%s)", "minimal prune" if ctx.cfg.minimal_prune else "drop_packages is empty")
+        return
+    done = pkgdrop.drop(ctx.root, tuple(ctx.cfg.drop_packages), ctx.cfg.prune.keep)
+    for c in done:
+        log.info("%s: %d files, %.1f MiB", c.rule, c.files, c.bytes / 2**20)
+    cuts.record(ctx.manifest, done)
+
+
+def tools_step(ctx: BuildContext) -> None:
+    """The tools the agent runs (agenttools.py), on the tree's PATH: a missing core tool fails the build."""
+    package = agenttools.agent_package(ctx.root)
+    if package is None:
+        log.warning("no ironic_python_agent package in the tree: its tools were not checked")
+    core, others = agenttools.missing(ctx.root, package)
+    if others:
+        log.warning("tools the agent calls are not in the ramdisk: %s",
+                    "; ".join(f"{t} ({', '.join(sorted(where))})" for t, where in others.items()))
+    ctx.manifest["agent_tools_missing"] = sorted(others)
+    if core:
+        raise BuildError(f"the ramdisk lacks tools the agent needs: {', '.join(core)}",
+                         "install the packages that provide them (package-installs.yaml of an element)")

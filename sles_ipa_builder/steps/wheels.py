@@ -1,0 +1,88 @@
+"""pip's share of `--offline`: a wheelhouse in the cache, filled by online builds.
+
+git sources come from cached mirrors and packages from the Media1 ISO, but the hooks that build the
+IPA venv run pip, which asks PyPI. An online build leaves pip alone and, at the end of post-install,
+saves wheels of exactly what the IPA venv holds (plus the build backends of the cloned sources) into
+`<cache>/wheels`; it skips that when the same set was saved before. An `--offline` build points every
+pip call of every hook at that directory only (PIP_NO_INDEX, PIP_FIND_LINKS), so nothing is contacted
+and a package missing from it fails the hook by name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import tomllib
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..cache.store import cache_dir, locked
+from ..engine.runtime import BuildContext
+from ..engine.target import run_in_target
+from ..errors import InputError
+from ..packing.inventory import pip_freeze
+
+log = logging.getLogger(__name__)
+
+WHEELHOUSE = "/tmp/sib-wheelhouse"  # inside the target, bind-mounted from the cache while hooks run
+VENV = "opt/ironic-python-agent"
+# pip's own fallback backend for sources without pyproject.toml, and the venv's bootstrap packages:
+# not pinned from the venv (ensurepip put them there), fetched as build requirements instead.
+BACKEND = ("setuptools", "wheel")
+BOOTSTRAP = {"pip", "setuptools", "wheel"}
+
+
+def configure(ctx: BuildContext) -> None:
+    """Mount the wheelhouse for the hooks; offline, make it pip's only index. (Online, save_step fills
+    it: post-install.d/99-pip-wheelhouse, after sles-extra-hardware's 99-package-installs-*, before
+    99-remove-extra-packages drops /tmp/<src>.)"""
+    ctx.target_mounts.append((cache_dir("wheels"), WHEELHOUSE))
+    if ctx.cfg.offline:
+        ctx.env.update(PIP_NO_INDEX="1", PIP_FIND_LINKS=WHEELHOUSE)
+
+
+def check_offline(ctx: BuildContext) -> None:
+    """An offline build of the IPA venv with nothing saved would fail deep in a hook: say so first."""
+    needs_pip = any(e.name == "sles-ipa-install" for e in ctx.elements)
+    if ctx.cfg.offline and needs_pip and not any(cache_dir("wheels").glob("*.whl")):
+        raise InputError("--offline: the pip wheelhouse is empty, so the IPA venv cannot be built",
+                         f"run one build online first (it saves the wheels in {cache_dir('wheels')})")
+
+
+def requirements(root: Path) -> list[str]:
+    """`name==version` of the venv's distributions that came from an index (not from a cloned source)."""
+    return [r for r in pip_freeze(root / VENV, skip_direct=True) if r.split("==")[0].lower() not in BOOTSTRAP]
+
+
+def build_requirements(root: Path, sources: Iterable[str]) -> list[str]:
+    """The build backends the cloned sources declare (pbr, setuptools...), as pip's isolated builds need."""
+    out = list(BACKEND)
+    for dest in sources:
+        project = root / dest.lstrip("/") / "pyproject.toml"
+        if project.is_file():
+            out += tomllib.loads(project.read_text()).get("build-system", {}).get("requires", [])
+    return sorted(set(out))
+
+
+def save_step(ctx: BuildContext) -> None:
+    pins = requirements(ctx.root)
+    if not pins:
+        log.info("no IPA venv at /%s: nothing to save for --offline", VENV)
+        return
+    backends = build_requirements(ctx.root, [r.dest for r in ctx.source_repos])
+    house = cache_dir("wheels")
+    # the same pins are other wheels on another arch: the arch is part of the key
+    key = hashlib.sha256("\n".join([ctx.cfg.arch.suse, *pins, "--", *backends]).encode()).hexdigest()[:16]
+    done = house / f".saved-{key}"
+    with locked(house / ".house"):
+        if done.exists():
+            log.info("wheelhouse already holds this venv's %d packages (%s)", len(pins), key)
+            return
+        reqs = house / f".requirements-{key}.txt"
+        reqs.write_text("\n".join(pins) + "\n")
+        pip = [f"/{VENV}/bin/python", "-m", "pip", "wheel", "--disable-pip-version-check",
+               "--wheel-dir", WHEELHOUSE, "--find-links", WHEELHOUSE]
+        run_in_target(ctx, [*pip, "--no-deps", "-r", f"{WHEELHOUSE}/{reqs.name}"], label="pip wheel")
+        run_in_target(ctx, [*pip, *backends], label="pip wheel")
+        done.write_text("\n".join([*pins, "--", *backends]) + "\n")
+    log.info("saved wheels of %d packages and %d build requirements for --offline", len(pins), len(backends))

@@ -1,0 +1,204 @@
+"""The QEMU launcher shared by the fake-API boot test and the real-Ironic lifecycle.
+
+One `Machine` says what the VM is (arch, firmware, memory, CPUs, NIC, disks, kernel arguments);
+`argv()` turns it into a command line and `Console` follows the serial console file QEMU writes.
+The architecture's facts (binary, machine, CPU, console, UEFI firmware) come from `arch.Arch`, so
+aarch64 is a new value there, not new branches here. Processes start through run.py, which kills
+them with us.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import run
+from ..config.arch import X86_64, Arch
+from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from subprocess import Popen  # the type only: processes start in run.py
+
+TAIL_LINES = 30
+MAC = "52:54:00:5e:1b:01"  # fixed, so a lookup can be matched to this VM
+
+
+def ovmf(arch: Arch = X86_64) -> tuple[Path, Path]:
+    """(code, vars template) of the first installed UEFI firmware pair (their sizes must match)."""
+    for code, vars_ in arch.uefi_firmware:
+        if Path(code).is_file() and Path(vars_).is_file():
+            return Path(code), Path(vars_)
+    raise ConfigError(f"no UEFI firmware (OVMF) for {arch} found", arch.qemu_hint)
+
+
+@dataclass
+class Machine:
+    """What the VM is. Disks are raw files attached as virtio; `uefi` copies the vars per run."""
+
+    kernel: Path
+    initramfs: Path
+    append: str
+    console: Path
+    accel: str = "tcg"
+    memory_mb: int = 2048
+    smp: int = 2
+    mac: str = MAC
+    nic_model: str = "virtio-net-pci"
+    disks: list[Path] = field(default_factory=list)
+    hostfwd: list[str] = field(default_factory=list)  # "tcp:127.0.0.1:9999-:9999"
+    uefi: bool = False
+    uefi_vars: Path | None = None  # a writable copy of the vars template (made by prepare())
+    arch: Arch = X86_64
+    name: str = "sles-ipa-builder"
+
+    def prepare(self, workdir: Path) -> None:
+        """Copy the UEFI vars template: the firmware writes to it (and efibootmgr, through it)."""
+        if self.uefi and self.uefi_vars is None:
+            _, template = ovmf(self.arch)
+            self.uefi_vars = workdir / "uefi-vars.fd"
+            shutil.copyfile(template, self.uefi_vars)
+
+    def argv(self) -> list[str]:
+        cpu = "host" if self.accel == "kvm" else self.arch.qemu_cpu
+        machine = ",".join(p for p in (self.arch.qemu_machine, f"accel={self.accel}") if p)
+        nic = ",".join(["user", f"model={self.nic_model}", f"mac={self.mac}", *(f"hostfwd={f}" for f in self.hostfwd)])
+        firmware: list[str] = []
+        if self.uefi:
+            code, _ = ovmf(self.arch)
+            if self.uefi_vars is None:
+                raise ValueError("Machine.prepare() makes the UEFI vars copy first")
+            firmware = [
+                "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+                "-drive", f"if=pflash,format=raw,unit=1,file={self.uefi_vars}",
+            ]  # fmt: skip
+        drives: list[str] = []
+        for disk in self.disks:
+            drives += ["-drive", f"file={disk},format=raw,if=virtio,cache=unsafe"]
+        return [
+            self.arch.qemu_binary, "-name", self.name,
+            "-machine", machine, "-cpu", cpu, "-m", str(self.memory_mb), "-smp", str(self.smp),
+            "-nodefaults", "-display", "none", "-monitor", "none",
+            # append: a VM started again (the lifecycle's second boot) adds to its console, not over it
+            "-chardev", f"file,id=console,path={self.console},append=on", "-serial", "chardev:console",
+            *firmware,
+            "-kernel", str(self.kernel), "-initrd", str(self.initramfs), "-append", self.append,
+            "-nic", nic,
+            # IPA's Python blocks on getrandom() until the kernel's pool is ready: feed it.
+            "-device", "virtio-rng-pci",
+            "-no-reboot",
+            *drives,
+        ]  # fmt: skip
+
+
+def require(arch: Arch = X86_64) -> None:
+    if run.which(arch.qemu_binary) is None:
+        raise ConfigError(f"{arch.qemu_binary} not found", arch.qemu_hint)
+
+
+def start(machine: Machine, err_path: Path) -> Popen[bytes]:
+    """Start the VM (stdout/stderr to err_path). It dies with this process, even on SIGKILL."""
+    with err_path.open("wb") as err, open(os.devnull, "rb") as null:
+        return run.popen(machine.argv(), stdin=null, stdout=err, stderr=err)
+
+
+def stop(proc: Popen[bytes], grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds: QEMU never outlives its test."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def qemu_errors(err_path: Path, n: int = 10) -> list[str]:
+    lines = err_path.read_text(errors="replace").splitlines() if err_path.exists() else []
+    return [line for line in lines if line.strip() and "terminating on signal" not in line][-n:]
+
+
+class Console:
+    """Follows the serial console file QEMU writes, keeping a tail and a few facts."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.partial = ""
+        self.lines: deque[str] = deque(maxlen=400)
+        self.any_output = False
+        self.panic = ""
+        self.missing: dict[str, str] = {}  # tool -> first console line that said it is missing
+
+    def poll(self) -> None:
+        try:
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return
+        if not chunk:
+            return
+        self.any_output = True
+        self.offset += len(chunk)
+        text = self.partial + chunk.decode(errors="replace").replace("\r", "")
+        *complete, self.partial = text.split("\n")
+        for line in complete:
+            self.lines.append(line)
+            if not self.panic and "Kernel panic" in line:
+                self.panic = re.sub(r"^\[\s*[\d.]+\]\s*", "", line.strip())
+            tool = missing_tool(line)
+            if tool and tool not in OPTIONAL_TOOLS:
+                self.missing.setdefault(tool, line.strip())
+
+    def tail(self, n: int = TAIL_LINES) -> list[str]:
+        lines = list(self.lines) + ([self.partial] if self.partial else [])
+        return lines[-n:]
+
+    def last(self) -> str:
+        for line in reversed(self.tail(5)):
+            if line.strip():
+                return line.strip()
+        return ""
+
+    def missing_report(self) -> str:
+        """'' when no required tool was reported missing, else one line naming them."""
+        if not self.missing:
+            return ""
+        return "the ramdisk lacks " + ", ".join(sorted(self.missing)) + " (console: " + \
+            next(iter(self.missing.values()))[:160] + ")"
+
+
+# Tools IPA calls when present and treats as optional: their absence is logged, not fatal, and a
+# ramdisk for ordinary servers does not need them. Every other "not found" on the console (the
+# agent's journal goes there) fails the boot test and the lifecycle: the agent degrades silently
+# without it (e.g. hexdump: no disk identifiers; lsb_release: no OS data in the inventory).
+OPTIONAL_TOOLS = frozenset({
+    "multipath", "multipathd",  # multipath-tools: probed at start-up, only for multipath storage
+    "biosdevname",  # Dell NIC naming: probed for the inventory, absent on most distributions
+    "podman",  # container-based clean steps: opt-in
+    "ipmitool",  # the BMC address in the inventory: VMs and BMC-less machines have none
+    "mstflint",  # Mellanox firmware clean steps: only with that hardware
+})  # fmt: skip
+_MISSING = (
+    re.compile(r"(?P<tool>[\w.+-]+): (?:command )?not found\s*$"),  # sh, dash, bash
+    re.compile(r"The (?P<tool>[\w.+-]+) tool may be missing"),
+    re.compile(r"No such file or directory: '(?P<tool>[\w.+-]+)'"),
+)
+
+
+def missing_tool(line: str) -> str:
+    """The tool a console line says is missing ('' if none): shells, IPA's own hints, execve errors."""
+    for pattern in _MISSING:
+        m = pattern.search(line)
+        if m:
+            return m.group("tool")
+    return ""
