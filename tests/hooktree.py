@@ -31,9 +31,8 @@ from typing import Any
 
 from sles_ipa_builder import run
 from sles_ipa_builder.config import resolve as config
-from sles_ipa_builder.engine import elements, namespace, plan
+from sles_ipa_builder.engine import elements, hookenv, namespace, plan
 from sles_ipa_builder.engine import runner as phases
-from sles_ipa_builder.engine import runtime as context
 from sles_ipa_builder.engine import scripts as hooks
 from sles_ipa_builder.engine.runtime import BuildContext
 from sles_ipa_builder.engine.stages import Phase
@@ -246,7 +245,7 @@ def _context(spec: Mapping[str, Any]) -> BuildContext:
         els = elements.resolve(spec["names"], [HOOKS])
     else:
         els = [elements.Element(n, HOOKS / n, None) for n in spec["names"]]
-    env = context.hook_env(cfg, build, [HOOKS], els)
+    env = hookenv.hook_env(cfg, build, [HOOKS], els)
     # what the builder does not own (SOURCE_DATE_EPOCH, PIP_NO_INDEX...) goes straight to the hooks
     env.update({k: v for k, v in extra.items() if k not in env or k.startswith("DIB_DEBUG")})
     ctx = BuildContext(cfg=cfg, build_dir=build, root=build / "root", hooks_dir=build / "hooks",

@@ -1,5 +1,5 @@
-"""The hook environment, pinned: every variable and value the hooks got before the settings table
-carried its exports (the literals below are the old code's output, key for key)."""
+"""The hook environment (engine/hookenv.py), pinned: every variable and value the hooks got before the
+settings table carried its exports (the literals below are the old code's output, key for key)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from sles_ipa_builder.config import resolve as config
+from sles_ipa_builder.config.settings import SETTINGS
 from sles_ipa_builder.engine.elements import Element
-from sles_ipa_builder.engine.runtime import hook_env
+from sles_ipa_builder.engine.hookenv import hook_env
 
 BUILD = Path("/sib/ws/build")
 SEARCH_PATH = [Path("/sib/extra"), Path("/sib/elements")]
@@ -170,3 +171,12 @@ def test_environment_with_optional_values_and_the_users_variables() -> None:
     # the files need not exist here: validation is resolve()'s, not the environment's
     cfg = dataclasses.replace(_cfg(ENVIRON), **{k: Path(v) for k, v in FILES.items()})
     assert hook_env(cfg, BUILD, SEARCH_PATH, ELEMENTS) == SET_ENV
+
+
+def test_a_dib_export_is_read_back_by_its_own_setting() -> None:
+    """A user's DIB_ variable of an exported setting sets the setting (it is not passed through as well)."""
+    for s in SETTINGS:
+        if s.export and s.export.startswith("DIB_"):
+            assert s.export in s.all_envs, s.key
+        if s.export_from:
+            assert s.export and isinstance(getattr(config.Config, s.export_from), property), s.key

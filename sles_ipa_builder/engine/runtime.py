@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import contextlib
-import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from ..cache.store import cache_root
 from ..config.resolve import Config
 from ..log import Timings
 from . import elements
 from .elements import Element, HookTree, SourceRepo
+from .hookenv import hook_env
 from .packages import PackageLists
 from .stages import Step
 
@@ -75,43 +72,6 @@ class BuildContext:
 
     def host_ca_env(self) -> dict[str, str]:
         return {v: str(self.ca_bundle) for v in CA_VARS} if self.ca_bundle else {}
-
-
-def hook_env(cfg: Config, build_dir: Path, path: list[Path], resolved: list[Element]) -> dict[str, str]:
-    """The variables every hook sees (DIB's exported environment), on the host and in the target."""
-    root, hooks = build_dir / "root", build_dir / "hooks"
-    env = {
-        "DIB_DEFAULT_INSTALLTYPE": "source",
-        "DIB_INIT_SYSTEM": "systemd",
-        "DIB_PYTHON_VERSION": "3",
-        "DIB_DEBUG_TRACE": "0",
-        "DIB_NO_TMPFS": "1",
-        "DIB_CHECKSUM": "0",
-        "DISTRO_NAME": "opensuse",
-        "DIB_IMAGE_CACHE": str(cache_root() / "image-create"),
-    }
-    env.update(cfg.source_env())
-    env.update(cfg.hook_env())  # the user's DIB_* pass through, so they win over our defaults above
-    env.update(
-        {
-            "ARCH": cfg.arch.dib,
-            "TARGET_ROOT": str(root),
-            "TMP_MOUNT_PATH": str(root),
-            "TMP_HOOKS_PATH": str(hooks),
-            "TMP_BUILD_DIR": str(build_dir),
-            "TMP_IMAGE_DIR": str(build_dir),
-            "IMAGE_ELEMENT": " ".join(e.name for e in resolved),
-            "IMAGE_ELEMENT_YAML": yaml.safe_dump(
-                {e.name: str(e.path or "") for e in resolved}, default_flow_style=True
-            ).strip(),
-            "ELEMENTS_PATH": ":".join(str(p) for p in path),
-            "DIB_PYTHON_EXEC": sys.executable,
-            "_LIB": str(build_dir / "lib"),
-            "DIB_ARGS": " ".join(cfg.element_list),
-        }
-    )
-    return env
-
 
 
 def make_context(cfg: Config, *, breakpoints: set[str] | None = None) -> BuildContext:
