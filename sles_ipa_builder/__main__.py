@@ -24,11 +24,11 @@ def _add_setting_flag(p: argparse.ArgumentParser, s: Setting) -> None:
     if s.kind == "bool":
         p.add_argument(s.option, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=s.help)
     elif s.many:
-        p.add_argument(s.option, dest=dest, nargs="+", metavar=s.key.upper().rstrip("S"), help=s.help)
+        p.add_argument(s.option, dest=dest, nargs="+", metavar=s.metavar, help=s.help)
     elif s.kind == "choice":
         p.add_argument(s.option, dest=dest, choices=s.choices, help=s.help)
     else:
-        p.add_argument(s.option, dest=dest, metavar=s.key.upper(), help=s.help)
+        p.add_argument(s.option, dest=dest, metavar=s.metavar, help=s.help)
 
 
 def _common(p: argparse.ArgumentParser, *, settings: bool) -> None:

@@ -79,6 +79,11 @@ class Setting:
         return "--" + (self.flag_name or self.key.replace("_", "-"))
 
     @property
+    def metavar(self) -> str:
+        """The flag's argument as --help and docs/settings.md name it (one word of a list: REPO)."""
+        return self.key.upper().rstrip("S") if self.many else self.key.upper()
+
+    @property
     def all_envs(self) -> tuple[str, ...]:
         return self.envs or ("SIB_" + self.key.upper(),)
 
