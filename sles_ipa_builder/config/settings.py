@@ -48,7 +48,7 @@ def one_or_empty(value: Any) -> str:
     return "1" if value else ""
 
 
-Render = Callable[[Any], "str | None"]
+Render = Callable[[Any], str | None]
 
 
 @dataclass(frozen=True)
