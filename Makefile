@@ -17,7 +17,7 @@ APT_PACKAGES := python3 python3-venv python3-guestfs libguestfs-tools linux-imag
 export LIBGUESTFS_BACKEND_SETTINGS ?= force_tcg
 export SIB_ACCEL ?= tcg
 
-.PHONY: setup binfmt media test test-aarch64 check demo bench clean
+.PHONY: setup binfmt media test test-aarch64 check docs demo bench clean
 
 setup: $(STAMP) binfmt
 
@@ -53,6 +53,10 @@ check: setup
 	$(VENV)/bin/ruff check sles_ipa_builder tests bench fixtures
 	$(VENV)/bin/mypy sles_ipa_builder
 	$(PY) -m pytest -q -m "not guestfs and not qemu and not media and not slow and not registry" tests
+
+# docs/settings.md is written from the settings table (tests/test_docs.py fails when it is stale).
+docs: $(STAMP)
+	$(PY) -m sles_ipa_builder.config.docs > docs/settings.md
 
 # The build ends with the quick fake-API boot test; then a real Ironic inspects, cleans and deploys
 # through the ramdisk in BIOS and UEFI mode (README: "Verified against Ironic").

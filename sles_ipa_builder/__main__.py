@@ -17,21 +17,18 @@ from . import __version__, log
 from .config.settings import SETTINGS, Setting
 from .errors import BuildError
 
-# Flags with a shape of their own (lists take several words; bools get --x/--no-x).
-LIST_FLAGS = {"elements", "elements_path", "repos", "repo_credentials"}
-BUILD_ONLY = {"boot_timeout", "boot_memory"}
-
 
 def _add_setting_flag(p: argparse.ArgumentParser, s: Setting) -> None:
+    """The flag of a setting row: bools get --x/--no-x, rows with `many` take several words."""
     dest = f"set_{s.key}"
     if s.kind == "bool":
         p.add_argument(s.option, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=s.help)
-    elif s.key in LIST_FLAGS:
-        p.add_argument(s.option, dest=dest, nargs="+", metavar=s.key.upper().rstrip("S"), help=s.help)
+    elif s.many:
+        p.add_argument(s.option, dest=dest, nargs="+", metavar=s.metavar, help=s.help)
     elif s.kind == "choice":
         p.add_argument(s.option, dest=dest, choices=s.choices, help=s.help)
     else:
-        p.add_argument(s.option, dest=dest, metavar=s.key.upper(), help=s.help)
+        p.add_argument(s.option, dest=dest, metavar=s.metavar, help=s.help)
 
 
 def _common(p: argparse.ArgumentParser, *, settings: bool) -> None:

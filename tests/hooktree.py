@@ -32,10 +32,9 @@ from typing import Any
 
 from sles_ipa_builder import run
 from sles_ipa_builder.config import resolve as config
-from sles_ipa_builder.engine import elements, namespace, plan
+from sles_ipa_builder.engine import elements, hookenv, namespace, plan
 from sles_ipa_builder.engine import runner as phases
 from sles_ipa_builder.engine import scripts as hooks
-from sles_ipa_builder.engine.hookenv import hook_env
 from sles_ipa_builder.engine.stages import Phase
 from sles_ipa_builder.engine.state import Plan, Runtime
 from sles_ipa_builder.errors import BuildError
@@ -249,7 +248,7 @@ def _context(spec: Mapping[str, Any]) -> tuple[Plan, Runtime]:
         els = elements.resolve(spec["names"], [HOOKS])
     else:
         els = [elements.Element(n, HOOKS / n, None) for n in spec["names"]]
-    env = hook_env(cfg, build, [HOOKS], els)
+    env = hookenv.hook_env(cfg, build, [HOOKS], els)
     # what the builder does not own (SOURCE_DATE_EPOCH, PIP_NO_INDEX...) goes straight to the hooks
     env.update({k: v for k, v in extra.items() if k not in env or k.startswith("DIB_DEBUG")})
     p = Plan(cfg=cfg, search_path=[HOOKS], elements=els, tree=elements.merge(els, env), env=env)

@@ -58,6 +58,19 @@ def test_flag_beats_environment(monkeypatch):
     assert cfg.name == "flagged" and cfg.boot_test is False and cfg.elements == ["a", "b"]
 
 
+
+def test_list_flags_take_several_words():
+    """A row's `many` makes its flag take several words; the other list settings take one (quoted) word."""
+    from sles_ipa_builder.__main__ import cli_settings
+
+    assert [s.key for s in SETTINGS if s.many] == ["repos", "repo_credentials", "elements", "elements_path"]
+    args = parser().parse_args(["summary", "--repo", "http://a", "http://b", "--repo-credentials", "/c", "/d",
+                                "--elements", "x", "y", "--elements-path", "/e", "/f", "--keep-paths", "g h"])
+    assert cli_settings(args) == {"repos": ["http://a", "http://b"], "repo_credentials": "/c:/d",
+                                  "elements": ["x", "y"], "elements_path": "/e:/f", "keep_paths": "g h"}
+    with pytest.raises(SystemExit):
+        parser().parse_args(["summary", "--keep-paths", "g", "h"])
+
 def test_readme_documents_every_setting():
     readme = (REPO / "README.md").read_text()
     for s in SETTINGS:

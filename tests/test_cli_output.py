@@ -99,7 +99,8 @@ def test_clean_ff_removes_caches_keeps_media_and_locks(tmp_path: Path) -> None:
     assert sorted(res.stdout.split()[1::2]) == sorted(str(root / k) for k in KINDS)
     assert sorted(p.name for p in root.iterdir()) == ["fixtures", "zypper.lock"]
     assert (root / "fixtures/abc/entry").is_file() and (root / "fixtures/.build.lock").is_file()
-    assert sib("clean", "-ff", cache=tmp_path / "c").stdout.strip() == "nothing to remove"
+    again = sib("clean", "-ff", "--workspace", tmp_path / "ws", cache=tmp_path / "c")  # not the default /tmp/dib
+    assert again.stdout.strip() == "nothing to remove"
 
 
 def test_clean_ff_while_a_lock_is_held(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 from sles_ipa_builder.config import resolve as config
 from sles_ipa_builder.config import servicepack
 from sles_ipa_builder.config.settings import SETTINGS
+from sles_ipa_builder.engine.hookenv import hook_env
 from sles_ipa_builder.errors import ConfigError
 
 
@@ -19,6 +20,10 @@ def resolve(cli=None, env=None, toml: str | None = None, tmp_path: Path | None =
         path = tmp_path / "c.toml"
         path.write_text(toml)
     return config.resolve(cli or {}, config_file=path, environ=env or {})
+
+
+def _hook_env(cfg: config.Config) -> dict[str, str]:
+    return hook_env(cfg, cfg.build_dir, [], [])
 
 
 def test_defaults_are_the_seeds():
@@ -95,7 +100,7 @@ def test_every_first_class_service_pack_names_its_media(sp):
     cfg = resolve(env={"DIB_SLES_SERVICE_PACK": sp})
     assert cfg.iso_file_name == f"SLE-15-{sp}-Full-x86_64-GM-Media1.iso"
     assert [p.name for p in cfg.base_image_candidates()][0] == f"SLES15-{sp}-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2"
-    env = cfg.hook_env()
+    env = _hook_env(cfg)
     assert env["DIB_SLES_SERVICE_PACK"] == sp and env["DIB_RELEASE"] == f"15.{sp[2:]}"
     assert env["DIB_SLES_PYTHON_PACKAGE"] == env["DIB_SLES_PYTHON"].replace(".", "")
     assert env["DIB_SLES_PKG_MKINITRD"] == ("mkinitrd" if sp == "SP4" else "dracut-mkinitrd-deprecated")
@@ -113,7 +118,7 @@ def test_python_per_service_pack():
     assert servicepack.facts("SP7").python_for(lambda name: False) == "python3.11"
     # an explicit choice wins, and a wrong one is refused
     cfg = resolve(env={"DIB_SLES_SERVICE_PACK": "SP4", "DIB_SLES_PYTHON": "python3.11"})
-    assert cfg.python == "python3.11" and cfg.hook_env()["DIB_SLES_PYTHON_PACKAGE"] == "python311"
+    assert cfg.python == "python3.11" and _hook_env(cfg)["DIB_SLES_PYTHON_PACKAGE"] == "python311"
     with pytest.raises(ConfigError, match="not one of"):
         resolve(env={"DIB_SLES_PYTHON": "python3.6"})
 
@@ -152,7 +157,7 @@ def test_dev_user_switches_and_secret_masking():
     cfg = resolve(env={"ENABLE_DEV_USER_PASS": "true"})
     assert cfg.dev_user_password == "test"
     assert cfg.shown("dev_user_password") == "***"
-    env = cfg.hook_env()
+    env = _hook_env(cfg)
     assert env["DIB_DEV_USER_PWDLESS_SUDO"] == "yes"
     assert env["DIB_DEV_USER_USERNAME"] == "metal3"
     assert cfg.secrets() == ["test"]
@@ -161,9 +166,9 @@ def test_dev_user_switches_and_secret_masking():
 def test_dev_user_ssh_uses_the_given_key_only(tmp_path):
     key = tmp_path / "id.pub"
     key.write_text("ssh-ed25519 AAAA test\n")
-    assert "DIB_DEV_USER_AUTHORIZED_KEYS" not in resolve(env={"DEV_USER_SSH_PATH": str(key)}).hook_env()
+    assert "DIB_DEV_USER_AUTHORIZED_KEYS" not in _hook_env(resolve(env={"DEV_USER_SSH_PATH": str(key)}))
     cfg = resolve(env={"ENABLE_DEV_USER_SSH": "yes", "DEV_USER_SSH_PATH": str(key)})
-    assert cfg.hook_env()["DIB_DEV_USER_AUTHORIZED_KEYS"] == str(key)
+    assert _hook_env(cfg)["DIB_DEV_USER_AUTHORIZED_KEYS"] == str(key)
 
 
 def test_base_os_takes_the_sles_slot():

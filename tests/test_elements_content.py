@@ -160,12 +160,15 @@ def test_environment_honours_user_values() -> None:
 def test_service_pack_facts_come_from_the_builder() -> None:
     """servicepack.py is the one table: the builder exports its facts, the hooks read them."""
     from sles_ipa_builder.config import resolve as config
+    from sles_ipa_builder.engine.hookenv import hook_env
 
     for sp, python, release in (("SP4", "python3.10", "15.4"), ("SP5", "python3.11", "15.5"),
                                 ("sp7", "python3.11", "15.7")):
-        env = _source_env(config.resolve({"service_pack": sp}, environ={}).hook_env())
+        cfg = config.resolve({"service_pack": sp}, environ={})
+        env = _source_env(hook_env(cfg, cfg.build_dir, [], []))
         assert (env["DIB_SLES_PYTHON"], env["DIB_RELEASE"]) == (python, release), sp
-    env = config.resolve({}, environ={"DIB_SLES_SERVICE_PACK": "SP5", "DIB_RELEASE": "15.5-custom"}).hook_env()
+    cfg = config.resolve({}, environ={"DIB_SLES_SERVICE_PACK": "SP5", "DIB_RELEASE": "15.5-custom"})
+    env = hook_env(cfg, cfg.build_dir, [], [])
     assert env["DIB_SLES_ISO_REPO_FILE"] == "SLE-15-SP5-Full-x86_64-GM-Media1.iso"
     assert env["DIB_RELEASE"] == "15.5-custom"  # DIB's own variable: the user's value wins
 

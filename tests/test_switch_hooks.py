@@ -14,6 +14,7 @@ from conftest import make_busybox_root
 from test_user_elements import with_bash
 
 from sles_ipa_builder.config import resolve as config
+from sles_ipa_builder.engine.hookenv import hook_env
 
 HOOKS = Path(__file__).resolve().parent.parent / "elements/sles-ipa-install"
 pytestmark = pytest.mark.root
@@ -56,7 +57,8 @@ def tree(tmp_path: Path) -> Path:
 
 
 def run_hook(root: Path, rel: str, **settings: object) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in config.resolve(settings, environ={}).hook_env().items() if k.startswith("DIB_")}
+    cfg = config.resolve(settings, environ={})
+    env = {k: v for k, v in hook_env(cfg, cfg.build_dir, [], []).items() if k.startswith("DIB_")}
     shutil.copy2(HOOKS / rel, root / "tmp/hook")
     return subprocess.run(["chroot", str(root), "/bin/bash", "/tmp/hook"], capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", **env}, check=False)

@@ -270,48 +270,6 @@ class Config:
 
         return {s.key: plain(self.shown(s.key)) for s in SETTINGS}
 
-    def hook_env(self) -> dict[str, str]:
-        """The seed's variables as the elements expect them in their environment."""
-        # DIB_RELEASE is DIB's own variable: a user's value passes through and wins
-        env: dict[str, str] = {"DIB_RELEASE": servicepack.dib_release(self.sles_release, self.service_pack),
-                               **self.passthrough}
-        seed = {
-            "IMAGE_NAME": self.name,
-            "DIB_SLES_OFFLINE_TARGET_DIR": str(self.images_dir),
-            "DIB_SLES_RELEASE": self.sles_release,
-            "DIB_SLES_SERVICE_PACK": self.service_pack,
-            "DIB_SLES_INSTALL_TYPE": self.install_type,
-            "DIB_SLES_IMAGE_TARGET_PLATFORM": self.image_platform,
-            "DIB_SLES_ISO_REPO_FILE": self.iso_file_name,
-            "DIB_ADDITIONAL_IPA_KERNEL_MODULES": self.kernel_modules,
-            "DIB_IPA_ENABLE_RESCUE": "true" if self.enable_rescue else "false",
-            "IPA_REMOVE_FIRMWARE": self.remove_firmware,
-            "DIB_IPA_INSTALL_SSH": "true" if self.install_ssh else "false",
-            "DIB_IPA_INSTALL_DEBUG_TOOLS": "true" if self.install_debug_tools else "false",
-            "DIB_IPA_KEEP_UNITS": self.keep_units,
-            "IRONIC_LIB_FROM_SOURCE": "true" if self.ironic_lib_from_source else "false",
-            "DIB_IPA_CERT_HOSTNAME": self.tls_cert_hostname,
-            "DIB_IPA_CERT_EXPIRATION": str(self.tls_cert_expiration),
-            "DIB_DEV_USER_USERNAME": self.dev_user_username,
-            "DIB_OFFLINE": "1" if self.offline else "",
-        }
-        optional = {
-            "DIB_IPA_CERT": self.ipa_cert,
-            "DIB_IPA_CERT_FILE": self.tls_cert_file,
-            "DIB_IPA_KEY_FILE": self.tls_key_file,
-            "DIB_IPA_CA_FILE": self.tls_ca_file,
-            "DIB_IPA_HARDWARE_PACKAGE": self.hardware_package,
-            "DIB_IPA_HARDWARE_VERSION": self.hardware_version,
-            "DIB_DEV_USER_SHELL": self.dev_user_shell,
-            "DIB_DEV_USER_PWDLESS_SUDO": self.dev_user_pwdless_sudo,
-            "DIB_DEV_USER_PASSWORD": self.dev_user_password,
-            "DIB_DEV_USER_AUTHORIZED_KEYS": self.dev_user_authorized_keys,
-        }
-        env.update(seed)
-        env.update(servicepack.hook_env(self.service_pack, self.python))
-        env.update({k: str(val) for k, val in optional.items() if val not in (None, "")})
-        return env
-
     def secrets(self) -> list[str]:
         """Secret values, so logs and manifests can be checked for them."""
         out = [str(self.value(s.key)) for s in SETTINGS if s.secret and self.value(s.key)]

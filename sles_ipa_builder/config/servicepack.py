@@ -1,5 +1,5 @@
 """What differs between SLES 15 service packs, in one table read by the engine and (through the
-variables the engine exports, `hook_env()`) by the hooks.
+variables engine/hookenv.py exports) by the hooks.
 
 SP4 to SP7 are first-class. A service pack newer than the table is built like the newest one it
 knows; an older one like SP4.
@@ -99,10 +99,9 @@ def dib_release(sles_release: str, service_pack: str) -> str:
     return f"{major}.{sp}" if sp.isdigit() else major
 
 
-def hook_env(service_pack: str, python_exe: str) -> dict[str, str]:
-    """The per-service-pack variables every hook sees."""
+def renamed_packages(service_pack: str) -> dict[str, str]:
+    """Generic name -> this service pack's package, for every package some service pack names differently
+    (the hooks get each as DIB_SLES_PKG_<GENERIC>)."""
     sp = facts(service_pack)
-    env = {"DIB_SLES_PYTHON": python_exe, "DIB_SLES_PYTHON_PACKAGE": python_package(python_exe)}
-    env.update({f"DIB_SLES_PKG_{generic.upper().replace('-', '_')}": sp.package(generic)
-                for generic, _ in _NEWER})
-    return env
+    generics = dict.fromkeys(generic for known in TABLE.values() for generic, _ in known.packages)
+    return {generic: sp.package(generic) for generic in generics}

@@ -1,13 +1,16 @@
-"""Every setting the builder knows: TOML key, environment variables, flag, default, meaning.
+"""Every setting the builder knows: TOML key, environment variables, flag, default, meaning, and the
+variable it exports to the hooks.
 
-One table, read by config.py (resolution), __main__.py (flags) and the README (docs). A new setting
-gets one row; its TOML key is the row's key, its flag `--key-with-dashes` and, when the seed had no
-variable for it, its environment variable `SIB_KEY_IN_CAPITALS`.
+One table, read by resolve.py (resolution), __main__.py (flags), engine/hookenv.py (the hooks'
+environment) and docs.py (docs/settings.md). A new setting gets one row; its TOML key is the row's key,
+its flag `--key-with-dashes` and, when the seed had no variable for it, its environment variable
+`SIB_KEY_IN_CAPITALS`. The strings between the rows are the headings docs/settings.md groups them under.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..packing.cuts import DEFAULT_CUT, DROP_GROUPS, MODULE_CLASSES
@@ -23,6 +26,31 @@ DEFAULT_REMOVE_FIRMWARE = (
 )
 
 
+# How a value is written for the hooks; None: the variable is not exported. The docstring is what
+# docs/settings.md says of it.
+def text(value: Any) -> str | None:
+    """the value (empty too)"""
+    return None if value is None else str(value)
+
+
+def optional(value: Any) -> str | None:
+    """the value; not exported when unset or empty"""
+    return None if value is None or value == "" else str(value)
+
+
+def true_false(value: Any) -> str:
+    """`true` or `false`"""
+    return "true" if value else "false"
+
+
+def one_or_empty(value: Any) -> str:
+    """`1`, or empty when off"""
+    return "1" if value else ""
+
+
+Render = Callable[[Any], str | None]
+
+
 @dataclass(frozen=True)
 class Setting:
     key: str
@@ -35,10 +63,25 @@ class Setting:
     choices: tuple[str, ...] = ()
     flag_name: str = ""  # when the flag reads better than the key (--repo URL... for repos)
     empty_ok: bool = False  # a path with a default that '' may turn off
+    many: bool = False  # the flag takes several words (--repo URL URL...): argparse's nargs="+"
+    export: str | None = None  # the variable the hooks get (DIB's or the seed's name)
+    render: Render | None = None  # how `export` is written (default: true_false for bools, else text)
+    export_from: str = ""  # the Config attribute exported instead of the value (one that fills in a default)
+    default_doc: str = ""  # the default as docs/settings.md shows it, when it depends on the host
+    group: str = ""  # the heading above the row in SETTINGS
+
+    @property
+    def renderer(self) -> Render:
+        return self.render or (true_false if self.kind == "bool" else text)
 
     @property
     def option(self) -> str:
         return "--" + (self.flag_name or self.key.replace("_", "-"))
+
+    @property
+    def metavar(self) -> str:
+        """The flag's argument as --help and docs/settings.md name it (one word of a list: REPO)."""
+        return self.key.upper().rstrip("S") if self.many else self.key.upper()
 
     @property
     def all_envs(self) -> tuple[str, ...]:
@@ -46,42 +89,43 @@ class Setting:
 
 
 S = Setting
-SETTINGS: tuple[Setting, ...] = (
-    # --- where things are
+_ROWS: tuple[str | Setting, ...] = (
+    "Where things are",
     S("workspace", "/tmp/dib", "path", "Build workspace; its build/ subdirectory is emptied when a build starts.",
       ("IPA_BUILD_WORKSPACE",)),
     S("output", None, "path", "Directory for the artifacts (default: the workspace, where metal3-dev-env looks)."),
     S("name", "ironic-python-agent", "str", "Artifact base name: <name>.kernel, .initramfs, .tar ...",
-      ("IPA_IMAGE_NAME",)),
+      ("IPA_IMAGE_NAME",), export="IMAGE_NAME"),
     S("base_os", "sles", "str", "Operating-system element put in the element list.", ("IPA_BASE_OS",)),
     S("arch", HOST_DEFAULT.suse, "arch", "Target architecture (SUSE's name; DIB's is accepted too: ARCH=arm64).",
-      ("SIB_ARCH", "ARCH"), choices=tuple(a.suse for a in ARCHES)),
+      ("SIB_ARCH", "ARCH"), choices=tuple(a.suse for a in ARCHES), default_doc="the host's architecture"),
     S("images_dir", "~/sles_images", "path", "Directory searched for the base qcow2 and the Media1 ISO.",
-      ("DIB_SLES_OFFLINE_TARGET_DIR",)),
+      ("DIB_SLES_OFFLINE_TARGET_DIR",), export="DIB_SLES_OFFLINE_TARGET_DIR"),
     S("base_image", None, "path", "The SLES Minimal-VM qcow2 (default: found in images_dir by name)."),
     S("base_tree", None, "path", "Start from an already extracted root tree instead of a qcow2."),
     S("iso", None, "path", "The SLE Full Media1 ISO (default: images_dir/<iso_name>)."),
     S("iso_name", None, "str", "Media1 ISO file name in images_dir (default SLE-15-<SP>-Full-<arch>-GM-Media1.iso).",
-      ("DIB_SLES_ISO_REPO_FILE",), flag=False),
-    S("sles_release", "SLE-15", "str", "SLES release used in the image names.", ("DIB_SLES_RELEASE",), flag=False),
+      ("DIB_SLES_ISO_REPO_FILE",), flag=False, export="DIB_SLES_ISO_REPO_FILE", export_from="iso_file_name"),
+    S("sles_release", "SLE-15", "str", "SLES release used in the image names.", ("DIB_SLES_RELEASE",), flag=False,
+      export="DIB_SLES_RELEASE"),
     S("service_pack", servicepack.DEFAULT, "str", "SLES service pack, SP4 to SP7 (see servicepack.py).",
-      ("DIB_SLES_SERVICE_PACK",)),
+      ("DIB_SLES_SERVICE_PACK",), export="DIB_SLES_SERVICE_PACK"),
     S("sles_python", None, "choice", "Interpreter of the IPA venv (default: python3.11; on SP4 python3.11 when "
       "a repository provides python311, else python3.10).", ("DIB_SLES_PYTHON",), choices=(servicepack.PY310,
-      servicepack.PY311), flag_name="python"),
+      servicepack.PY311), flag_name="python", export="DIB_SLES_PYTHON", export_from="python"),
     S("install_type", "Minimal-VM", "str", "Image type in the base image name.", ("DIB_SLES_INSTALL_TYPE",),
-      flag=False),
+      flag=False, export="DIB_SLES_INSTALL_TYPE"),
     S("image_platform", "OpenStack-Cloud-GM", "str", "Platform in the base image name.",
-      ("DIB_SLES_IMAGE_TARGET_PLATFORM",), flag=False),
+      ("DIB_SLES_IMAGE_TARGET_PLATFORM",), flag=False, export="DIB_SLES_IMAGE_TARGET_PLATFORM"),
     S("repos", [], "list", "Extra zypper repositories (URLs) added next to the Media1 modules; with them the "
-      "ISO is optional.", ("SIB_REPOS",), flag_name="repo"),
+      "ISO is optional.", ("SIB_REPOS",), flag_name="repo", many=True),
     S("repo_credentials", [], "pathlist", "zypper credentials files (or credentials.d directories) for repository "
-      "URLs that name them with ?credentials=NAME.", ("SIB_REPO_CREDENTIALS",)),
-    # --- elements
-    S("elements", DEFAULT_ELEMENTS, "list", "Element list (replaces the default list).", ("SIB_ELEMENTS",)),
+      "URLs that name them with ?credentials=NAME.", ("SIB_REPO_CREDENTIALS",), many=True),
+    "Elements",
+    S("elements", DEFAULT_ELEMENTS, "list", "Element list (replaces the default list).", ("SIB_ELEMENTS",), many=True),
     S("elements_path", [], "pathlist", "Extra element directories, searched before the built-in elements/.",
-      ("ELEMENTS_PATH",)),
-    # --- sources
+      ("ELEMENTS_PATH",), many=True),
+    "Sources",
     S("ipa_repo", "https://opendev.org/openstack/ironic-python-agent", "str", "ironic-python-agent git URL.",
       ("IPA_REPO",)),
     S("ipa_ref", "master", "str", "ironic-python-agent ref (branch, tag or commit).", ("IPA_REF", "IPA_COMMIT")),
@@ -92,46 +136,56 @@ SETTINGS: tuple[Setting, ...] = (
       "openstack/requirements git URL (upper-constraints).", ("OPENSTACK_REQUIREMENTS_REPO",)),
     S("requirements_ref", "master", "str", "openstack/requirements ref.", ("OPENSTACK_REQUIREMENTS_REF",)),
     S("ironic_lib_from_source", False, "bool", "Install ironic-lib from the cloned source.",
-      ("IRONIC_LIB_FROM_SOURCE",)),
-    # --- contents
+      ("IRONIC_LIB_FROM_SOURCE",), export="IRONIC_LIB_FROM_SOURCE"),
+    "Contents",
     S("kernel_modules", "megaraid_sas", "str", "Kernel modules loaded at boot (space separated).",
-      ("DIB_ADDITIONAL_IPA_KERNEL_MODULES",)),
-    S("ipa_cert", None, "path", "CA certificate appended to the IPA venv's trust bundle.", ("DIB_IPA_CERT",)),
-    S("enable_rescue", True, "bool", "Configure IPA rescue mode.", ("DIB_IPA_ENABLE_RESCUE",)),
+      ("DIB_ADDITIONAL_IPA_KERNEL_MODULES",), export="DIB_ADDITIONAL_IPA_KERNEL_MODULES"),
+    S("ipa_cert", None, "path", "CA certificate appended to the IPA venv's trust bundle.", ("DIB_IPA_CERT",),
+      export="DIB_IPA_CERT", render=optional),
+    S("enable_rescue", True, "bool", "Configure IPA rescue mode.", ("DIB_IPA_ENABLE_RESCUE",),
+      export="DIB_IPA_ENABLE_RESCUE"),
     S("install_ssh", False, "bool", "Keep an SSH server in the ramdisk (off: sshd removed; keys for the dev "
-      "user turn it on).", ("DIB_IPA_INSTALL_SSH",)),
+      "user turn it on).", ("DIB_IPA_INSTALL_SSH",), export="DIB_IPA_INSTALL_SSH"),
     S("install_debug_tools", False, "bool", "Keep ss, dig, diff, top, ping and vim in the ramdisk.",
-      ("DIB_IPA_INSTALL_DEBUG_TOOLS",)),
+      ("DIB_IPA_INSTALL_DEBUG_TOOLS",), export="DIB_IPA_INSTALL_DEBUG_TOOLS"),
     S("keep_units", "", "str", "Units the ramdisk keeps although they only make sense on installed systems "
       "(sles-ipa-ramdisk-base disables the others: maintenance timers, smartd, ipmievd...) and boot-time "
       "generators it turns off (systemd-gpt-auto-generator...); space separated.",
-      ("DIB_IPA_KEEP_UNITS",)),
+      ("DIB_IPA_KEEP_UNITS",), export="DIB_IPA_KEEP_UNITS"),
     S("remove_firmware", DEFAULT_REMOVE_FIRMWARE, "str", "Firmware directories removed (comma separated).",
-      ("IPA_REMOVE_FIRMWARE",)),
-    S("hardware_package", None, "str", "pip requirement for the hardware package.", ("DIB_IPA_HARDWARE_PACKAGE",)),
+      ("IPA_REMOVE_FIRMWARE",), export="IPA_REMOVE_FIRMWARE"),
+    S("hardware_package", None, "str", "pip requirement for the hardware package.", ("DIB_IPA_HARDWARE_PACKAGE",),
+      export="DIB_IPA_HARDWARE_PACKAGE", render=optional),
     S("hardware_version", None, "str", "Version of hardware when hardware_package is unset.",
-      ("DIB_IPA_HARDWARE_VERSION",)),
-    S("tls_cert_file", None, "path", "TLS certificate for the agent API (sles-ipa-tls).", ("DIB_IPA_CERT_FILE",)),
-    S("tls_key_file", None, "path", "TLS private key matching tls_cert_file.", ("DIB_IPA_KEY_FILE",)),
-    S("tls_ca_file", None, "path", "CA for client certificate validation.", ("DIB_IPA_CA_FILE",)),
+      ("DIB_IPA_HARDWARE_VERSION",), export="DIB_IPA_HARDWARE_VERSION", render=optional),
+    S("tls_cert_file", None, "path", "TLS certificate for the agent API (sles-ipa-tls).", ("DIB_IPA_CERT_FILE",),
+      export="DIB_IPA_CERT_FILE", render=optional),
+    S("tls_key_file", None, "path", "TLS private key matching tls_cert_file.", ("DIB_IPA_KEY_FILE",),
+      export="DIB_IPA_KEY_FILE", render=optional),
+    S("tls_ca_file", None, "path", "CA for client certificate validation.", ("DIB_IPA_CA_FILE",),
+      export="DIB_IPA_CA_FILE", render=optional),
     S("tls_cert_hostname", "ipa-ramdisk.example.com", "str", "CN of a generated certificate.",
-      ("DIB_IPA_CERT_HOSTNAME",)),
-    S("tls_cert_expiration", 1095, "int", "Days a generated certificate is valid.", ("DIB_IPA_CERT_EXPIRATION",)),
-    # --- dev user
+      ("DIB_IPA_CERT_HOSTNAME",), export="DIB_IPA_CERT_HOSTNAME"),
+    S("tls_cert_expiration", 1095, "int", "Days a generated certificate is valid.", ("DIB_IPA_CERT_EXPIRATION",),
+      export="DIB_IPA_CERT_EXPIRATION"),
+    "Dev user",
     S("dev_user_pass", False, "bool", "Give the dev user a password ('test', as the seed) and passwordless sudo.",
       ("ENABLE_DEV_USER_PASS",)),
     S("dev_user_ssh", False, "bool", "Install dev_user_ssh_path as the dev user's authorized key.",
       ("ENABLE_DEV_USER_SSH",)),
     S("dev_user_ssh_path", "~/.ssh/id_rsa.pub", "path", "Public key used when dev_user_ssh is on.",
       ("DEV_USER_SSH_PATH",)),
-    S("dev_user_username", "metal3", "str", "Dev user name.", ("DIB_DEV_USER_USERNAME",)),
-    S("dev_user_password", None, "str", "Dev user password.", ("DIB_DEV_USER_PASSWORD",), secret=True),
+    S("dev_user_username", "metal3", "str", "Dev user name.", ("DIB_DEV_USER_USERNAME",),
+      export="DIB_DEV_USER_USERNAME"),
+    S("dev_user_password", None, "str", "Dev user password.", ("DIB_DEV_USER_PASSWORD",), secret=True,
+      export="DIB_DEV_USER_PASSWORD", render=optional),
     S("dev_user_pwdless_sudo", None, "str", "yes: passwordless sudo for the dev user.",
-      ("DIB_DEV_USER_PWDLESS_SUDO",)),
+      ("DIB_DEV_USER_PWDLESS_SUDO",), export="DIB_DEV_USER_PWDLESS_SUDO", render=optional),
     S("dev_user_authorized_keys", None, "path", "authorized_keys file for the dev user.",
-      ("DIB_DEV_USER_AUTHORIZED_KEYS",)),
-    S("dev_user_shell", None, "str", "Dev user login shell.", ("DIB_DEV_USER_SHELL",)),
-    # --- packing
+      ("DIB_DEV_USER_AUTHORIZED_KEYS",), export="DIB_DEV_USER_AUTHORIZED_KEYS", render=optional),
+    S("dev_user_shell", None, "str", "Dev user login shell.", ("DIB_DEV_USER_SHELL",),
+      export="DIB_DEV_USER_SHELL", render=optional),
+    "Packing",
     S("compress", "zstd", "str", "Compressor: zstd, gzip, xz, none, or a command reading stdin ('zstd -19 -T0').",
       ("DIB_IPA_COMPRESS_CMD", "DIB_IPA_COMPRESS_COMMAND")),
     S("compress_level", None, "int", "Compression level (zstd 1-19, gzip 1-9, xz 0-9; default zstd 9, gzip 6, xz 6)."),
@@ -152,10 +206,11 @@ SETTINGS: tuple[Setting, ...] = (
       ("SIB_PRUNE_PATHS",)),
     S("size_limit_mb", 500, "int", "The tar may not reach this size (MiB).", ("IRONIC_SIZE_LIMIT_MB",)),
     S("source_date_epoch", None, "int", "Clamp mtimes in the initramfs to this time.", ("SOURCE_DATE_EPOCH",)),
-    # --- build behaviour
+    "Build behaviour",
     S("ca_bundle", "/etc/ssl/certs/ca-certificates.crt", "path",
       "CA bundle visible to pip and git inside the target during the build only ('' to disable).", empty_ok=True),
-    S("offline", False, "bool", "Use caches only; contact nothing.", ("SIB_OFFLINE", "DIB_OFFLINE")),
+    S("offline", False, "bool", "Use caches only; contact nothing.", ("SIB_OFFLINE", "DIB_OFFLINE"),
+      export="DIB_OFFLINE", render=one_or_empty),
     S("keep_workspace", False, "bool", "Keep the build tree after the build."),
     S("cache_generations", 2, "int", "Root trees and cache layers kept per layer (the most recently used)."),
     S("cache", True, "bool", "Start from the deepest cache layer whose inputs match; --no-cache runs every step "
@@ -173,7 +228,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("boot_memory", 2048, "int", "Boot test VM memory (MiB)."),
     S("accel", "auto", "choice", "QEMU/libguestfs acceleration: auto tries KVM then falls back to TCG.",
       choices=("auto", "kvm", "tcg")),
-    # --- metal3-dev-env
+    "metal3-dev-env",
     S("quiet_cleanup", False, "bool", "Hide the output of metal3-dev-env's make clean.", ("QUIET_CLEANUP",),
       flag=False),
     S("dev_env_repo", "https://github.com/metal3-io/metal3-dev-env", "str", "metal3-dev-env repository.",
@@ -184,4 +239,18 @@ SETTINGS: tuple[Setting, ...] = (
     S("dev_env_commit", "HEAD", "str", "metal3-dev-env commit.", ("METAL3_DEV_ENV_COMMIT",), flag=False),
 )
 
+
+def _grouped(rows: tuple[str | Setting, ...]) -> tuple[Setting, ...]:
+    """The rows, each with the heading above it as its group."""
+    out: list[Setting] = []
+    heading = ""
+    for row in rows:
+        if isinstance(row, str):
+            heading = row
+        else:
+            out.append(replace(row, group=heading))
+    return tuple(out)
+
+
+SETTINGS: tuple[Setting, ...] = _grouped(_ROWS)
 BY_KEY = {s.key: s for s in SETTINGS}
