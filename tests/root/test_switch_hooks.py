@@ -15,7 +15,7 @@ from test_user_elements import with_bash
 
 from sles_ipa_builder.config import resolve as config
 
-HOOKS = Path(__file__).resolve().parent.parent / "elements/sles-ipa-install"
+HOOKS = Path(__file__).resolve().parents[2] / "elements/sles-ipa-install"
 pytestmark = pytest.mark.root
 
 ZYPPER = """#!/bin/bash

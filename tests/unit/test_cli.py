@@ -12,7 +12,7 @@ from sles_ipa_builder import run
 from sles_ipa_builder.__main__ import main, parser
 from sles_ipa_builder.config.settings import SETTINGS
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 VERBS = ["build", "summary", "doctor", "repos", "pack", "boot-test", "size-report", "clean", "fixtures"]
 
 
