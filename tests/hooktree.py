@@ -26,6 +26,7 @@ import shutil
 import stat
 import sys
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,10 @@ from sles_ipa_builder import run
 from sles_ipa_builder.config import resolve as config
 from sles_ipa_builder.engine import elements, namespace, plan
 from sles_ipa_builder.engine import runner as phases
-from sles_ipa_builder.engine import runtime as context
 from sles_ipa_builder.engine import scripts as hooks
-from sles_ipa_builder.engine.runtime import BuildContext
+from sles_ipa_builder.engine.hookenv import hook_env
 from sles_ipa_builder.engine.stages import Phase
+from sles_ipa_builder.engine.state import Plan, Runtime
 from sles_ipa_builder.errors import BuildError
 
 HOOKS = elements.BUILTIN_DIR
@@ -236,28 +237,29 @@ class Target:
         return result
 
 
-def _context(spec: Mapping[str, Any]) -> BuildContext:
-    """A BuildContext for just these elements (no operating-system element needed), like make_context."""
+def _context(spec: Mapping[str, Any]) -> tuple[Plan, Runtime]:
+    """A plan for just these elements (no operating-system element needed), like plan.make."""
     build = Path(spec["build"])
     extra: dict[str, str] = spec["env"]
     environ = {"HOME": str(build.parent), "DIB_SLES_SERVICE_PACK": "SP5", **extra}
-    cfg = config.resolve(cli={"workspace": str(build.parent / "ws"), "ca_bundle": ""}, environ=environ)
+    cfg = config.resolve(cli={"workspace": str(build.parent), "output": str(build.parent / "out"), "ca_bundle": ""},
+                         environ=environ)
+    assert cfg.build_dir == build
     if spec.get("resolve"):  # a whole element list, resolved as a build resolves it
         els = elements.resolve(spec["names"], [HOOKS])
     else:
         els = [elements.Element(n, HOOKS / n, None) for n in spec["names"]]
-    env = context.hook_env(cfg, build, [HOOKS], els)
+    env = hook_env(cfg, build, [HOOKS], els)
     # what the builder does not own (SOURCE_DATE_EPOCH, PIP_NO_INDEX...) goes straight to the hooks
     env.update({k: v for k, v in extra.items() if k not in env or k.startswith("DIB_DEBUG")})
-    ctx = BuildContext(cfg=cfg, build_dir=build, root=build / "root", hooks_dir=build / "hooks",
-                       outputs=build.parent / "out", log_path=build.parent / "build.log", search_path=[HOOKS],
-                       elements=els, tree=elements.merge(els, env), env=env, ca_bundle=None)
-    ctx.phase_env = plan.sourced_env(ctx)
-    elements.apply_install_types(ctx.tree, ctx.phase_env)
+    p = Plan(cfg=cfg, search_path=[HOOKS], elements=els, tree=elements.merge(els, env), env=env)
+    phase_env = plan.sourced_env(p)
+    elements.apply_install_types(p.tree, phase_env)
+    p = replace(p, phase_env=phase_env)
     # no package installs, no clones, and none of the builder's own steps (image, media, wheelhouse):
     # the hooks and DIB's generic elements only. The rest is the end-to-end test's job.
-    ctx.steps = [s for s in plan.steps(ctx) if s.run is None or s.element in elements.NATIVE]
-    return ctx
+    p = replace(p, steps=[s for s in plan.steps(p, []) if s.run is None or s.element in elements.NATIVE])
+    return p, Runtime.start(p)
 
 
 def _child(raw: str) -> None:
@@ -267,16 +269,16 @@ def _child(raw: str) -> None:
     logging.getLogger("sles_ipa_builder.hook").setLevel(logging.DEBUG)
     spec = json.loads(raw)
     namespace.enter()
-    ctx = _context(spec)
-    ctx.workspace.mkdir(parents=True, exist_ok=True)  # host hooks run there
+    the_plan, rt = _context(spec)
+    the_plan.workspace.mkdir(parents=True, exist_ok=True)  # host hooks run there
     run.run(["mount", "-t", "overlay", "overlay", "-o",
-             f"lowerdir={spec['lower']},upperdir={spec['upper']},workdir={spec['work']}", ctx.root])
+             f"lowerdir={spec['lower']},upperdir={spec['upper']},workdir={spec['work']}", the_plan.root])
     if spec["setup"]:
-        run.run(["bash", "-euc", spec["setup"]], env={**os.environ, "ROOT": str(ctx.root)})
-    hooks.materialise(ctx)
+        run.run(["bash", "-euc", spec["setup"]], env={**os.environ, "ROOT": str(the_plan.root)})
+    hooks.materialise(the_plan)
     try:
         for p in spec["phases"]:
-            phases.run_phase(ctx, Phase(p), [s for s in ctx.steps if s.stage is Phase(p)])
+            phases.run_phase(the_plan, rt, Phase(p), [s for s in the_plan.steps if s.stage is Phase(p)])
     except BuildError as e:
         print("\n".join(e.tail))
         print(f"error: {e.message}")

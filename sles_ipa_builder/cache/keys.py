@@ -1,11 +1,13 @@
 """The keys of the cache layers: which points a plan has, and for each the hash of everything that
-made the tree there (checkpoints.py keeps, finds and restores the layers).
+made the tree there (layers.py keeps, finds and restores the layers).
 
 Each key chains the key of the layer below with the layer's own inputs: the media identity and
-each --repo's repomd.xml digest (in the first layer), the source commits (in `venv`), every step
-in the layer's range counted by content (a script by its bytes plus its element's other files, a
-native step by what it reads), and the hooks' environment, each variable in the first layer holding
-a script that names it. Nothing here writes; reading the elements' files is all the I/O.
+each --repo's repomd.xml digest (in the first layer), the source commits (in `venv`), the hooks'
+environment (each variable in the first layer holding a script that names it), and the steps. Every
+step is counted by content (a script by its bytes plus its element's other files, a native step by
+what its declaration, stages.Reads, says it reads) and chained on the step before it, so a step
+cannot be missing from the key of its layer or of any layer above. Nothing here writes; reading the
+elements' files is all the I/O.
 """
 
 from __future__ import annotations
@@ -17,16 +19,14 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..engine.packages import HOOK_NAMES, pkg_map_files
 from ..engine.stages import Phase, Step
-from ..inputs import repos
 from . import store as cache
 
 if TYPE_CHECKING:
-    from ..engine.runtime import BuildContext
+    from ..engine.state import Plan
 
 
 def root() -> Path:
@@ -87,8 +87,8 @@ def builder_id() -> str:
     return f"{__version__}+{code_digest(Path(__file__).parents[1])[:12]}"
 
 
-def phase_steps(ctx: BuildContext) -> list[Step]:
-    return [s for s in ctx.steps if isinstance(s.stage, Phase)]
+def phase_steps(plan: Plan) -> list[Step]:
+    return [s for s in plan.steps if isinstance(s.stage, Phase)]
 
 
 def _ends(steps: list[Step]) -> list[tuple[Point, int]]:
@@ -103,69 +103,46 @@ def _ends(steps: list[Step]) -> list[tuple[Point, int]]:
     return out
 
 
-def _element_data(ctx: BuildContext, element: str, scripts: set[str]) -> str:
+def _element_data(plan: Plan, element: str, scripts: set[str]) -> str:
     """The hash of an element's files other than the plan's scripts (static files, service units,
     package lists...): any of its scripts may read them."""
     rows = sorted(f"{rel} {_sha(src.read_bytes()) if src.is_file() else os.readlink(src)}"
-                  for rel, (el, src) in ctx.tree.files.items()
+                  for rel, (el, src) in plan.tree.files.items()
                   if el == element and rel not in scripts and (src.is_file() or src.is_symlink()))
     return _sha("\n".join(rows))
 
 
-def _script(ctx: BuildContext, s: Step) -> bytes:
-    entry = ctx.tree.resolve_entry(f"{s.stage.value}.d/{s.name}")
+def _script(plan: Plan, s: Step) -> bytes:
+    entry = plan.tree.resolve_entry(f"{s.stage.value}.d/{s.name}")
     return entry[1].read_bytes() if entry is not None else b""
 
 
-def _native(ctx: BuildContext, s: Step) -> str:
-    """What a native step's result depends on, besides its name and the builder (builder_id)."""
-    cfg = ctx.cfg
-    parts: list[Any] = [s.reads]
-    if s.name == "01-install-bin":
-        parts.append(sorted((r, _sha(p.read_bytes())) for r, (_, p) in ctx.tree.subtree("bin").items()))
-    elif s.name == "10-install-static-files":
-        parts.append(sorted((r, _sha(p.read_bytes()) if p.is_file() else str(p))
-                            for r, (_, p) in ctx.tree.subtree("static").items()))
-    elif s.name == "10-create-pkg-map-dir":
-        parts.append(sorted((e, _sha(f.read_bytes())) for e, f in pkg_map_files(ctx.elements).items()))
-    elif s.name == "98-source-repositories":
-        parts.append([(r.name, r.type, r.dest) for r in ctx.source_repos])  # the commits: in the venv layer
-    elif s.name in {n for names in HOOK_NAMES.values() for n in names}:
-        phase_dir, uninstall = f"{s.stage.value}.d", s.name in {n[1] for n in HOOK_NAMES.values()}
-        parts.append(repr(ctx.packages.get(phase_dir, uninstall)))
-    elif s.name == "60-cut-kernel-modules":
-        parts.append([cfg.minimal_prune, sorted(cfg.cut_modules)])
-    elif s.name in ("70-strip-agent-venv", "75-empty-icu-data"):
-        parts.append([cfg.minimal_prune, sorted(cfg.keep_paths)])
-    elif s.name == "90-drop-packages":
-        parts.append([cfg.minimal_prune, sorted(cfg.drop_packages), sorted(cfg.keep_paths)])
-    elif s.name == "01-copy-manifests-dir":
-        parts.append([sorted(k + "=" + v for k, v in ctx.env.items() if k.startswith("DIB_")), cfg.element_list])
-    elif s.name in ("05-media-repositories", "05-remove-media-repositories"):
-        parts.append([r.alias for r in repos.parse(list(cfg.repos))])
-    return _sha(json.dumps(parts, default=str))
+def _native(plan: Plan, s: Step) -> str:
+    """A native step by what it declares it reads (stages.Reads), besides its name and the builder."""
+    value = s.inputs.value(plan) if s.inputs.value is not None else None
+    return _sha(json.dumps([s.inputs.words, value], default=str))
 
 
-def _step_hash(ctx: BuildContext, s: Step, data: dict[str, str], scripts: set[str]) -> str:
+def _step_hash(plan: Plan, s: Step, data: dict[str, str], scripts: set[str]) -> str:
     if s.run is not None:
-        return _native(ctx, s)
+        return _native(plan, s)
     if s.element not in data:
-        data[s.element] = _element_data(ctx, s.element, scripts)
-    return _sha(_script(ctx, s) + data[s.element].encode())
+        data[s.element] = _element_data(plan, s.element, scripts)
+    return _sha(_script(plan, s) + data[s.element].encode())
 
 
-def _keyed_env(ctx: BuildContext) -> dict[str, str]:
+def _keyed_env(plan: Plan) -> dict[str, str]:
     """The hooks' environment as the keys see it: without what only says where or how."""
-    return {k: v for k, v in ctx.phase_env.items() if k not in PLACES and not k.startswith(PLACE_PREFIXES)}
+    return {k: v for k, v in plan.phase_env.items() if k not in PLACES and not k.startswith(PLACE_PREFIXES)}
 
 
-def _env_owner(ctx: BuildContext, env: dict[str, str], steps: list[Step],
+def _env_owner(plan: Plan, env: dict[str, str], steps: list[Step],
                ends: list[tuple[Point, int]]) -> dict[str, str]:
     """variable -> the layer of the first script that names it (else the first layer)."""
     owner: dict[str, str] = {}
     start = 0
     for point, end in ends:
-        text = b"\n".join(_script(ctx, s) for s in steps[start:end] if s.run is None).decode(errors="replace")
+        text = b"\n".join(_script(plan, s) for s in steps[start:end] if s.run is None).decode(errors="replace")
         names = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
         for var in env:
             if var not in owner and var in names:
@@ -179,28 +156,31 @@ def _shown(value: str, secret: bool) -> str:
     return value if len(value) <= 80 and not secret else "sha256:" + _sha(value)[:16]
 
 
-def compute(ctx: BuildContext, *, root_key: str, media_identity: str, repo_digests: dict[str, str],
+def compute(plan: Plan, *, root_key: str, media_identity: str, repo_digests: dict[str, str],
             commits: dict[str, str]) -> list[Layer]:
     """The layers of this plan with their keys and the inputs that make them (no I/O but reading
     the elements' files)."""
-    steps = phase_steps(ctx)
+    steps = phase_steps(plan)
     ends = _ends(steps)
-    env = _keyed_env(ctx)
-    owner = _env_owner(ctx, env, steps, ends)
-    secrets = set(ctx.cfg.secrets())
+    env = _keyed_env(plan)
+    owner = _env_owner(plan, env, steps, ends)
+    secrets = set(plan.cfg.secrets())
     data: dict[str, str] = {}
     scripts = {f"{s.stage.value}.d/{s.name}" for s in steps if s.run is None}
     out: list[Layer] = []
-    parent, start = root_key, 0
+    parent, start, chained = root_key, 0, root_key
     for point, end in ends:
-        inputs = {"below": parent, "builder": builder_id(), "arch": ctx.cfg.arch.suse}
+        inputs = {"below": parent, "builder": builder_id(), "arch": plan.cfg.arch.suse}
         if not out:
             inputs["media"] = media_identity
             inputs.update({f"repository {alias}": d for alias, d in sorted(repo_digests.items())})
         if point.name == "venv" or (point.name == "tree" and not any(layer.name == "venv" for layer in out)):
             inputs.update({f"source {name}": sha for name, sha in sorted(commits.items())})
         for s in steps[start:end]:
-            inputs[f"step {s.stage.value}.d/{s.name}"] = _step_hash(ctx, s, data, scripts)[:16]
+            step_hash = _step_hash(plan, s, data, scripts)
+            inputs[f"step {s.stage.value}.d/{s.name}"] = step_hash[:16]
+            chained = _sha(f"{chained} {s.stage.value}.d/{s.name} {step_hash}")
+        inputs["steps"] = chained  # every step so far, in order: none can be left out of a key
         for var in sorted(v for v, o in owner.items() if o == point.name):
             inputs[f"env {var}"] = _shown(env[var], env[var] in secrets)
         key = _sha(json.dumps(inputs, sort_keys=True))

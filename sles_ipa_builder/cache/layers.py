@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import run
-from ..engine.runtime import TARGET_CA
 from ..engine.stages import Phase, Step
+from ..engine.state import TARGET_CA
 from ..engine.target import IN_TARGET, ResolvSaved
 from ..errors import InputError
 from ..inputs import image, media, repos, sources
@@ -48,7 +48,7 @@ from .keys import Layer, compute, phase_steps, root, why
 
 if TYPE_CHECKING:
     from ..config.resolve import Config
-    from ..engine.runtime import BuildContext
+    from ..engine.state import Plan, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class Checkpoints:
     resume: Layer | None = None
     skip: set[tuple[str, str]] = field(default_factory=set)  # (phase, step name)
     commits: dict[str, str] = field(default_factory=dict)
-    env0: dict[str, str] = field(default_factory=dict)  # ctx.env before any step ran
+    env0: dict[str, str] = field(default_factory=dict)  # rt.env before any step ran
 
 
 def _meta(entry: Path) -> dict[str, Any] | None:
@@ -109,61 +109,61 @@ def _look_up(found: list[Layer], no_cache: bool) -> Layer | None:
 
 
 # --- a build ---------------------------------------------------------------------------------------
-def of(ctx: BuildContext) -> Checkpoints:
-    if ctx.checkpoints is None:
-        ctx.checkpoints = Checkpoints()
-    return ctx.checkpoints
+def of(rt: Runtime) -> Checkpoints:
+    if rt.checkpoints is None:
+        rt.checkpoints = Checkpoints()
+    return rt.checkpoints
 
 
-def off(ctx: BuildContext, why_not: str) -> None:
+def off(rt: Runtime, why_not: str) -> None:
     """No layers for this build (none used, none made). Called by the root step when the root tree
     could not be mounted, it undoes a resume: every step runs on the copied tree."""
-    if of(ctx).layers:
+    if of(rt).layers:
         log.info("cache layers off for this build: %s", why_not)
-    if of(ctx).resume is not None:
-        ctx.resolv = None  # the layer's saved resolv.conf is not in a copied root tree
-    ctx.checkpoints = Checkpoints()
-    ctx.manifest["layers"] = [{"layer": "-", "state": f"off: {why_not}"}]
+    if of(rt).resume is not None:
+        rt.resolv = None  # the layer's saved resolv.conf is not in a copied root tree
+    rt.checkpoints = Checkpoints()
+    rt.manifest["layers"] = [{"layer": "-", "state": f"off: {why_not}"}]
 
 
-def _eligible(ctx: BuildContext) -> str | None:
-    names = {(s.stage, s.name) for s in phase_steps(ctx) if s.run is not None}
+def _eligible(plan: Plan) -> str | None:
+    names = {(s.stage, s.name) for s in phase_steps(plan) if s.run is not None}
     if (Phase.ROOT, "10-sles-image") not in names:
         return "the root tree is not the qcow2's (--base-tree or a root element of your own)"
-    if ctx.cfg.keep_workspace:
+    if plan.cfg.keep_workspace:
         return "--keep-workspace copies the root tree instead of mounting it"
     return None
 
 
-def prepare(ctx: BuildContext) -> None:
+def prepare(plan: Plan, rt: Runtime) -> None:
     """Before the first step: every layer's key, the deepest cached one, and the steps it saves.
     Fetches the source mirrors (as the sources step would) and hashes the qcow2 (as the root step would)."""
-    reason = _eligible(ctx)
+    reason = _eligible(plan)
     if reason:
-        off(ctx, reason)
+        off(rt, reason)
         return
-    cfg = ctx.cfg
-    commits = sources.resolve(ctx.source_repos, offline=cfg.offline)
-    found = compute(ctx, root_key=cache.file_sha256(image.find_image(cfg)),
-                    media_identity=ctx.media.identity if ctx.media is not None else "none",
+    cfg = plan.cfg
+    commits = sources.resolve(plan.source_repos, offline=cfg.offline)
+    found = compute(plan, root_key=cache.file_sha256(image.find_image(cfg)),
+                    media_identity=rt.media.identity if rt.media is not None else "none",
                     repo_digests=_repo_digests(cfg, offline=cfg.offline), commits=commits)
     best = _look_up(found, not cfg.cache)
-    cp = Checkpoints(found, best, commits=commits, env0=dict(ctx.env))
+    cp = Checkpoints(found, best, commits=commits, env0=dict(rt.env))
     for layer in found:
         log.info("cache layer %s %s: %s", layer.name, layer.key[:12], layer.state)
     if best is not None:
         meta = _meta(best.path) or {}
-        cp.skip = _skipped(phase_steps(ctx), best)
+        cp.skip = _skipped(phase_steps(plan), best)
         state = meta.get("state", {})
-        ctx.manifest.update(state.get("manifest", {}))
-        ctx.env.update(state.get("env", {}))
+        rt.manifest.update(state.get("manifest", {}))
+        rt.env.update(state.get("env", {}))
         if state.get("resolv"):
-            ctx.resolv = ResolvSaved(**state["resolv"])
+            rt.resolv = ResolvSaved(**state["resolv"])
         for tree in chain(best):
-            cache.in_use(ctx.stack, tree.parent)
+            cache.in_use(rt.stack, tree.parent)
         log.info("resuming from cache layer %s: %d steps skipped", best.name, len(cp.skip))
-    ctx.checkpoints = cp
-    ctx.manifest["layers"] = [{"layer": x.name, "key": x.key, "state": x.state} for x in found]
+    rt.checkpoints = cp
+    rt.manifest["layers"] = [{"layer": x.name, "key": x.key, "state": x.state} for x in found]
 
 
 def _repo_digests(cfg: Config, *, offline: bool) -> dict[str, str]:
@@ -187,31 +187,31 @@ def _skipped(steps: list[Step], layer: Layer) -> set[tuple[str, str]]:
     return out
 
 
-def above(ctx: BuildContext) -> list[Path]:
+def above(rt: Runtime) -> list[Path]:
     """The resumed layer's trees, which the root step mounts over the root tree."""
-    resume = of(ctx).resume
+    resume = of(rt).resume
     return chain(resume) if resume is not None else []
 
 
-def skipped(ctx: BuildContext, s: Step) -> bool:
-    return (s.stage.value, s.name) in of(ctx).skip
+def skipped(rt: Runtime, s: Step) -> bool:
+    return (s.stage.value, s.name) in of(rt).skip
 
 
-def after_step(ctx: BuildContext, s: Step) -> None:
+def after_step(plan: Plan, rt: Runtime, s: Step) -> None:
     """Keep the tree as the layer taken after this step, when one is and it is not cached."""
-    for layer in of(ctx).layers:
+    for layer in of(rt).layers:
         if layer.after == (s.stage.value, s.name):
-            _save(ctx, layer)
+            _save(plan, rt, layer)
 
 
-def after_phases(ctx: BuildContext) -> None:
-    for layer in of(ctx).layers:
+def after_phases(plan: Plan, rt: Runtime) -> None:
+    for layer in of(rt).layers:
         if layer.after is None:
-            _save(ctx, layer)
+            _save(plan, rt, layer)
 
 
-def _save(ctx: BuildContext, layer: Layer) -> None:
-    upper = layers.upper_dir(ctx.root)
+def _save(plan: Plan, rt: Runtime, layer: Layer) -> None:
+    upper = layers.upper_dir(plan.root)
     if layer.state == "hit" or _meta(layer.path) is not None or not upper.is_dir():
         return
     start = time.monotonic()
@@ -228,31 +228,31 @@ def _save(ctx: BuildContext, layer: Layer) -> None:
                     shutil.rmtree(p)
                 elif p.is_file():
                     p.unlink()
-            resume = of(ctx).resume
+            resume = of(rt).resume
             below = [str(t.parent.relative_to(root())) for t in chain(resume)] if resume is not None else []
             (tmp / "meta.json").write_text(json.dumps({"inputs": layer.inputs, "below": below,
-                                                       "state": _state(ctx)}, indent=1, default=str))
+                                                       "state": _state(rt)}, indent=1, default=str))
         cache.touch_use(layer.path)
     layer.state = "made"
     log.info("cache layer %s %s kept (%.1fs)", layer.name, layer.key[:12], time.monotonic() - start)
-    cache.prune(f"layers/{layer.name}", max(1, ctx.cfg.cache_generations))
+    cache.prune(f"layers/{layer.name}", max(1, plan.cfg.cache_generations))
 
 
-def _state(ctx: BuildContext) -> dict[str, Any]:
-    env0 = of(ctx).env0
-    return {"manifest": {k: v for k, v in ctx.manifest.items() if k not in ("timings", "layers")},
-            "env": {k: v for k, v in ctx.env.items() if env0.get(k) != v},
-            "resolv": {"had": ctx.resolv.had, "text": ctx.resolv.text} if ctx.resolv is not None else None}
+def _state(rt: Runtime) -> dict[str, Any]:
+    env0 = of(rt).env0
+    return {"manifest": {k: v for k, v in rt.manifest.items() if k not in ("timings", "layers")},
+            "env": {k: v for k, v in rt.env.items() if env0.get(k) != v},
+            "resolv": {"had": rt.resolv.had, "text": rt.resolv.text} if rt.resolv is not None else None}
 
 
 # --- summary -----------------------------------------------------------------------------------------
-def describe(ctx: BuildContext) -> list[dict[str, str]]:
+def describe(plan: Plan) -> list[dict[str, str]]:
     """The layers a build would use and whether each is cached, for `summary`: no fetch, no writes
     (sources as last fetched, a qcow2 not hashed yet says so)."""
-    reason = _eligible(ctx)
+    reason = _eligible(plan)
     if reason:
         return [{"layer": "packages, venv, tree", "key": "-", "state": f"off: {reason}"}]
-    cfg = ctx.cfg
+    cfg = plan.cfg
     try:
         img = image.find_image(cfg)
     except InputError as e:
@@ -260,11 +260,11 @@ def describe(ctx: BuildContext) -> list[dict[str, str]]:
     sha = cache.known_sha256(img)
     if sha is None:
         return [{"layer": "packages, venv, tree", "key": "-", "state": "unknown until the qcow2 is hashed"}]
-    commits = sources.peek(ctx.source_repos)
+    commits = sources.peek(plan.source_repos)
     m = media.open_media(cfg.iso_path) if cfg.iso_path.is_file() else None
     zc = cache.cache_root() / "zypper"
     digests = {r.alias: repos.metadata_digest(r, {}, None, zypper_cache=zc) for r in repos.parse(list(cfg.repos))}
-    found = compute(ctx, root_key=sha, media_identity=m.identity if m is not None else "none",
+    found = compute(plan, root_key=sha, media_identity=m.identity if m is not None else "none",
                     repo_digests=digests, commits={k: v or "not fetched yet" for k, v in commits.items()})
     _look_up(found, not cfg.cache)
     note = " (sources as last fetched)" if commits else ""

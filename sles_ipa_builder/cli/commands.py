@@ -45,8 +45,8 @@ def build(args: argparse.Namespace, cli: dict[str, Any]) -> int:
 def summary(args: argparse.Namespace, cli: dict[str, Any]) -> int:
     from ..engine import plan
 
-    cfg = resolve(args, cli)
-    info = plan.describe(plan.make(cfg))
+    made = plan.make(resolve(args, cli))
+    cfg, info = made.cfg, plan.describe(made)  # the settled configuration, as `build` uses it
     settings = {
         key: {"value": value, "source": cfg.sources[key]} for key, value in cfg.shown_settings().items()
     }

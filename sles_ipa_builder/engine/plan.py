@@ -16,10 +16,12 @@ Rules, in the order they apply:
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +29,19 @@ from .. import __version__, run
 from ..cache import layers as checkpoints
 from ..cache import roottree as layers
 from ..cache.store import cache_dir
+from ..config import servicepack
 from ..config.resolve import Config
 from ..delivery.artifacts import OUTPUTS, Output, Staging, close, commit, open_staging
 from ..errors import CommandError, ConfigError
-from ..inputs import zypper
+from ..inputs import media, repos, zypper
 from ..steps import dib as dibsteps
 from ..steps import sles as slessteps
 from ..steps import slim, wheels
 from . import elements, packages
 from .elements import sort_key
-from .runtime import BuildContext, make_context
-from .stages import Final, NativeFn, Phase, Step
+from .hookenv import hook_env
+from .stages import Final, NativeFn, Phase, Reads, Step
+from .state import Plan, Runtime
 from .target import host_env
 
 log = logging.getLogger(__name__)
@@ -52,73 +56,105 @@ class Native:
     name: str
     element: str  # the element it stands for
     run: NativeFn
-    reads: str
-    when: Callable[[BuildContext], bool] = lambda ctx: True
+    reads: Reads
+    when: Callable[[Plan], bool] = lambda plan: True
     owned: str = ""  # "present": only with our element of that name; "ours": unless a user's element replaces it
 
 
-def _has_bin(ctx: BuildContext) -> bool:
-    return any("/" not in r for r in ctx.tree.subtree("bin"))
+def _has_bin(plan: Plan) -> bool:
+    return any("/" not in r for r in plan.tree.subtree("bin"))
 
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _files(plan: Plan, sub: str) -> list[tuple[str, str]]:
+    """An element subtree (bin/, static/) by content: a file by its sha256, a link by its target."""
+    return sorted((rel, _sha(path.read_bytes()) if path.is_file() else os.readlink(path) if path.is_symlink()
+                   else str(path)) for rel, (_, path) in plan.tree.subtree(sub).items())
+
+
+def _prune(*keys: str) -> Reads:
+    words = {"cut_modules": "kernel module classes (cut_modules), their firmware",
+             "keep_paths": "keep_paths", "drop_packages": "package groups (drop_packages)"}
+    return Reads("; ".join(words[k] for k in keys),
+                 lambda plan: [plan.cfg.minimal_prune, *(sorted(plan.cfg.value(k)) for k in keys)])
+
+
+_REPO_ALIASES = Reads("the Media1 ISO, --repo URLs", lambda plan: [r.alias for r in repos.parse(list(plan.cfg.repos))])
 
 NATIVES: tuple[Native, ...] = (
-    Native(Phase.ROOT, "00-base-tree", BUILDER, slessteps.root_step, "--base-tree",
-           lambda ctx: ctx.cfg.base_tree is not None),
-    Native(Phase.ROOT, "10-sles-image", "sles", slessteps.root_step, "the base qcow2, through the root-tree cache",
-           lambda ctx: ctx.cfg.base_tree is None, owned="ours"),
-    Native(Phase.EXTRA_DATA, "05-media-repositories", "sles", slessteps.media_step, "the Media1 ISO, --repo URLs",
-           owned="ours"),
-    Native(Phase.EXTRA_DATA, "10-create-pkg-map-dir", "pkg-map", dibsteps.pkg_map_dir, "the elements' pkg-map files",
-           lambda ctx: bool(packages.pkg_map_files(ctx.elements))),
+    Native(Phase.ROOT, "00-base-tree", BUILDER, slessteps.root_step, Reads("--base-tree"),
+           lambda plan: plan.cfg.base_tree is not None),
+    Native(Phase.ROOT, "10-sles-image", "sles", slessteps.root_step,
+           Reads("the base qcow2, through the root-tree cache"), lambda plan: plan.cfg.base_tree is None, owned="ours"),
+    Native(Phase.EXTRA_DATA, "05-media-repositories", "sles", slessteps.media_step, _REPO_ALIASES, owned="ours"),
+    Native(Phase.EXTRA_DATA, "10-create-pkg-map-dir", "pkg-map", dibsteps.pkg_map_dir,
+           Reads("the elements' pkg-map files", lambda plan: sorted(
+               (e, _sha(f.read_bytes())) for e, f in packages.pkg_map_files(plan.elements).items())),
+           lambda plan: bool(packages.pkg_map_files(plan.elements))),
     Native(Phase.EXTRA_DATA, "98-source-repositories", "source-repositories", dibsteps.source_repositories,
-           "source-repository-* lines, DIB_REPO* overrides", lambda ctx: bool(ctx.source_repos)),
+           Reads("source-repository-* lines, DIB_REPO* overrides",  # the commits: in the venv layer's key
+                 lambda plan: [(r.name, r.type, r.dest) for r in plan.source_repos]),
+           lambda plan: bool(plan.source_repos)),
     Native(Phase.EXTRA_DATA, "99-check-ipa-python", "sles-ipa-install", slessteps.python_check_step,
-           "IPA's requires-python, the service pack's python", owned="present"),
-    Native(Phase.PRE_INSTALL, "00-zypper-refresh", "sles", slessteps.refresh_step, "the repositories' metadata",
-           owned="ours"),
-    Native(Phase.PRE_INSTALL, "01-install-bin", "install-bin", dibsteps.install_bin, "the elements' bin/", _has_bin),
+           Reads("IPA's requires-python, the service pack's python", lambda plan: plan.cfg.python), owned="present"),
+    Native(Phase.PRE_INSTALL, "00-zypper-refresh", "sles", slessteps.refresh_step,
+           Reads("the repositories' metadata"), owned="ours"),  # keyed by the media identity and repomd digests
+    Native(Phase.PRE_INSTALL, "01-install-bin", "install-bin", dibsteps.install_bin,
+           Reads("the elements' bin/", lambda plan: _files(plan, "bin")), _has_bin),
     Native(Phase.INSTALL, "10-install-static-files", "install-static", dibsteps.install_static,
-           "the elements' static/", lambda ctx: bool(ctx.tree.subtree("static"))),
+           Reads("the elements' static/", lambda plan: _files(plan, "static")),
+           lambda plan: bool(plan.tree.subtree("static"))),
     Native(Phase.INSTALL, "70-strip-agent-venv", "sles-ipa-install", slim.strip_step,
-           "the venv's ELF files; strip in the target (binutils, build-only)", owned="present"),
+           Reads("the venv's ELF files; strip in the target (binutils, build-only)",
+                 _prune("keep_paths").value), owned="present"),
     Native(Phase.INSTALL, "75-empty-icu-data", "sles-ipa-ramdisk-base", slim.icu_step,
-           "libicudata in the tree, keep_paths; gcc in the target (build-only)", owned="present"),
+           Reads("libicudata in the tree, keep_paths; gcc in the target (build-only)", _prune("keep_paths").value),
+           owned="present"),
     Native(Phase.POST_INSTALL, "99-pip-wheelhouse", "sles-ipa-install", wheels.save_step,
-           "the IPA venv (for later --offline builds)", lambda ctx: not ctx.cfg.offline, owned="ours"),
+           Reads("the IPA venv (for later --offline builds)"), lambda plan: not plan.cfg.offline, owned="ours"),
     Native(Phase.FINALISE, "60-cut-kernel-modules", "sles-ipa-ramdisk-base", slessteps.cut_step,
-           "kernel module classes (cut_modules), their firmware", owned="ours"),
+           _prune("cut_modules"), owned="ours"),
     Native(Phase.FINALISE, "70-check-agent-tools", "sles-ipa-install", slessteps.tools_step,
-           "the tools the agent's sources execute, on the target's PATH", owned="present"),
-    Native(Phase.CLEANUP, "01-copy-manifests-dir", "manifests", dibsteps.copy_manifests, "the DIB_* environment"),
+           Reads("the tools the agent's sources execute, on the target's PATH"), owned="present"),
+    Native(Phase.CLEANUP, "01-copy-manifests-dir", "manifests", dibsteps.copy_manifests,
+           Reads("the DIB_* environment", lambda plan: [sorted(f"{k}={v}" for k, v in plan.env.items()
+                                                              if k.startswith("DIB_")), plan.cfg.element_list])),
     Native(Phase.CLEANUP, "05-remove-media-repositories", "sles", slessteps.unconfigure_step,
-           "the repositories the build added", owned="ours"),
+           replace(_REPO_ALIASES, words="the repositories the build added"), owned="ours"),
     Native(Phase.CLEANUP, "90-drop-packages", "sles-ipa-ramdisk-base", slessteps.drop_step,
-           "package groups (drop_packages): zypper, rpm and their databases, perl; the libraries only they linked",
-           owned="ours"),
+           Reads("package groups (drop_packages): zypper, rpm and their databases, perl; the libraries only they "
+                 "linked", _prune("drop_packages", "keep_paths").value), owned="ours"),
 )
 
 
-def _package_natives(ctx: BuildContext) -> list[Native]:
+def _package_list(phase_dir: str, uninstall: bool) -> Reads:
+    return Reads("package-installs.yaml/json", lambda plan: repr(plan.packages.get(phase_dir, uninstall)))
+
+
+def _package_natives(plan: Plan) -> list[Native]:
     """package-installs: one install and one uninstall step in each phase DIB installs packages in."""
     out = []
     for phase_dir, names in packages.HOOK_NAMES.items():
         for name, uninstall in zip(names, (False, True), strict=True):
-            if ctx.packages.get(phase_dir, uninstall):
+            if plan.packages.get(phase_dir, uninstall):
                 out.append(Native(Phase(phase_dir.removesuffix(".d")), name, "package-installs",
-                                  dibsteps.package_step(phase_dir, uninstall), "package-installs.yaml/json"))
+                                  dibsteps.package_step(phase_dir, uninstall), _package_list(phase_dir, uninstall)))
     return out
 
 
-def _applies(native: Native, ctx: BuildContext) -> bool:
-    if native.owned and not _ours(ctx, native.element, need_present=native.owned == "present"):
+def _applies(native: Native, plan: Plan) -> bool:
+    if native.owned and not _ours(plan, native.element, need_present=native.owned == "present"):
         return False
-    return native.when(ctx)
+    return native.when(plan)
 
 
-def _ours(ctx: BuildContext, name: str, *, need_present: bool) -> bool:
+def _ours(plan: Plan, name: str, *, need_present: bool) -> bool:
     """Whether the builder's steps for element `name` belong in this build: not when a user's element
     of that name replaced ours, and (need_present) not when the build has no such element."""
-    found = next((e for e in ctx.elements if e.name == name), None)
+    found = next((e for e in plan.elements if e.name == name), None)
     return _builtin(found) if found is not None else not need_present
 
 
@@ -131,10 +167,10 @@ def _shadows_builtin(el: elements.Element) -> bool:
     return not _builtin(el) and (elements.BUILTIN_DIR / el.name).is_dir()
 
 
-def _overrides(ctx: BuildContext) -> list[str]:
+def _overrides(plan: Plan) -> list[str]:
     """One line per built-in element a user's element replaced, with the native steps that went with it."""
     out = []
-    for el in ctx.elements:
+    for el in plan.elements:
         if not _shadows_builtin(el):
             continue
         natives = [f"{n.phase.dir}/{n.name}" for n in NATIVES if n.element == el.name and n.owned]
@@ -145,13 +181,13 @@ def _overrides(ctx: BuildContext) -> list[str]:
     return out
 
 
-def _phase_steps(ctx: BuildContext, phase: Phase, natives: list[Native]) -> list[Step]:
-    items = {s.name: Step(phase, s.name, s.element) for s in ctx.tree.scripts(phase.dir)}
+def _phase_steps(plan: Plan, phase: Phase, natives: list[Native], replaced: list[str]) -> list[Step]:
+    items = {s.name: Step(phase, s.name, s.element) for s in plan.tree.scripts(phase.dir)}
     for n in natives:
         if n.phase is not phase:
             continue
         if n.name in items:
-            ctx.replaced.append(f"{phase.dir}/{n.name} ({n.element}) by {items[n.name].element}'s script")
+            replaced.append(f"{phase.dir}/{n.name} ({n.element}) by {items[n.name].element}'s script")
             log.info("native step %s/%s replaced by the script of %s", phase.dir, n.name, items[n.name].element)
             continue
         items[n.name] = Step(phase, n.name, n.element, n.run, n.reads)
@@ -159,39 +195,97 @@ def _phase_steps(ctx: BuildContext, phase: Phase, natives: list[Native]) -> list
 
 
 def _output_step(output: Output) -> NativeFn:
-    def write(ctx: BuildContext) -> None:
-        output.write(staging(ctx))
+    def write(plan: Plan, rt: Runtime) -> None:
+        output.write(staging(plan, rt))
 
     return write
 
 
-def staging(ctx: BuildContext) -> Staging:
-    """The build's Staging, opened by the first output step (its temp dir goes with ctx.stack)."""
-    if ctx.staging is None:
-        ctx.manifest["timings"] = ctx.timings.as_dict()
-        cfg = ctx.cfg
-        ctx.staging = open_staging(ctx.root, ctx.outputs, cfg.name, cfg.compression, arch=cfg.arch,
-                                   manifest=ctx.manifest, prune=cfg.prune,
+def staging(plan: Plan, rt: Runtime) -> Staging:
+    """The build's Staging, opened by the first output step (its temp dir goes with rt.stack)."""
+    if rt.staging is None:
+        rt.manifest["timings"] = rt.timings.as_dict()
+        cfg = plan.cfg
+        rt.staging = open_staging(plan.root, plan.outputs, cfg.name, cfg.compression, arch=cfg.arch,
+                                   manifest=rt.manifest, prune=cfg.prune,
                                    source_date_epoch=cfg.source_date_epoch, size_limit_mb=cfg.size_limit_mb,
                                    sign_key=cfg.sign_key)
-        ctx.stack.callback(close, ctx.staging)
-    return ctx.staging
+        rt.stack.callback(close, rt.staging)
+    return rt.staging
 
 
-def _commit(ctx: BuildContext) -> None:
-    ctx.artifacts = commit(staging(ctx))
+def _commit(plan: Plan, rt: Runtime) -> None:
+    rt.artifacts = commit(staging(plan, rt))
 
 
-def _output_steps(ctx: BuildContext) -> list[Step]:
+def _output_steps(plan: Plan) -> list[Step]:
     owner = "sles-ipa-ramdisk-base"  # the seed's cleanup.d/99-ramdisk-create made the ramdisk
-    if not _ours(ctx, owner, need_present=False):
+    if not _ours(plan, owner, need_present=False):
         return []
-    steps = [Step(Final.OUTPUTS, f"{ctx.cfg.name}.{o.suffix}", owner, _output_step(o), o.what) for o in OUTPUTS]
-    return [*steps, Step(Final.OUTPUTS, "commit", owner, _commit, "renames the outputs into place, sha256 last")]
+    steps = [Step(Final.OUTPUTS, f"{plan.cfg.name}.{o.suffix}", owner, _output_step(o), Reads(o.what)) for o in OUTPUTS]
+    return [*steps, Step(Final.OUTPUTS, "commit", owner, _commit, Reads("renames the outputs into place, sha256 last"))]
 
 
 # --- making it -------------------------------------------------------------------------------------
-def sourced_env(ctx: BuildContext) -> dict[str, str]:
+def make(cfg: Config, *, breakpoints: set[str] | None = None) -> Plan:
+    """The one place a plan is made (`build` and `summary` both call it): settle the configuration,
+    resolve the elements, merge their hooks, read their package lists and sources, list the steps.
+    Writes nothing; contacts only the --repo URLs (rpm-md metadata) and reads the ISO's directory."""
+    cfg = settle(cfg)
+    path = elements.search_path(cfg.elements_path)
+    resolved = elements.resolve(cfg.element_list, path)
+    env = hook_env(cfg, cfg.build_dir, path, resolved)
+    tree = elements.merge(resolved, env)
+    mounts, extra = _caches(cfg)
+    env.update(extra)
+    plan = Plan(cfg=cfg, search_path=path, elements=resolved, tree=tree, env=env, target_mounts=mounts,
+                breakpoints=frozenset(breakpoints if breakpoints is not None else cfg.break_points))
+    phase_env = sourced_env(plan)
+    elements.apply_install_types(tree, phase_env)
+    plan = replace(plan, phase_env=phase_env, source_repos=elements.source_repos(resolved, phase_env),
+                   packages=packages.collect(resolved, phase_env))
+    replaced: list[str] = []
+    planned = steps(plan, replaced)
+    return replace(plan, steps=planned, replaced=[*_overrides(plan), *replaced])
+
+
+def _caches(cfg: Config) -> tuple[list[tuple[Path, str]], dict[str, str]]:
+    """What every hook gets besides the element variables: caches mounted in, build facts."""
+    mounts = [*zypper.cache_mounts(), (cache_dir("pip"), PIP_CACHE)]
+    env = {"PIP_CACHE_DIR": PIP_CACHE}
+    wheel_mounts, wheel_env = wheels.configure(cfg)
+    mounts += wheel_mounts
+    env.update(wheel_env)
+    env["SIB_BUILDER_VERSION"] = __version__
+    if cfg.source_date_epoch is not None:
+        env["SOURCE_DATE_EPOCH"] = str(cfg.source_date_epoch)
+    return mounts, env
+
+
+def settle(cfg: Config) -> Config:
+    """Every --repo must answer with rpm-md metadata (else exit 2, naming it), and a service pack
+    whose python depends on the repositories (SP4: python311 from the update channel) gets it decided."""
+    user = repos.parse(list(cfg.repos))
+    creds = repos.load_credentials(list(cfg.repo_credentials))
+    provided: dict[str, set[str]] = {}
+    for r in user:  # offline, remote repositories are not contacted: zypper uses their cached metadata
+        remote = r.parts.scheme not in ("file", "dir")
+        provided[r.shown] = (repos.cached_packages(r, cache_dir("zypper")) if cfg.offline and remote
+                             else repos.probe(r, creds, cfg.ca_bundle))
+        log.info("repository %s: %d packages", r.shown, len(provided[r.shown]))
+    sp = servicepack.facts(cfg.service_pack)
+    if cfg.sles_python is not None or not sp.may_change_python:
+        return cfg
+    if not cfg.iso_optional and cfg.iso_path.is_file():
+        provided[f"the Media1 ISO {cfg.iso_path.name}"] = repos.media_packages(media.open_media(cfg.iso_path))
+    where = next((name for name, names in provided.items() if sp.python_if in names), None)
+    python = sp.python_for(lambda pkg: where is not None)
+    source = f"{sp.python_if} in {where}" if where else f"{sp.name}: no repository provides {sp.python_if}"
+    log.info("IPA venv python: %s (%s)", python, source)
+    return replace(cfg, sles_python=python, sources={**cfg.sources, "sles_python": source})
+
+
+def sourced_env(plan: Plan) -> dict[str, str]:
     """The hook environment after sourcing environment.d (what DIB's host hooks see).
 
     package-installs' `when`/installtype and source-repository lines are evaluated against it, as
@@ -199,72 +293,44 @@ def sourced_env(ctx: BuildContext) -> dict[str, str]:
     """
     with tempfile.TemporaryDirectory(prefix="sib-env-") as tmp:
         files = []
-        for rel, _ in ctx.tree.env_files():
-            if rel in ctx.tree.generated:
+        for rel, _ in plan.tree.env_files():
+            if rel in plan.tree.generated:
                 f = Path(tmp) / rel.replace("/", "_")
-                f.write_text(ctx.tree.generated[rel])
+                f.write_text(plan.tree.generated[rel])
                 files.append(str(f))
             else:
-                files.append(str(ctx.tree.files[rel][1]))
+                files.append(str(plan.tree.files[rel][1]))
         script = 'set -eu -o pipefail; for f in "$@"; do . "$f"; done; env -0'
         try:
-            out = run.run(["bash", "-c", script, "sib-env", *files], env=host_env(ctx), capture=True).stdout
+            out = run.run(["bash", "-c", script, "sib-env", *files], env=host_env(plan, plan.env), capture=True).stdout
         except CommandError as e:
             raise ConfigError("sourcing the elements' environment.d files failed",
                               "fix the environment.d file named in the output above", tail=list(e.tail)) from e
     return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
 
 
-def _environment(ctx: BuildContext) -> None:
-    """What every hook gets besides the element variables: caches mounted in, build facts."""
-    ctx.target_mounts.extend(zypper.cache_mounts())
-    ctx.target_mounts.append((cache_dir("pip"), PIP_CACHE))
-    ctx.env["PIP_CACHE_DIR"] = PIP_CACHE
-    wheels.configure(ctx)
-    ctx.env.update(SIB_BUILDER_VERSION=__version__)
-    if ctx.cfg.source_date_epoch is not None:
-        ctx.env["SOURCE_DATE_EPOCH"] = str(ctx.cfg.source_date_epoch)
+def steps(plan: Plan, replaced: list[str]) -> list[Step]:
+    """The steps, in run order, for a plan whose elements, package lists and sources are known; the
+    native steps a user's script replaced are added to `replaced`."""
+    natives = [n for n in (*NATIVES, *_package_natives(plan)) if _applies(n, plan)]
+    return [s for phase in Phase for s in _phase_steps(plan, phase, natives, replaced)] + _output_steps(plan)
 
 
-def make(cfg: Config, *, breakpoints: set[str] | None = None) -> BuildContext:
-    """Resolve the elements, merge their hooks and make the plan. Touches nothing on disk: summary uses it."""
-    ctx = make_context(cfg, breakpoints=breakpoints)
-    _environment(ctx)
-    ctx.phase_env = sourced_env(ctx)
-    elements.apply_install_types(ctx.tree, ctx.phase_env)
-    ctx.source_repos = elements.source_repos(ctx.elements, ctx.phase_env)
-    ctx.packages = packages.collect(ctx.elements, ctx.phase_env)
-    ctx.steps = steps(ctx)
-    ctx.replaced[:0] = _overrides(ctx)
-    return ctx
-
-
-def steps(ctx: BuildContext) -> list[Step]:
-    """The steps, in run order, for a context whose elements, package lists and sources are known."""
-    natives = [n for n in (*NATIVES, *_package_natives(ctx)) if _applies(n, ctx)]
-    return [s for phase in Phase for s in _phase_steps(ctx, phase, natives)] + _output_steps(ctx)
-
-
-def describe(ctx: BuildContext) -> dict[str, Any]:
+def describe(plan: Plan) -> dict[str, Any]:
     """What `summary` prints: elements and who pulled them in, every step in run order, the sources."""
     return {
         "elements": [
             {"name": e.name, "by": e.pulled_by or "requested", "path": str(e.path) if e.path else "(native)",
              "builtin": _builtin(e), "replaces_builtin": _shadows_builtin(e)}
-            for e in ctx.elements
+            for e in plan.elements
         ],
-        "steps": [s.describe() for s in ctx.steps],
-        "replaced": list(ctx.replaced),
-        "layers": ([layers.describe(ctx.cfg), *checkpoints.describe(ctx)]
-                   if needs(ctx, "10-sles-image") or needs(ctx, "00-base-tree") else []),
+        "steps": [s.describe() for s in plan.steps],
+        "replaced": list(plan.replaced),
+        "layers": ([layers.describe(plan.cfg), *checkpoints.describe(plan)]
+                   if plan.needs("10-sles-image") or plan.needs("00-base-tree") else []),
         "source_repositories": [
             {"name": r.name, "type": r.type, "dest": r.dest, "location": r.location, "ref": r.ref,
              "element": r.element}
-            for r in ctx.source_repos
+            for r in plan.source_repos
         ],
     }
-
-
-def needs(ctx: BuildContext, name: str) -> bool:
-    """Whether a native step of that name is in the plan (the input checks ask: qcow2? ISO?)."""
-    return any(s.name == name and s.run is not None for s in ctx.steps)

@@ -19,74 +19,74 @@ from ..errors import BuildError, ConfigError
 from ..log import step
 from . import namespace
 from . import scripts as hooks
-from .runtime import BuildContext
 from .stages import Final, Phase, Stage, Step
+from .state import Plan, Runtime
 from .target import resolv_conf_in, resolv_conf_out, target_mounts
 
 log = logging.getLogger(__name__)
 
 
-def _break(ctx: BuildContext, where: str, mounted: bool) -> None:
-    if where not in ctx.breakpoints:
+def _break(plan: Plan, rt: Runtime, where: str, mounted: bool) -> None:
+    if where not in plan.breakpoints:
         return
     if mounted:
-        hooks.shell(ctx, where, chroot=True)
-    elif os.path.lexists(ctx.root / "bin/sh"):
-        with target_mounts(ctx):
-            hooks.shell(ctx, where, chroot=True)
+        hooks.shell(plan, rt, where, chroot=True)
+    elif os.path.lexists(plan.root / "bin/sh"):
+        with target_mounts(plan):
+            hooks.shell(plan, rt, where, chroot=True)
     else:
-        hooks.shell(ctx, where, chroot=False)
+        hooks.shell(plan, rt, where, chroot=False)
 
 
-def _run_steps(ctx: BuildContext, stage: Stage, todo: list[Step]) -> None:
+def _run_steps(plan: Plan, rt: Runtime, stage: Stage, todo: list[Step]) -> None:
     for s in todo:
         if s.run is not None:
-            hooks.run_native(ctx, stage.value, s.name, s.element, s.run)
+            hooks.run_native(plan, rt, stage.value, s.name, s.element, s.run)
         else:
-            hooks.run_script(ctx, stage.value, s.name, s.element, stage.chroot)
-        checkpoints.after_step(ctx, s)
+            hooks.run_script(plan, rt, stage.value, s.name, s.element, stage.chroot)
+        checkpoints.after_step(plan, rt, s)
 
 
-def run_phase(ctx: BuildContext, phase: Phase, todo: list[Step]) -> None:
-    todo = [s for s in todo if not checkpoints.skipped(ctx, s)]  # in the cache layer the build resumes from
-    wanted = {f"before-{phase.value}", f"after-{phase.value}"} & ctx.breakpoints
+def run_phase(plan: Plan, rt: Runtime, phase: Phase, todo: list[Step]) -> None:
+    todo = [s for s in todo if not checkpoints.skipped(rt, s)]  # in the cache layer the build resumes from
+    wanted = {f"before-{phase.value}", f"after-{phase.value}"} & plan.breakpoints
     if not todo and not wanted:
         log.debug("phase %s: nothing to run", phase.value)
         return
-    with step(f"phase {phase.value} ({phase.where})", ctx.timings), contextlib.ExitStack() as stack:
+    with step(f"phase {phase.value} ({phase.where})", rt.timings), contextlib.ExitStack() as stack:
         if phase.chroot:
-            stack.enter_context(target_mounts(ctx))
-        _break(ctx, f"before-{phase.value}", phase.chroot)
+            stack.enter_context(target_mounts(plan))
+        _break(plan, rt, f"before-{phase.value}", phase.chroot)
         try:
-            _run_steps(ctx, phase, todo)
+            _run_steps(plan, rt, phase, todo)
         except BuildError:
-            _break(ctx, "after-error", phase.chroot)
+            _break(plan, rt, "after-error", phase.chroot)
             raise
-        _break(ctx, f"after-{phase.value}", phase.chroot)
+        _break(plan, rt, f"after-{phase.value}", phase.chroot)
 
 
-def run_plan(ctx: BuildContext) -> None:
+def run_plan(plan: Plan, rt: Runtime) -> None:
     """Every step of the plan, in order. resolv.conf is the host's from extra-data to cleanup."""
-    hooks.materialise(ctx)
-    ctx.root.mkdir(parents=True, exist_ok=True)
-    by_stage = {stage: list(steps) for stage, steps in groupby(ctx.steps, key=lambda s: s.stage)}
+    hooks.materialise(plan)
+    plan.root.mkdir(parents=True, exist_ok=True)
+    by_stage = {stage: list(steps) for stage, steps in groupby(plan.steps, key=lambda s: s.stage)}
     for phase in Phase:
         if phase is not Phase.ROOT:
-            resolv_conf_in(ctx)
-        run_phase(ctx, phase, by_stage.get(phase, []))
+            resolv_conf_in(plan, rt)
+        run_phase(plan, rt, phase, by_stage.get(phase, []))
         if phase is Phase.ROOT:
-            _check_root(ctx)
+            _check_root(plan)
         if phase is Phase.CLEANUP:
-            resolv_conf_out(ctx)
-    checkpoints.after_phases(ctx)
+            resolv_conf_out(plan, rt)
+    checkpoints.after_phases(plan, rt)
     for final in Final:
         if by_stage.get(final):
-            with step(final.value, ctx.timings):
-                _run_steps(ctx, final, by_stage[final])
+            with step(final.value, rt.timings):
+                _run_steps(plan, rt, final, by_stage[final])
 
 
-def _check_root(ctx: BuildContext) -> None:
-    left = {p.name for p in ctx.root.iterdir()} - {"lost+found", "tmp"}
+def _check_root(plan: Plan) -> None:
+    left = {p.name for p in plan.root.iterdir()} - {"lost+found", "tmp"}
     if not left:
         raise BuildError(
             "Failed to deploy the root element: the root tree is empty after root.d",
@@ -101,12 +101,12 @@ def _refuse(path: Path, why: str) -> None:
     )
 
 
-def prepare_workspace(ctx: BuildContext) -> None:
+def prepare_workspace(plan: Plan) -> None:
     """Empty the build dir, as the seed empties its workspace; never the outputs or the caches."""
-    bd = Path(os.path.abspath(ctx.build_dir))
+    bd = Path(os.path.abspath(plan.build_dir))
     home = Path(os.path.expanduser("~")).resolve()
     real = bd.resolve()
-    out = Path(os.path.abspath(ctx.outputs)).resolve()
+    out = Path(os.path.abspath(plan.outputs)).resolve()
     if real == Path("/") or len(real.parts) < 2:
         _refuse(bd, "it is /")
     if real == home or real in home.parents:
@@ -127,9 +127,9 @@ def _remove(path: Path) -> None:
     run.run(["rm", "-rf", "--one-file-system", path])
 
 
-def finish_workspace(ctx: BuildContext) -> None:
+def finish_workspace(plan: Plan) -> None:
     """Remove the build dir, after success or failure, unless --keep-workspace."""
-    if ctx.cfg.keep_workspace:
-        log.info("build tree kept in %s", ctx.build_dir)
+    if plan.cfg.keep_workspace:
+        log.info("build tree kept in %s", plan.build_dir)
         return
-    _remove(ctx.build_dir)
+    _remove(plan.build_dir)

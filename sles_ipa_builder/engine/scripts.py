@@ -11,13 +11,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
 
 from .. import run
 from ..errors import BuildError, CommandError
 from ..log import step
-from .runtime import BuildContext
-from .stages import Phase
+from .stages import NativeFn, Phase
+from .state import Plan, Runtime
 from .target import IN_TARGET, chroot_argv, chroot_env, host_env, target_shell
 
 log = logging.getLogger(__name__)
@@ -27,35 +26,35 @@ RUNNER = 'set -eu -o pipefail; s=$1; shift; for f in "$@"; do . "$f"; done; exec
 DIE = 'function die { echo "ERROR: $*" >&2; exit 1; }\n'  # DIB's lib/die, for hooks that source $_LIB/die
 
 
-def materialise(ctx: BuildContext) -> None:
+def materialise(plan: Plan) -> None:
     """Write the merged hooks dir (TMP_HOOKS_PATH) and DIB's small _LIB once per build."""
-    if not ctx.hooks_dir.exists():
-        ctx.tree.materialise(ctx.hooks_dir)
-    lib = ctx.build_dir / "lib"
+    if not plan.hooks_dir.exists():
+        plan.tree.materialise(plan.hooks_dir)
+    lib = plan.build_dir / "lib"
     lib.mkdir(parents=True, exist_ok=True)
     (lib / "die").write_text(DIE)
 
 
-def env_files(ctx: BuildContext, base: str) -> list[str]:
-    return [f"{base}/{rel}" for rel, _ in ctx.tree.env_files()]
+def env_files(plan: Plan, base: str) -> list[str]:
+    return [f"{base}/{rel}" for rel, _ in plan.tree.env_files()]
 
 
-def script_argv(ctx: BuildContext, phase_dir: str, name: str, chroot: bool) -> tuple[list[str], str | None]:
+def script_argv(plan: Plan, phase_dir: str, name: str, chroot: bool) -> tuple[list[str], str | None]:
     """argv (and cwd) that runs one script the dib-run-parts way."""
     if chroot:
         base = IN_TARGET
         inner = [
-            target_shell(ctx.root),
+            target_shell(plan.root),
             "-c",
             RUNNER,
             "sib-hook",
             f"{base}/{phase_dir}/{name}",
-            *env_files(ctx, base),
+            *env_files(plan, base),
         ]
-        return chroot_argv(ctx.root, inner), None
-    base = str(ctx.hooks_dir)
-    argv = ["bash", "-c", RUNNER, "sib-hook", f"{base}/{phase_dir}/{name}", *env_files(ctx, base)]
-    return argv, str(ctx.workspace)
+        return chroot_argv(plan.root, inner), None
+    base = str(plan.hooks_dir)
+    argv = ["bash", "-c", RUNNER, "sib-hook", f"{base}/{phase_dir}/{name}", *env_files(plan, base)]
+    return argv, str(plan.workspace)
 
 
 def line_level(line: str) -> int:
@@ -64,13 +63,13 @@ def line_level(line: str) -> int:
     return logging.WARNING if line.startswith("warning:") else logging.DEBUG
 
 
-def run_script(ctx: BuildContext, phase: str, name: str, element: str, chroot: bool) -> None:
+def run_script(plan: Plan, rt: Runtime, phase: str, name: str, element: str, chroot: bool) -> None:
     """Run one hook script; its output goes to the log; failure is a BuildError with the tail."""
     phase_dir = f"{phase}.d"
-    argv, cwd = script_argv(ctx, phase_dir, name, chroot)
+    argv, cwd = script_argv(plan, phase_dir, name, chroot)
     hlog = logging.getLogger(f"sles_ipa_builder.hook.{phase}")
     start = time.monotonic()
-    env = chroot_env(ctx) if chroot else host_env(ctx)
+    env = chroot_env(plan, rt.env) if chroot else host_env(plan, rt.env)
     try:
         with step(f"{phase_dir}/{name} ({element})"):
             run.stream(
@@ -82,44 +81,44 @@ def run_script(ctx: BuildContext, phase: str, name: str, element: str, chroot: b
     except CommandError as e:
         raise BuildError(
             f"hook {phase_dir}/{name} of element {element} exited {e.returncode}",
-            f"rerun with --break after-error for a shell in the target; full output in {ctx.log_path}",
+            f"rerun with --break after-error for a shell in the target; full output in {plan.log_path}",
             tail=e.tail,
         ) from None
     finally:
-        ctx.timings.add(phase, name, element, time.monotonic() - start)
+        rt.timings.add(phase, name, element, time.monotonic() - start)
 
 
 def run_native(
-    ctx: BuildContext, phase: str, name: str, element: str, fn: Callable[[BuildContext], None]
+    plan: Plan, rt: Runtime, phase: str, name: str, element: str, fn: NativeFn
 ) -> None:
     """Time and log a native step like a hook, so the profile table lists it in its place."""
     start = time.monotonic()
     where = f"{phase}.d/{name}" if phase in DIB_PHASES else f"{phase}/{name}"
     try:
         with step(f"{where} ({element}, native)"):
-            fn(ctx)
+            fn(plan, rt)
     except CommandError as e:
         raise BuildError(
             f"native step {where} ({element}) failed: {e.argv[0]} exited {e.returncode}",
             e.hint
-            or f"rerun with --break after-error for a shell in the target; full output in {ctx.log_path}",
+            or f"rerun with --break after-error for a shell in the target; full output in {plan.log_path}",
             tail=e.tail,
         ) from None
     finally:
-        ctx.timings.add(phase, name, element, time.monotonic() - start)
+        rt.timings.add(phase, name, element, time.monotonic() - start)
 
 
-def shell(ctx: BuildContext, where: str, chroot: bool) -> None:
+def shell(plan: Plan, rt: Runtime, where: str, chroot: bool) -> None:
     """--break: an interactive shell in the target (or on the host before the root exists)."""
     if not sys.stdin.isatty():
         log.warning("break at %s: stdin is not a terminal, continuing without a shell", where)
         return
     log.warning("break at %s: starting a shell; exit it to resume the build", where)
     if chroot:
-        argv = chroot_argv(ctx.root, [target_shell(ctx.root), "-i"])
-        run.run(argv, env={**chroot_env(ctx), "PS1": f"({where}) # "}, check=False)
+        argv = chroot_argv(plan.root, [target_shell(plan.root), "-i"])
+        run.run(argv, env={**chroot_env(plan, rt.env), "PS1": f"({where}) # "}, check=False)
     else:
-        run.run(["bash", "-i"], env={**host_env(ctx), "PS1": f"({where}) # "}, cwd=ctx.root, check=False)
+        run.run(["bash", "-i"], env={**host_env(plan, rt.env), "PS1": f"({where}) # "}, cwd=plan.root, check=False)
     log.info("resuming after break at %s", where)
 
 

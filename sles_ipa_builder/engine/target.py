@@ -17,7 +17,7 @@ from ..cache.store import cache_dir, locked
 from ..errors import BuildError, CommandError
 from ..inputs import zypper
 from . import namespace
-from .runtime import TARGET_CA, BuildContext
+from .state import TARGET_CA, Plan, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -46,22 +46,24 @@ def chroot_argv(root: Path, argv: list[str]) -> list[str]:
     return [run.which("chroot") or "/usr/sbin/chroot", str(root), *argv]
 
 
-def chroot_env(ctx: BuildContext) -> dict[str, str]:
-    return run.target_env({**ctx.env, **ctx.target_ca_env()})
+def chroot_env(plan: Plan, env: Mapping[str, str]) -> dict[str, str]:
+    """Commands in the target: a clean environment with the hook variables `env` (the runtime's) and
+    the build-time CA bundle."""
+    return run.target_env({**env, **plan.target_ca_env()})
 
 
-def host_env(ctx: BuildContext) -> dict[str, str]:
+def host_env(plan: Plan, env: Mapping[str, str]) -> dict[str, str]:
     """Host hooks: a clean environment too, with the host's PATH (plus sbin dirs, as DIB)."""
     path = os.environ.get("PATH", "/usr/bin:/bin") + ":/sbin:/usr/sbin:/usr/local/sbin"
-    env = run.target_env({**ctx.env, **ctx.host_ca_env()})
+    env = run.target_env({**env, **plan.host_ca_env()})
     env.update(PATH=path, HOME=os.environ.get("HOME", "/root"))
     return env
 
 
 @contextlib.contextmanager
-def target_mounts(ctx: BuildContext) -> Iterator[contextlib.ExitStack]:
+def target_mounts(plan: Plan) -> Iterator[contextlib.ExitStack]:
     """proc, sys (ro), dev, dev/pts, extra binds, hooks (ro) and the CA bundle, undone on exit."""
-    root = ctx.root
+    root = plan.root
 
     def at(rel: str) -> Path:  # mount(8) follows symlinks on the host: resolve them inside the target
         return in_root(root, rel, follow_last=True)
@@ -73,7 +75,7 @@ def target_mounts(ctx: BuildContext) -> Iterator[contextlib.ExitStack]:
         namespace.devpts(stack, at("dev/pts"))
         # host /dev/shm is a mount of its own, so the bound /dev has a bare devtmpfs dir there
         namespace.tmpfs(stack, at("dev/shm"))
-        for host_dir, inside in ctx.target_mounts:
+        for host_dir, inside in plan.target_mounts:
             host_dir.mkdir(parents=True, exist_ok=True)
             namespace.bind(stack, host_dir, at(inside))
         hooks = at(IN_TARGET)
@@ -81,9 +83,9 @@ def target_mounts(ctx: BuildContext) -> Iterator[contextlib.ExitStack]:
         hooks.mkdir(parents=True, exist_ok=True)
         if created:
             stack.callback(_rmdir, hooks)
-        namespace.bind(stack, ctx.hooks_dir, hooks, ro=True)
-        if ctx.ca_bundle is not None:
-            namespace.bind_file(stack, ctx.ca_bundle, at(TARGET_CA))
+        namespace.bind(stack, plan.hooks_dir, hooks, ro=True)
+        if plan.ca_bundle is not None:
+            namespace.bind_file(stack, plan.ca_bundle, at(TARGET_CA))
         # Anything a hook left running in the target would keep these mounts busy.
         stack.callback(namespace.kill_rooted_in, root)
         yield stack
@@ -105,19 +107,19 @@ def _rmdir(path: Path) -> None:
 
 
 def run_in_target(
-    ctx: BuildContext, argv: list[str], *, extra_env: Mapping[str, str] | None = None, label: str = ""
+    plan: Plan, rt: Runtime, argv: list[str], *, extra_env: Mapping[str, str] | None = None, label: str = ""
 ) -> None:
     """A native command inside the target (zypper for package-installs), output streamed to the log."""
-    env = {**chroot_env(ctx), **(extra_env or {})}
+    env = {**chroot_env(plan, rt.env), **(extra_env or {})}
     clog = logging.getLogger("sles_ipa_builder.hook.native")
     run.stream(
-        chroot_argv(ctx.root, argv),
+        chroot_argv(plan.root, argv),
         env=env,
         on_line=lambda line: clog.debug("%s: %s", label or argv[0], line),
     )
 
 
-def run_zypper(ctx: BuildContext, argv: list[str] | None = None) -> None:
+def run_zypper(plan: Plan, rt: Runtime, argv: list[str] | None = None) -> None:
     """zypper in the target while holding the host's shared zypper cache (/var/cache/zypp of every
     build). The media repositories of all builds have the same aliases, perhaps from different ISOs:
     unlocked, one build's refresh would replace the metadata another is installing from, and its
@@ -127,16 +129,16 @@ def run_zypper(ctx: BuildContext, argv: list[str] | None = None) -> None:
     env = zypper.target_env_extra()
     cache = cache_dir("zypper")
     stamp = cache / ".refreshed-by"
-    mine = ctx.zypper_token
+    mine = rt.zypper_token
     with locked(cache):
         if not stamp.is_file() or stamp.read_text() != mine:
             _forget_installed(cache)
-            run_in_target(ctx, zypper.refresh_argv(ctx.refresh_aliases), extra_env=env,
+            run_in_target(plan, rt, zypper.refresh_argv(rt.refresh_aliases), extra_env=env,
                           label="zypper")
             stamp.write_text(mine)
         if argv:
             _forget_installed(cache)
-            run_in_target(ctx, argv, extra_env=env, label="zypper")
+            run_in_target(plan, rt, argv, extra_env=env, label="zypper")
 
 
 def _forget_installed(cache: Path) -> None:
@@ -177,11 +179,11 @@ def in_root(root: Path, rel: str, *, follow_last: bool = False) -> Path:
     return base.joinpath(*done)
 
 
-def resolv_conf_in(ctx: BuildContext) -> None:
+def resolv_conf_in(plan: Plan, rt: Runtime) -> None:
     """DIB's create_base: move the target's resolv.conf aside and use the host's during the build."""
-    if ctx.resolv is not None:
+    if rt.resolv is not None:
         return
-    etc = ctx.root / "etc"
+    etc = plan.root / "etc"
     if not etc.is_dir():
         return
     conf, orig = etc / "resolv.conf", etc / "resolv.conf.ORIG"
@@ -191,16 +193,16 @@ def resolv_conf_in(ctx: BuildContext) -> None:
     host = Path("/etc/resolv.conf")
     text = host.read_text() if host.is_file() else "nameserver 8.8.8.8\n"
     conf.write_text(text)
-    ctx.resolv = ResolvSaved(had, text)
-    ctx.stack.callback(resolv_conf_out, ctx)
+    rt.resolv = ResolvSaved(had, text)
+    rt.stack.callback(resolv_conf_out, plan, rt)
 
 
-def resolv_conf_out(ctx: BuildContext) -> None:
+def resolv_conf_out(plan: Plan, rt: Runtime) -> None:
     """DIB's finalise_base: keep a symlink/immutable resolv.conf a hook made, else restore the original."""
-    info, ctx.resolv = ctx.resolv, None
+    info, rt.resolv = rt.resolv, None
     if info is None:
         return
-    conf, orig = ctx.root / "etc/resolv.conf", ctx.root / "etc/resolv.conf.ORIG"
+    conf, orig = plan.root / "etc/resolv.conf", plan.root / "etc/resolv.conf.ORIG"
     if not os.path.lexists(orig):
         # Nothing saved (there was no file, or a hook such as 98-prepare-resolve-conf already restored
         # it): drop only our own copy.

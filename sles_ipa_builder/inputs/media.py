@@ -9,6 +9,7 @@ device, no host mount, nothing left behind after a crash.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import logging
@@ -124,9 +125,16 @@ def _index(iso: pycdlib.PyCdlib) -> tuple[dict[str, tuple[int, int]], dict[str, 
 
 
 def open_media(iso_path: Path) -> Media:
-    """Index the ISO and discover its repositories from media.1/products."""
+    """Index the ISO and discover its repositories from media.1/products. An ISO indexed before (the
+    plan's python check, then the input checks) is indexed again only when its file changed."""
     if not iso_path.is_file():
         raise InputError(f"Media1 ISO {iso_path} not found", HINT_ISO)
+    st = iso_path.stat()
+    return _open(iso_path, st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+@functools.lru_cache(maxsize=4)
+def _open(iso_path: Path, size: int, mtime_ns: int, inode: int) -> Media:
     iso = pycdlib.PyCdlib()
     try:
         iso.open(os.fspath(iso_path))

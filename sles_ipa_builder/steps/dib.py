@@ -8,13 +8,13 @@ import logging
 import os
 import re
 import shlex
-from collections.abc import Callable
 from pathlib import Path
 
 from .. import run
 from ..cache import layers as checkpoints
 from ..engine.packages import pkg_map_files
-from ..engine.runtime import BuildContext
+from ..engine.stages import NativeFn
+from ..engine.state import Plan, Runtime
 from ..engine.target import chroot_argv, chroot_env, in_root, run_zypper
 from ..inputs import sources, zypper
 
@@ -65,11 +65,11 @@ def _replace(dst: Path) -> None:
         dst.unlink()
 
 
-def install_bin(ctx: BuildContext) -> None:
+def install_bin(plan: Plan, rt: Runtime) -> None:
     """install-bin: `install -m 0755 -o root -g root <hooks>/bin/* /usr/local/bin`."""
-    dest = in_root(ctx.root, "usr/local/bin/x").parent
+    dest = in_root(plan.root, "usr/local/bin/x").parent
     dest.mkdir(parents=True, exist_ok=True)
-    for rel, (element, src) in sorted(ctx.tree.subtree("bin").items()):
+    for rel, (element, src) in sorted(plan.tree.subtree("bin").items()):
         if "/" in rel or not src.is_file():
             continue
         out = dest / rel
@@ -84,16 +84,16 @@ def _cvs_excluded(name: str) -> bool:
     return any(fnmatch.fnmatchcase(name, pat) for pat in CVS_EXCLUDE)
 
 
-def install_static(ctx: BuildContext) -> None:
+def install_static(plan: Plan, rt: Runtime) -> None:
     """install-static: `rsync -lCr <hooks>/static/ /`: symlinks kept, files root-owned, modes kept."""
-    entries = ctx.tree.subtree("static")
+    entries = plan.tree.subtree("static")
     for rel in sorted(entries, key=lambda r: (r.count("/"), r)):
         if any(_cvs_excluded(part) for part in rel.split("/")):
             continue
         element, src = entries[rel]
-        dst = in_root(ctx.root, rel)
+        dst = in_root(plan.root, rel)
         for parent in reversed(Path(rel).parents[:-1]):
-            d = in_root(ctx.root, str(parent), follow_last=True)
+            d = in_root(plan.root, str(parent), follow_last=True)
             if not d.is_dir():
                 _replace(d)
                 d.mkdir(mode=0o755)
@@ -108,51 +108,51 @@ def install_static(ctx: BuildContext) -> None:
         log.debug("install-static: /%s (%s)", rel, element)
 
 
-def pkg_map_dir(ctx: BuildContext) -> None:
+def pkg_map_dir(plan: Plan, rt: Runtime) -> None:
     """pkg-map's extra-data: each element's pkg-map into /usr/share/pkg-map/<element>."""
-    dest = in_root(ctx.root, "usr/share/pkg-map/x").parent
+    dest = in_root(plan.root, "usr/share/pkg-map/x").parent
     dest.mkdir(parents=True, exist_ok=True)
-    for element, f in pkg_map_files(ctx.elements).items():
+    for element, f in pkg_map_files(plan.elements).items():
         (dest / element).write_bytes(f.read_bytes())
 
 
-def source_repositories(ctx: BuildContext) -> None:
+def source_repositories(plan: Plan, rt: Runtime) -> None:
     """source-repositories: every git source into the target, its commit into the manifest."""
-    ctx.manifest["sources"] = sources.fetch_sources(ctx.source_repos, ctx.root, offline=ctx.cfg.offline,
-                                                    image_name=ctx.cfg.name,
-                                                    resolved=checkpoints.of(ctx).commits)
+    rt.manifest["sources"] = sources.fetch_sources(plan.source_repos, plan.root, offline=plan.cfg.offline,
+                                                    image_name=plan.cfg.name,
+                                                    resolved=checkpoints.of(rt).commits)
 
 
-def copy_manifests(ctx: BuildContext) -> None:
+def copy_manifests(plan: Plan, rt: Runtime) -> None:
     """manifests' cleanup.d/01-copy-manifests-dir: arguments and environment, never a secret, root-only."""
-    d = ctx.root / "etc/dib-manifests"
+    d = plan.root / "etc/dib-manifests"
     d.mkdir(parents=True, exist_ok=True)
-    secret = set(ctx.cfg.secrets())
-    env = {k: v for k, v in sorted(ctx.env.items()) if k.startswith("DIB_") and v not in secret
+    secret = set(plan.cfg.secrets())
+    env = {k: v for k, v in sorted(rt.env.items()) if k.startswith("DIB_") and v not in secret
            and "PASSWORD" not in k}
     (d / "dib_environment").write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()))
-    (d / "dib_arguments").write_text(" ".join(ctx.cfg.element_list) + "\n")
+    (d / "dib_arguments").write_text(" ".join(plan.cfg.element_list) + "\n")
     for f in d.iterdir():
         os.chown(f, 0, 0)
         f.chmod(0o600)
 
 
 # --- package-installs ---------------------------------------------------------------------------
-def installed(ctx: BuildContext, names: list[str]) -> set[str]:
+def installed(plan: Plan, rt: Runtime, names: list[str]) -> set[str]:
     """Which of `names` the target's rpm database has (by name or by what a package provides)."""
-    res = run.run(chroot_argv(ctx.root, ["rpm", "-q", "--whatprovides", "--qf", "", *names]),
-                  env=chroot_env(ctx), check=False, capture=True)
+    res = run.run(chroot_argv(plan.root, ["rpm", "-q", "--whatprovides", "--qf", "", *names]),
+                  env=chroot_env(plan, rt.env), check=False, capture=True)
     missing = set(re.findall(r"no package provides (\S+)", res.stdout + res.stderr))
     return set(names) - missing
 
 
-def package_step(phase_dir: str, uninstall: bool) -> Callable[[BuildContext], None]:
+def package_step(phase_dir: str, uninstall: bool) -> NativeFn:
     """The native step that replaces <phase>.d/NN-package-(un)installs: one zypper call."""
 
-    def run_packages(ctx: BuildContext) -> None:
-        names = ctx.packages.get(phase_dir, uninstall)
+    def run_packages(plan: Plan, rt: Runtime) -> None:
+        names = plan.packages.get(phase_dir, uninstall)
         if uninstall:  # zypper fails on a name that is not installed: removing it is already done
-            absent = set(names) - installed(ctx, names)
+            absent = set(names) - installed(plan, rt, names)
             if absent:
                 log.info("not installed, nothing to remove: %s", " ".join(sorted(absent)))
             names = [n for n in names if n not in absent]
@@ -161,8 +161,8 @@ def package_step(phase_dir: str, uninstall: bool) -> Callable[[BuildContext], No
         log.info(
             "%s %d package(s): %s", "removing" if uninstall else "installing", len(names), " ".join(names)
         )
-        run_zypper(ctx, zypper.install_argv(names, uninstall=uninstall))
-        ctx.manifest.setdefault("packages", {})[f"{phase_dir}:{'uninstall' if uninstall else 'install'}"] = (
+        run_zypper(plan, rt, zypper.install_argv(names, uninstall=uninstall))
+        rt.manifest.setdefault("packages", {})[f"{phase_dir}:{'uninstall' if uninstall else 'install'}"] = (
             names
         )
 

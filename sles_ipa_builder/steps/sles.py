@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..cache import layers as checkpoints
 from ..cache import roottree as layers
-from ..engine.runtime import BuildContext
+from ..engine.state import Plan, Runtime
 from ..engine.target import run_in_target, run_zypper
 from ..errors import BuildError, ConfigError
 from ..inputs import media, repos, zypper
@@ -23,34 +23,34 @@ log = logging.getLogger(__name__)
 HISTORY = "var/log/zypp/history"
 
 
-def root_step(ctx: BuildContext) -> None:
+def root_step(plan: Plan, rt: Runtime) -> None:
     """root.d/10-sles-image: the base tree from the qcow2 (or --base-tree), through the cache."""
-    facts = layers.prepare_root(ctx.cfg, ctx.root, accel=ctx.cfg.accel, stack=ctx.stack,
-                                above=checkpoints.above(ctx))
+    facts = layers.prepare_root(plan.cfg, plan.root, accel=plan.cfg.accel, stack=rt.stack,
+                                above=checkpoints.above(rt))
     if facts.get("restore") != "overlay":
-        checkpoints.off(ctx, f"the root tree was {facts.get('restore', 'copied')}, not mounted")
-    ctx.manifest.setdefault("inputs", {})["base"] = facts
-    ctx.env["SIB_BASE_IMAGE_SHA256"] = str(facts.get("sha256", "tree:" + str(facts.get("path", ""))))
+        checkpoints.off(rt, f"the root tree was {facts.get('restore', 'copied')}, not mounted")
+    rt.manifest.setdefault("inputs", {})["base"] = facts
+    rt.env["SIB_BASE_IMAGE_SHA256"] = str(facts.get("sha256", "tree:" + str(facts.get("path", ""))))
 
 
-def media_step(ctx: BuildContext) -> None:
+def media_step(plan: Plan, rt: Runtime) -> None:
     """The Media1 modules (and any --repo) as zypper repositories, served from the ISO on loopback.
-    With --repo URLs the ISO is optional (the input checks leave ctx.media None when there is none)."""
-    cfg = ctx.cfg
-    m = ctx.media
+    With --repo URLs the ISO is optional (the input checks leave rt.media None when there is none)."""
+    cfg = plan.cfg
+    m = rt.media
     if m is None and not cfg.iso_optional:
         m = media.open_media(cfg.iso_path)
-    local = media.repo_urls(m, media.serve(m, ctx.stack)) if m is not None else []
+    local = media.repo_urls(m, media.serve(m, rt.stack)) if m is not None else []
     user = repos.parse(list(cfg.repos))
     remote = [(r.alias, r.url) for r in user]
-    repos.write_credentials(ctx.root, user, repos.load_credentials(list(cfg.repo_credentials)))
-    zypper.write_repos(ctx.root, local + remote)
-    zypper.zypp_conf(ctx.root)
-    ctx.zypper_repos = local + remote
+    repos.write_credentials(plan.root, user, repos.load_credentials(list(cfg.repo_credentials)))
+    zypper.write_repos(plan.root, local + remote)
+    zypper.zypp_conf(plan.root)
+    rt.zypper_repos = local + remote
     # offline, only the media's repositories are refreshed: remote ones keep what was cached
-    ctx.refresh_aliases = [alias for alias, _ in local] if cfg.offline else None
-    ctx.env["SIB_MEDIA_IDENTITY"] = m.identity if m is not None else "none"
-    ctx.manifest.setdefault("inputs", {})["media"] = {
+    rt.refresh_aliases = [alias for alias, _ in local] if cfg.offline else None
+    rt.env["SIB_MEDIA_IDENTITY"] = m.identity if m is not None else "none"
+    rt.manifest.setdefault("inputs", {})["media"] = {
         "iso": str(cfg.iso_path) if m is not None else None,
         "identity": m.identity if m is not None else None,
         "repositories": [alias for alias, _ in local + remote],
@@ -58,9 +58,9 @@ def media_step(ctx: BuildContext) -> None:
     }
 
 
-def refresh_step(ctx: BuildContext) -> None:
+def refresh_step(plan: Plan, rt: Runtime) -> None:
     """Fresh metadata once per build: the loopback port changes, and the ISO may have."""
-    run_zypper(ctx)
+    run_zypper(plan, rt)
 
 
 def python_floor(src: Path) -> tuple[tuple[int, int], str] | None:
@@ -74,12 +74,12 @@ def python_floor(src: Path) -> tuple[tuple[int, int], str] | None:
     return None
 
 
-def python_check_step(ctx: BuildContext) -> None:
+def python_check_step(plan: Plan, rt: Runtime) -> None:
     """IPA 12+ needs Python 3.11; SP4's GM media has 3.10: say so now, not after the package installs.
     (60-ironic-python-agent-ramdisk-install checks again in the target, for other users of the hook.)"""
-    src = ctx.root / "tmp/ironic-python-agent"
+    src = plan.root / "tmp/ironic-python-agent"
     found = python_floor(src)
-    have = re.fullmatch(r"python(\d+)\.(\d+)", ctx.env.get("DIB_SLES_PYTHON", ""))
+    have = re.fullmatch(r"python(\d+)\.(\d+)", rt.env.get("DIB_SLES_PYTHON", ""))
     if found and have and (int(have.group(1)), int(have.group(2))) < found[0]:
         older_ipa = "pick an IPA release that supports it (IPA_REF and OPENSTACK_REQUIREMENTS_REF"
         hint = ("add a repository that provides python311 (SP4's update channel, --repo URL), build from "
@@ -87,17 +87,17 @@ def python_check_step(ctx: BuildContext) -> None:
                 if found[0] <= (3, 11) else
                 f"no SLES 15 python310/python311 satisfies it: {older_ipa} of an older OpenStack release)")
         raise ConfigError(f"this ironic-python-agent requires Python {found[1]}, but service pack "
-                          f"{ctx.cfg.service_pack} gives the IPA venv {have.group(0)}", hint)
+                          f"{plan.cfg.service_pack} gives the IPA venv {have.group(0)}", hint)
 
 
-def unconfigure_step(ctx: BuildContext) -> None:
+def unconfigure_step(plan: Plan, rt: Runtime) -> None:
     """No repository pointing at a loopback port of the build, and no credentials, are left in the image.
     Before they go, zypper's history says which repository each installed package came from."""
-    ctx.manifest["package_repositories"] = installed_from(ctx.root, dict(ctx.zypper_repos),
-                                                         dict(ctx.manifest.get("inputs", {}).get("media", {})
+    rt.manifest["package_repositories"] = installed_from(plan.root, dict(rt.zypper_repos),
+                                                         dict(rt.manifest.get("inputs", {}).get("media", {})
                                                               .get("remote", {})))
-    zypper.remove_repos(ctx.root, [alias for alias, _ in ctx.zypper_repos])
-    repos.remove_credentials(ctx.root, repos.load_credentials(list(ctx.cfg.repo_credentials)))
+    zypper.remove_repos(plan.root, [alias for alias, _ in rt.zypper_repos])
+    repos.remove_credentials(plan.root, repos.load_credentials(list(plan.cfg.repo_credentials)))
 
 
 def installed_from(root: Path, aliases: dict[str, str], shown: dict[str, str]) -> dict[str, str]:
@@ -117,44 +117,44 @@ def installed_from(root: Path, aliases: dict[str, str], shown: dict[str, str]) -
     return dict(sorted(out.items()))
 
 
-def cut_step(ctx: BuildContext) -> None:
+def cut_step(plan: Plan, rt: Runtime) -> None:
     """Kernel modules of classes the agent does not use, and the firmware only they name (cuts.py);
     then depmod in the target for each kernel whose module tree changed."""
-    if ctx.cfg.minimal_prune or not ctx.cfg.cut_modules:
-        log.info("no kernel modules cut (%s)", "minimal prune" if ctx.cfg.minimal_prune else "cut_modules is empty")
+    if plan.cfg.minimal_prune or not plan.cfg.cut_modules:
+        log.info("no kernel modules cut (%s)", "minimal prune" if plan.cfg.minimal_prune else "cut_modules is empty")
         return
-    done, kernels = cuts.cut_modules(ctx.root, ctx.cfg.cut_modules)
+    done, kernels = cuts.cut_modules(plan.root, plan.cfg.cut_modules)
     for kver in kernels:
-        run_in_target(ctx, ["depmod", "-a", kver], label="depmod")
+        run_in_target(plan, rt, ["depmod", "-a", kver], label="depmod")
     for c in done:
         if c.files:
             log.info("cut %s: %d files, %.1f MiB", c.rule, c.files, c.bytes / 2**20)
     if not any(c.files for c in done):
-        log.info("no kernel modules of the classes %s in the tree", " ".join(ctx.cfg.cut_modules))
-    cuts.record(ctx.manifest, done)
+        log.info("no kernel modules of the classes %s in the tree", " ".join(plan.cfg.cut_modules))
+    cuts.record(rt.manifest, done)
 
 
-def drop_step(ctx: BuildContext) -> None:
+def drop_step(plan: Plan, rt: Runtime) -> None:
     """Package groups that leave before packing (pkgdrop.py), after every chroot phase."""
-    if ctx.cfg.minimal_prune or not ctx.cfg.drop_packages:
-        log.info("no packages dropped (%s)", "minimal prune" if ctx.cfg.minimal_prune else "drop_packages is empty")
+    if plan.cfg.minimal_prune or not plan.cfg.drop_packages:
+        log.info("no packages dropped (%s)", "minimal prune" if plan.cfg.minimal_prune else "drop_packages is empty")
         return
-    done = pkgdrop.drop(ctx.root, tuple(ctx.cfg.drop_packages), ctx.cfg.prune.keep)
+    done = pkgdrop.drop(plan.root, tuple(plan.cfg.drop_packages), plan.cfg.prune.keep)
     for c in done:
         log.info("%s: %d files, %.1f MiB", c.rule, c.files, c.bytes / 2**20)
-    cuts.record(ctx.manifest, done)
+    cuts.record(rt.manifest, done)
 
 
-def tools_step(ctx: BuildContext) -> None:
+def tools_step(plan: Plan, rt: Runtime) -> None:
     """The tools the agent runs (agenttools.py), on the tree's PATH: a missing core tool fails the build."""
-    package = agenttools.agent_package(ctx.root)
+    package = agenttools.agent_package(plan.root)
     if package is None:
         log.warning("no ironic_python_agent package in the tree: its tools were not checked")
-    core, others = agenttools.missing(ctx.root, package)
+    core, others = agenttools.missing(plan.root, package)
     if others:
         log.warning("tools the agent calls are not in the ramdisk: %s",
                     "; ".join(f"{t} ({', '.join(sorted(where))})" for t, where in others.items()))
-    ctx.manifest["agent_tools_missing"] = sorted(others)
+    rt.manifest["agent_tools_missing"] = sorted(others)
     if core:
         raise BuildError(f"the ramdisk lacks tools the agent needs: {', '.join(core)}",
                          "install the packages that provide them (package-installs.yaml of an element)")

@@ -19,7 +19,7 @@ import os
 import re
 from pathlib import Path
 
-from ..engine.runtime import BuildContext
+from ..engine.state import Plan, Runtime
 from ..engine.target import run_in_target
 from ..errors import CommandError
 from ..packing import cuts
@@ -57,20 +57,20 @@ __attribute__((visibility("default"))) const struct empty_icu_data %(symbol)s = 
 """
 
 
-def strip_step(ctx: BuildContext) -> None:
+def strip_step(plan: Plan, rt: Runtime) -> None:
     """Symbol tables out of the venv's ELF files (extension modules and the libraries wheels bundle)."""
-    if ctx.cfg.minimal_prune:
+    if plan.cfg.minimal_prune:
         log.info("venv libraries not stripped (minimal prune)")
         return
-    if not agenttools.present(ctx.root, "strip"):
+    if not agenttools.present(plan.root, "strip"):
         log.info("venv libraries not stripped: the target has no strip (binutils)")
         return
-    venv = ctx.root / wheels.VENV
+    venv = plan.root / wheels.VENV
     elves = [p for p in _files(venv) if _is_elf(p)]
     before = {p: p.stat().st_size for p in elves}
     for i in range(0, len(elves), BATCH):
         try:
-            run_in_target(ctx, ["strip", "--strip-unneeded", "--", *(_abs(ctx, p) for p in elves[i:i + BATCH])],
+            run_in_target(plan, rt, ["strip", "--strip-unneeded", "--", *(_abs(plan, p) for p in elves[i:i + BATCH])],
                           label="strip")
         except CommandError as e:  # strip goes on past a file it cannot read; those stay as they were
             log.warning("strip failed on some of the venv's files, which stay as they are: %s",
@@ -82,20 +82,20 @@ def strip_step(ctx: BuildContext) -> None:
             cut.files += 1
             cut.bytes += saved
     log.info("%s: %d files, %.1f MiB", cut.rule, cut.files, cut.bytes / 2**20)
-    cuts.record(ctx.manifest, [cut])
+    cuts.record(rt.manifest, [cut])
 
 
-def icu_step(ctx: BuildContext) -> None:
+def icu_step(plan: Plan, rt: Runtime) -> None:
     """ICU's data library replaced by an empty table, compiled by the target's gcc."""
-    found = icu_data_libraries(ctx.root)
-    if ctx.cfg.minimal_prune or not found:
-        log.info("ICU data kept (%s)", "minimal prune" if ctx.cfg.minimal_prune else "no ICU data library in the tree")
+    found = icu_data_libraries(plan.root)
+    if plan.cfg.minimal_prune or not found:
+        log.info("ICU data kept (%s)", "minimal prune" if plan.cfg.minimal_prune else "no ICU data library in the tree")
         return
-    kept = [p for p in found if cuts.kept(str(p.relative_to(ctx.root)), ctx.cfg.prune.keep)]
+    kept = [p for p in found if cuts.kept(str(p.relative_to(plan.root)), plan.cfg.prune.keep)]
     for p in kept:
-        log.info("ICU data kept: %s is in keep_paths", p.relative_to(ctx.root))
+        log.info("ICU data kept: %s is in keep_paths", p.relative_to(plan.root))
     todo = [p for p in found if p not in kept]
-    if todo and not agenttools.present(ctx.root, "gcc"):
+    if todo and not agenttools.present(plan.root, "gcc"):
         log.info("ICU data kept: the target has no gcc to build the empty table")
         return
     cut = Cut("ICU data: an empty table in place of libicudata")
@@ -103,15 +103,15 @@ def icu_step(ctx: BuildContext) -> None:
         major = ICU_DATA.match(lib.name).group(1)  # type: ignore[union-attr]
         symbol = f"icudt{major}_dat"
         if symbol.encode() not in lib.read_bytes():
-            log.warning("ICU data kept: %s does not export %s", lib.relative_to(ctx.root), symbol)
+            log.warning("ICU data kept: %s does not export %s", lib.relative_to(plan.root), symbol)
             continue
         size = lib.stat().st_size
         src = lib.with_name(f".{lib.name}.stub.c")
         src.write_text(STUB_C % {"name": lib.name, "symbol": symbol})
         out = lib.with_name(f".{lib.name}.stub")
         try:
-            run_in_target(ctx, ["gcc", "-shared", "-fPIC", "-O2", "-s", f"-Wl,-soname,libicudata.so.{major}",
-                                "-o", _abs(ctx, out), _abs(ctx, src)], label="icu-data")
+            run_in_target(plan, rt, ["gcc", "-shared", "-fPIC", "-O2", "-s", f"-Wl,-soname,libicudata.so.{major}",
+                                "-o", _abs(plan, out), _abs(plan, src)], label="icu-data")
         except CommandError as e:
             log.warning("ICU data kept: gcc could not build the empty table: %s",
                         (e.output.strip().splitlines() or [str(e)])[-1])
@@ -125,7 +125,7 @@ def icu_step(ctx: BuildContext) -> None:
         cut.bytes += size - lib.stat().st_size
     if cut.files:
         log.info("%s: %d files, %.1f MiB", cut.rule, cut.files, cut.bytes / 2**20)
-        cuts.record(ctx.manifest, [cut])
+        cuts.record(rt.manifest, [cut])
 
 
 def icu_data_libraries(root: Path) -> list[Path]:
@@ -151,5 +151,5 @@ def _is_elf(p: Path) -> bool:
         return False
 
 
-def _abs(ctx: BuildContext, p: Path) -> str:
-    return "/" + str(p.relative_to(ctx.root))
+def _abs(plan: Plan, p: Path) -> str:
+    return "/" + str(p.relative_to(plan.root))

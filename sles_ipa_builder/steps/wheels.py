@@ -17,7 +17,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ..cache.store import cache_dir, locked
-from ..engine.runtime import BuildContext
+from ..config.resolve import Config
+from ..engine.state import Plan, Runtime
 from ..engine.target import run_in_target
 from ..errors import InputError
 from ..packing.inventory import pip_freeze
@@ -32,19 +33,18 @@ BACKEND = ("setuptools", "wheel")
 BOOTSTRAP = {"pip", "setuptools", "wheel"}
 
 
-def configure(ctx: BuildContext) -> None:
-    """Mount the wheelhouse for the hooks; offline, make it pip's only index. (Online, save_step fills
-    it: post-install.d/99-pip-wheelhouse, after sles-extra-hardware's 99-package-installs-*, before
-    99-remove-extra-packages drops /tmp/<src>.)"""
-    ctx.target_mounts.append((cache_dir("wheels"), WHEELHOUSE))
-    if ctx.cfg.offline:
-        ctx.env.update(PIP_NO_INDEX="1", PIP_FIND_LINKS=WHEELHOUSE)
+def configure(cfg: Config) -> tuple[list[tuple[Path, str]], dict[str, str]]:
+    """The wheelhouse mounted for the hooks, and offline the variables that make it pip's only index.
+    (Online, save_step fills it: post-install.d/99-pip-wheelhouse, after sles-extra-hardware's
+    99-package-installs-*, before 99-remove-extra-packages drops /tmp/<src>.)"""
+    env = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": WHEELHOUSE} if cfg.offline else {}
+    return [(cache_dir("wheels"), WHEELHOUSE)], env
 
 
-def check_offline(ctx: BuildContext) -> None:
+def check_offline(plan: Plan) -> None:
     """An offline build of the IPA venv with nothing saved would fail deep in a hook: say so first."""
-    needs_pip = any(e.name == "sles-ipa-install" for e in ctx.elements)
-    if ctx.cfg.offline and needs_pip and not any(cache_dir("wheels").glob("*.whl")):
+    needs_pip = any(e.name == "sles-ipa-install" for e in plan.elements)
+    if plan.cfg.offline and needs_pip and not any(cache_dir("wheels").glob("*.whl")):
         raise InputError("--offline: the pip wheelhouse is empty, so the IPA venv cannot be built",
                          f"run one build online first (it saves the wheels in {cache_dir('wheels')})")
 
@@ -64,15 +64,15 @@ def build_requirements(root: Path, sources: Iterable[str]) -> list[str]:
     return sorted(set(out))
 
 
-def save_step(ctx: BuildContext) -> None:
-    pins = requirements(ctx.root)
+def save_step(plan: Plan, rt: Runtime) -> None:
+    pins = requirements(plan.root)
     if not pins:
         log.info("no IPA venv at /%s: nothing to save for --offline", VENV)
         return
-    backends = build_requirements(ctx.root, [r.dest for r in ctx.source_repos])
+    backends = build_requirements(plan.root, [r.dest for r in plan.source_repos])
     house = cache_dir("wheels")
     # the same pins are other wheels on another arch: the arch is part of the key
-    key = hashlib.sha256("\n".join([ctx.cfg.arch.suse, *pins, "--", *backends]).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\n".join([plan.cfg.arch.suse, *pins, "--", *backends]).encode()).hexdigest()[:16]
     done = house / f".saved-{key}"
     with locked(house / ".house"):
         if done.exists():
@@ -82,7 +82,7 @@ def save_step(ctx: BuildContext) -> None:
         reqs.write_text("\n".join(pins) + "\n")
         pip = [f"/{VENV}/bin/python", "-m", "pip", "wheel", "--disable-pip-version-check",
                "--wheel-dir", WHEELHOUSE, "--find-links", WHEELHOUSE]
-        run_in_target(ctx, [*pip, "--no-deps", "-r", f"{WHEELHOUSE}/{reqs.name}"], label="pip wheel")
-        run_in_target(ctx, [*pip, *backends], label="pip wheel")
+        run_in_target(plan, rt, [*pip, "--no-deps", "-r", f"{WHEELHOUSE}/{reqs.name}"], label="pip wheel")
+        run_in_target(plan, rt, [*pip, *backends], label="pip wheel")
         done.write_text("\n".join([*pins, "--", *backends]) + "\n")
     log.info("saved wheels of %d packages and %d build requirements for --offline", len(pins), len(backends))

@@ -20,19 +20,19 @@ from conftest import (
 from sles_ipa_builder.config import resolve as config
 from sles_ipa_builder.engine import plan, target
 from sles_ipa_builder.engine import runner as phases
-from sles_ipa_builder.engine import runtime as context
 from sles_ipa_builder.engine.stages import Phase
+from sles_ipa_builder.engine.state import Plan
 from sles_ipa_builder.errors import BuildError, ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def steps_of(ctx: context.BuildContext, phase: str) -> list[tuple[str, str]]:
+def steps_of(ctx: Plan, phase: str) -> list[tuple[str, str]]:
     return [(s.name, s.element) for s in ctx.steps if s.stage.value == phase]
 
 
 @pytest.fixture
-def engine_ctx(tmp_path: Path, no_builtin_hooks: Path) -> context.BuildContext:
+def engine_ctx(tmp_path: Path, no_builtin_hooks: Path) -> Plan:
     els = make_engine_elements(tmp_path / "elements")
     return plan.make(make_config(tmp_path, els, "bb-os"))
 
@@ -49,7 +49,7 @@ def test_phase_places() -> None:
     assert {p.value for p in Phase if p.chroot} == set(CHROOT_PHASES)
 
 
-def test_plan_puts_native_steps_where_dib_had_them(engine_ctx: context.BuildContext) -> None:
+def test_plan_puts_native_steps_where_dib_had_them(engine_ctx: Plan) -> None:
     assert steps_of(engine_ctx, "pre-install") == [
         ("01-install-bin", "install-bin"),
         ("05-check-bin", "bb-app"),
@@ -80,7 +80,7 @@ def test_the_builders_own_steps_run_without_our_elements_in_the_list(tmp_path: P
     els = tmp_path / "elements"
     make_element(els, "my-os", provides=["operating-system"], files={"install.d/50-x": "#!/bin/sh\n"})
     ctx = plan.make(make_config(tmp_path, els, "my-os"))
-    assert plan.needs(ctx, "10-sles-image") and plan.needs(ctx, "05-media-repositories")
+    assert ctx.needs("10-sles-image") and ctx.needs("05-media-repositories")
     assert ctx.steps[-1].name == "commit"
 
 
@@ -102,7 +102,7 @@ def test_default_plan_ends_with_the_outputs(tmp_path: Path) -> None:
     assert tail == [("outputs", f"ironic-python-agent.{x}") for x in
                     ("kernel", "initramfs", "tar", "tar.gz", "packages", "cdx.json", "manifest.json", "sha256")
                     ] + [("outputs", "commit")]
-    assert plan.needs(ctx, "10-sles-image") and plan.needs(ctx, "05-media-repositories")
+    assert ctx.needs("10-sles-image") and ctx.needs("05-media-repositories")
 
 
 def test_a_users_script_replaces_the_native_step(tmp_path: Path, no_builtin_hooks: Path) -> None:
@@ -125,7 +125,7 @@ def test_a_users_sles_replaces_ours_with_its_native_steps(tmp_path: Path) -> Non
     make_element(els, "sles", provides=["operating-system"], files={"root.d/10-my-root": "#!/bin/sh\n"})
     ctx = plan.make(make_config(tmp_path, els, "sles"))
     assert steps_of(ctx, "root") == [("10-my-root", "sles")]
-    assert not plan.needs(ctx, "05-media-repositories") and not plan.needs(ctx, "00-zypper-refresh")
+    assert not ctx.needs("05-media-repositories") and not ctx.needs("00-zypper-refresh")
 
 
 def test_environment_d_feeds_when(tmp_path: Path, no_builtin_hooks: Path) -> None:
@@ -148,16 +148,16 @@ def test_workspace_refuses_dangerous_dirs(
 ) -> None:
     els = make_engine_elements(tmp_path / "elements")
     ws = tmp_path / "ws"
-    ctx = context.make_context(make_config(tmp_path, els, "bb-os", output=str(ws / "build" / "out")))
+    ctx = plan.make(make_config(tmp_path, els, "bb-os", output=str(ws / "build" / "out")))
     with pytest.raises(ConfigError, match="output directory"):
         phases.prepare_workspace(ctx)
-    ctx = context.make_context(make_config(tmp_path, els, "bb-os"))
+    ctx = plan.make(make_config(tmp_path, els, "bb-os"))
     monkeypatch.setenv("HOME", str(ws / "build"))
     with pytest.raises(ConfigError, match="home directory"):
         phases.prepare_workspace(ctx)
 
 
-def test_workspace_is_emptied_not_the_outputs(engine_ctx: context.BuildContext) -> None:
+def test_workspace_is_emptied_not_the_outputs(engine_ctx: Plan) -> None:
     ctx = engine_ctx
     (ctx.build_dir / "stale").mkdir(parents=True)
     ctx.outputs.mkdir(parents=True, exist_ok=True)

@@ -88,7 +88,7 @@ def test_seed_element_list_with_user_overrides_resolves(tmp_path: Path) -> None:
 
 def test_without_user_elements_nothing_is_replaced(tmp_path: Path) -> None:
     ctx = plan.make(config.resolve({"workspace": str(tmp_path)}, environ={}))
-    assert ctx.replaced == [] and plan.needs(ctx, "10-sles-image")
+    assert ctx.replaced == [] and ctx.needs("10-sles-image")
     assert all(not e["replaces_builtin"] for e in plan.describe(ctx)["elements"])
 
 

@@ -57,10 +57,11 @@ def test_all_core_tools_present_and_a_missing_other_one_warned(tmp_path: Path,
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     tree = _tree(tmp_path, [*agenttools.CORE, "qemu-img.real"])
     os.unlink(tree / "usr/sbin/qemu-img")  # only the link in usr/bin, to qemu-img.real, remains
-    ctx = SimpleNamespace(root=tree, manifest={})
+    ctx = SimpleNamespace(root=tree)
+    rt = SimpleNamespace(manifest={})
     with caplog.at_level(logging.WARNING):
-        slessteps.tools_step(ctx)  # type: ignore[arg-type]
-    assert ctx.manifest["agent_tools_missing"] == ["multipath"]
+        slessteps.tools_step(ctx, rt)  # type: ignore[arg-type]
+    assert rt.manifest["agent_tools_missing"] == ["multipath"]
     assert "multipath (ironic_python_agent/hardware.py)" in caplog.text
 
 
@@ -68,4 +69,5 @@ def test_a_missing_core_tool_fails_the_build_with_its_name(tmp_path: Path) -> No
     tree = _tree(tmp_path, [t for t in agenttools.CORE if t not in ("sgdisk", "nvme")])
     (tree / "usr/sbin/lshw").chmod(0o644)  # not executable: not a tool
     with pytest.raises(BuildError, match="lacks tools the agent needs: sgdisk, lshw, nvme"):
-        slessteps.tools_step(SimpleNamespace(root=tree, manifest={}))  # type: ignore[arg-type]
+        ns = SimpleNamespace(root=tree, manifest={})
+        slessteps.tools_step(ns, ns)  # type: ignore[arg-type]

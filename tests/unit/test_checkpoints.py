@@ -19,6 +19,7 @@ from sles_ipa_builder.cache import keys as layerkeys
 from sles_ipa_builder.cache import layers as checkpoints
 from sles_ipa_builder.config import resolve as config
 from sles_ipa_builder.engine import plan
+from sles_ipa_builder.engine.state import Runtime
 from sles_ipa_builder.inputs import repos
 
 COMMITS = {"ironic-python-agent": "a" * 40, "ironic-lib": "b" * 40, "requirements": "c" * 40}
@@ -87,11 +88,13 @@ def test_a_new_iso_renews_every_layer(tmp_path: Path) -> None:
 def test_an_updated_repository_renews_every_layer(tmp_path: Path) -> None:
     repo_dir = tmp_path / "repo"
     (repo_dir / "repodata").mkdir(parents=True)
-    (repo_dir / "repodata/repomd.xml").write_text("<repomd><revision>1</revision></repomd>\n")
+    (repo_dir / "repodata/primary.xml").write_text('<metadata><package><name>lshw</name></package></metadata>')
+    primary = '<data type="primary"><location href="repodata/primary.xml"/></data>'
+    (repo_dir / "repodata/repomd.xml").write_text(f"<repomd><revision>1</revision>{primary}</repomd>\n")
     url = repo_dir.as_uri()
     r = repos.parse([url])[0]
     first = repos.metadata_digest(r, {}, None)
-    (repo_dir / "repodata/repomd.xml").write_text("<repomd><revision>2</revision></repomd>\n")
+    (repo_dir / "repodata/repomd.xml").write_text(f"<repomd><revision>2</revision>{primary}</repomd>\n")
     second = repos.metadata_digest(r, {}, None)
     assert first != second
     cli = {"repos": url}
@@ -141,22 +144,23 @@ def test_a_kept_layer_is_the_upper_directory_without_mountpoints_and_old_ones_go
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     ctx = plan.make(config.resolve({"workspace": str(tmp_path / "ws"), "cache_generations": "1"}, environ={}))
+    rt = Runtime.start(ctx)
     upper = tmp_path / "ws/build/.root-upper"
     (upper / "etc").mkdir(parents=True)
     (upper / "etc/made-by-a-hook").write_text("x\n")
     (upper / "tmp/in_target.d").mkdir(parents=True)  # a chroot phase's mountpoints
     (upper / "tmp/sib-build-ca.pem").write_text("")
-    ctx.manifest["sources"] = [{"name": "ipa", "commit": "a" * 40}]
+    rt.manifest["sources"] = [{"name": "ipa", "commit": "a" * 40}]
     first = checkpoints.Layer("tree", 3, "1" * 64, {"below": "r"}, None)
     second = checkpoints.Layer("tree", 3, "2" * 64, {"below": "s"}, None)
-    checkpoints._save(ctx, first)
+    checkpoints._save(ctx, rt, first)
     tree = first.path / "tree"
     assert (tree / "etc/made-by-a-hook").read_text() == "x\n"
     assert not (tree / "tmp/in_target.d").exists() and not (tree / "tmp/sib-build-ca.pem").exists()
     meta = json.loads((first.path / "meta.json").read_text())
     assert meta["inputs"] == {"below": "r"} and meta["below"] == []
     assert meta["state"]["manifest"]["sources"][0]["commit"] == "a" * 40
-    checkpoints._save(ctx, second)  # one generation: the older layer goes
+    checkpoints._save(ctx, rt, second)  # one generation: the older layer goes
     assert second.path.is_dir() and not first.path.exists()
 
 

@@ -178,11 +178,12 @@ def test_ipa_python_requirement_checked_before_the_package_installs(tmp_path):
         ctx = SimpleNamespace(root=tmp_path, cfg=cfg, env={"DIB_SLES_PYTHON": cfg.python})
         if fails:
             with pytest.raises(ConfigError, match=r"requires Python >=3.11, but service pack SP4 gives .*python3.10"):
-                slessteps.python_check_step(ctx)
+                slessteps.python_check_step(ctx, ctx)  # type: ignore[arg-type]
         else:
-            slessteps.python_check_step(ctx)
+            slessteps.python_check_step(ctx, ctx)  # type: ignore[arg-type]
     (src / "pyproject.toml").write_text('[project]\nrequires-python = ">=3.12"\n')  # beyond any SLES 15 python
     cfg = config.resolve({"service_pack": "SP6"}, environ={})
     with pytest.raises(ConfigError) as exc:
-        slessteps.python_check_step(SimpleNamespace(root=tmp_path, cfg=cfg, env={"DIB_SLES_PYTHON": cfg.python}))
+        ns = SimpleNamespace(root=tmp_path, cfg=cfg, env={"DIB_SLES_PYTHON": cfg.python})
+        slessteps.python_check_step(ns, ns)  # type: ignore[arg-type]
     assert "no SLES 15 python310/python311 satisfies it" in exc.value.hint

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from repohttp import build_rpm, make_repo, serve
 
-from sles_ipa_builder import pipeline, run
+from sles_ipa_builder import run
 from sles_ipa_builder.config import resolve as config
+from sles_ipa_builder.engine import plan
 from sles_ipa_builder.errors import ConfigError
 from sles_ipa_builder.inputs import repos, zypper
 
@@ -131,13 +132,13 @@ def test_settle_picks_python_for_sp4_from_the_repositories(repo_dir: Path, tmp_p
     update = python311_metadata_repo(tmp_path)
     with serve(update, USER, PASSWORD) as with_py, serve(repo_dir) as without:
         base = {"service_pack": "SP4", "images_dir": str(tmp_path)}
-        cfg, _ = pipeline.settle(config.resolve({**base, "repos": [with_py.replace("//", f"//{USER}:{PASSWORD}@")]},
+        cfg = plan.settle(config.resolve({**base, "repos": [with_py.replace("//", f"//{USER}:{PASSWORD}@")]},
                                                 environ={}))
         assert cfg.python == "python3.11" and cfg.sources["sles_python"].startswith("python311 in http://")
         assert PASSWORD not in cfg.sources["sles_python"]
-        cfg, _ = pipeline.settle(config.resolve({**base, "repos": [without]}, environ={}))
+        cfg = plan.settle(config.resolve({**base, "repos": [without]}, environ={}))
         assert cfg.python == "python3.10" and "no repository provides python311" in cfg.sources["sles_python"]
-        cfg, _ = pipeline.settle(config.resolve({**base, "service_pack": "SP7", "repos": [without]}, environ={}))
+        cfg = plan.settle(config.resolve({**base, "service_pack": "SP7", "repos": [without]}, environ={}))
         assert cfg.python == "python3.11" and cfg.sles_python is None
 
 
@@ -195,8 +196,8 @@ def test_offline_reads_what_zypper_cached(repo_dir: Path, tmp_path: Path, monkey
     cfg = config.resolve({"service_pack": "SP4", "images_dir": str(tmp_path), "repos": [url], "offline": "true"},
                          environ={})
     with pytest.raises(ConfigError, match="offline, and repository https://rmt.example.invalid/.* no cached metadata"):
-        pipeline.settle(cfg)
+        plan.settle(cfg)
     update = python311_metadata_repo(tmp_path)
     shutil.copytree(update / "repodata", cache_dir("zypper") / "raw" / repos.Repo(url).alias / "repodata")
-    settled, _ = pipeline.settle(cfg)
+    settled = plan.settle(cfg)
     assert settled.python == "python3.11"

@@ -99,7 +99,7 @@ def test_zypper_refreshes_when_another_build_did_and_runs_under_the_cache_lock(t
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     calls: list[tuple[list[str], bool]] = []
 
-    def fake_run_in_target(ctx: object, argv: list[str], **kw: object) -> None:
+    def fake_run_in_target(plan: object, rt: object, argv: list[str], **kw: object) -> None:
         other = FileLock(f"{tmp_path / 'sles-ipa-builder/zypper'}.lock")  # another build's attempt
         try:
             other.acquire(timeout=0)
@@ -112,10 +112,10 @@ def test_zypper_refreshes_when_another_build_did_and_runs_under_the_cache_lock(t
     monkeypatch.setattr(target, "run_in_target", fake_run_in_target)
     ctx = SimpleNamespace(refresh_aliases=["sle-Module-Basesystem"], zypper_token="ours")
     other = SimpleNamespace(refresh_aliases=None, zypper_token="theirs")  # a second build sharing the cache
-    target.run_zypper(ctx, zypper.install_argv(["lshw"]))  # type: ignore[arg-type]
-    target.run_zypper(ctx, zypper.install_argv(["mdadm"]))  # type: ignore[arg-type]  # metadata still ours
-    target.run_zypper(other)  # type: ignore[arg-type]  # the other build refreshes
-    target.run_zypper(ctx, zypper.install_argv(["fio"]))  # type: ignore[arg-type]  # so ours again first
+    target.run_zypper(None, ctx, zypper.install_argv(["lshw"]))  # type: ignore[arg-type]
+    target.run_zypper(None, ctx, zypper.install_argv(["mdadm"]))  # type: ignore[arg-type]  # metadata still ours
+    target.run_zypper(None, other)  # type: ignore[arg-type]  # the other build refreshes
+    target.run_zypper(None, ctx, zypper.install_argv(["fio"]))  # type: ignore[arg-type]  # so ours again first
     assert [(argv[-2:], held) for argv, held in calls] == [
         (["refresh", "sle-Module-Basesystem"], True), (["--no-recommends", "lshw"], True),
         (["--no-recommends", "mdadm"], True),
@@ -135,7 +135,7 @@ def test_no_zypper_call_sees_another_targets_rpmdb_cache(tmp_path: Path, monkeyp
     system = tmp_path / "sles-ipa-builder/zypper/solv/@System"
     seen: list[bool] = []
 
-    def fake_run_in_target(ctx: object, argv: list[str], **kw: object) -> None:
+    def fake_run_in_target(plan: object, rt: object, argv: list[str], **kw: object) -> None:
         seen.append(system.exists())
         system.mkdir(parents=True, exist_ok=True)  # what zypper leaves behind
         (system / "solv").write_bytes(b"another target's packages")
@@ -143,7 +143,7 @@ def test_no_zypper_call_sees_another_targets_rpmdb_cache(tmp_path: Path, monkeyp
     monkeypatch.setattr(target, "run_in_target", fake_run_in_target)
     system.mkdir(parents=True)  # left by an earlier build
     ctx = SimpleNamespace(refresh_aliases=None, zypper_token="ours")
-    target.run_zypper(ctx, zypper.install_argv(["lshw"]))  # type: ignore[arg-type]
-    target.run_zypper(ctx, zypper.install_argv(["fio"]))  # type: ignore[arg-type]
+    target.run_zypper(None, ctx, zypper.install_argv(["lshw"]))  # type: ignore[arg-type]
+    target.run_zypper(None, ctx, zypper.install_argv(["fio"]))  # type: ignore[arg-type]
     assert seen == [False, False, False]  # refresh, install, install
     assert (tmp_path / "sles-ipa-builder/zypper/.refreshed-by").read_text() == "ours"

@@ -1,0 +1,109 @@
+"""The two objects every step gets: the Plan (frozen: what this build will do, made once by
+plan.make) and the Runtime (what changes while it runs: resources to undo, timings, the opened
+media, the outputs being written, the cache layers)."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..config.resolve import Config
+from ..log import Timings
+from .elements import Element, HookTree, SourceRepo
+from .packages import PackageLists
+from .stages import Step
+
+if TYPE_CHECKING:
+    from ..cache.layers import Checkpoints
+    from ..delivery.artifacts import Artifacts, Staging
+    from ..inputs.media import Media
+    from .target import ResolvSaved
+
+# Inside the target the build-time CA bundle is bind-mounted here, only while a chroot phase runs.
+TARGET_CA = "/tmp/sib-build-ca.pem"
+CA_VARS = ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE", "GIT_SSL_CAINFO", "CURL_CA_BUNDLE")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The settled configuration and everything derived from it before any work: `summary` prints
+    it, `build` runs it, both get it from plan.make."""
+
+    cfg: Config  # settled: SP4's python decided by what the repositories provide
+    search_path: list[Path]
+    elements: list[Element]
+    tree: HookTree  # the merged hooks of the elements
+    env: Mapping[str, str]  # the hook environment a build starts with
+    phase_env: Mapping[str, str] = field(default_factory=dict)  # env after sourcing environment.d
+    source_repos: list[SourceRepo] = field(default_factory=list)
+    packages: PackageLists = field(default_factory=PackageLists)
+    steps: list[Step] = field(default_factory=list)  # every step in run order, outputs included
+    replaced: list[str] = field(default_factory=list)  # built-in elements and native steps the user's replaced
+    # Bind mounts for chroot phases: (host dir, absolute path in the target), e.g. the zypper cache.
+    target_mounts: list[tuple[Path, str]] = field(default_factory=list)
+    breakpoints: frozenset[str] = frozenset()
+
+    @property
+    def build_dir(self) -> Path:
+        return self.cfg.build_dir
+
+    @property
+    def root(self) -> Path:
+        return self.cfg.build_dir / "root"
+
+    @property
+    def hooks_dir(self) -> Path:
+        return self.cfg.build_dir / "hooks"
+
+    @property
+    def outputs(self) -> Path:
+        return self.cfg.output_dir
+
+    @property
+    def workspace(self) -> Path:
+        return Path(self.cfg.workspace)
+
+    @property
+    def log_path(self) -> Path:
+        return self.workspace / "build.log"
+
+    @property
+    def ca_bundle(self) -> Path | None:
+        return self.cfg.ca_bundle
+
+    def target_ca_env(self) -> dict[str, str]:
+        """The CA variables for commands in the target (empty when no bundle is configured)."""
+        return {v: TARGET_CA for v in CA_VARS} if self.ca_bundle else {}
+
+    def host_ca_env(self) -> dict[str, str]:
+        return {v: str(self.ca_bundle) for v in CA_VARS} if self.ca_bundle else {}
+
+    def needs(self, name: str) -> bool:
+        """Whether a native step of that name is in the plan (the input checks ask: qcow2? ISO?)."""
+        return any(s.name == name and s.run is not None for s in self.steps)
+
+
+@dataclass
+class Runtime:
+    """The mutable part of a running build."""
+
+    env: dict[str, str]  # the plan's hook environment plus what steps add (image and media identity)
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    timings: Timings = field(default_factory=Timings)
+    manifest: dict[str, Any] = field(default_factory=dict)
+    media: Media | None = None  # the Media1 ISO, opened once by the input checks
+    zypper_repos: list[tuple[str, str]] = field(default_factory=list)
+    refresh_aliases: list[str] | None = None  # zypper repositories to refresh (None: all)
+    zypper_token: str = field(default_factory=lambda: uuid.uuid4().hex)  # names this build's zypper refresh
+    resolv: ResolvSaved | None = None
+    staging: Staging | None = None  # the outputs being written, before they are renamed into place
+    artifacts: Artifacts | None = None
+    checkpoints: Checkpoints | None = None  # the cache layers after the root tree (cache/layers.py)
+
+    @classmethod
+    def start(cls, plan: Plan) -> Runtime:
+        return cls(env=dict(plan.env))
