@@ -302,6 +302,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     mostly-unit file carry their own marks: guestfs, qemu, media and registry make them `vm` too, so
     `-m "not vm"` leaves out everything that needs the test media, a VM or the registry. Without root,
     every `root` test is skipped instead of failing."""
+    stray = sorted({str(i.path.relative_to(TIERS)) for i in items
+                    if i.path.is_relative_to(TIERS) and len(i.path.relative_to(TIERS).parts) == 1})
+    if stray:
+        raise pytest.UsageError(f"tests/{', tests/'.join(stray)}: a test file goes in tests/unit/, tests/root/ "
+                                "or tests/vm/ (see the Makefile's test targets)")
     for item in items:
         if not item.path.is_relative_to(TIERS):
             continue
