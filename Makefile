@@ -17,7 +17,7 @@ APT_PACKAGES := python3 python3-venv python3-guestfs libguestfs-tools linux-imag
 export LIBGUESTFS_BACKEND_SETTINGS ?= force_tcg
 export SIB_ACCEL ?= tcg
 
-.PHONY: setup binfmt media test test-aarch64 check docs demo bench clean
+.PHONY: setup binfmt media test test-root test-aarch64 check docs demo bench clean
 
 setup: $(STAMP) binfmt
 
@@ -42,17 +42,27 @@ $(STAMP): pyproject.toml Makefile
 media: setup
 	$(SIB) fixtures
 
+# The tests come in three tiers, one folder each (markers follow the folders, see tests/conftest.py):
+#   tests/unit/  pure Python on temp dirs, needs no root                 (`make check`)
+#   tests/root/  as root: chroot, mounts, namespaces, hooks on small trees (`make test-root`)
+#   tests/vm/    the generated test media, libguestfs, QEMU boots, real Ironic, the registry, aarch64
+# `make test` runs all three.
 test: media
 	$(PY) -m pytest -v -p no:cacheprovider tests
 
-# The aarch64 cross build and boot (tests/test_aarch64.py) alone; `make test` runs it too.
-test-aarch64: setup
-	SIB_TEST_AARCH64=1 $(PY) -m pytest -v -p no:cacheprovider tests/test_aarch64.py
+# The root tier alone: no test media, no VM.
+test-root: setup
+	$(PY) -m pytest -v -p no:cacheprovider -m "not vm" tests/root
 
+# The aarch64 cross build and boot (tests/vm/test_aarch64.py) alone; `make test` runs it too.
+test-aarch64: setup
+	SIB_TEST_AARCH64=1 $(PY) -m pytest -v -p no:cacheprovider tests/vm/test_aarch64.py
+
+# Lint, types and the unit tier (its few tests marked vm or slow are left to `make test`).
 check: setup
-	$(VENV)/bin/ruff check sles_ipa_builder tests bench fixtures
+	$(VENV)/bin/ruff check sles_ipa_builder tests bench
 	$(VENV)/bin/mypy sles_ipa_builder
-	$(PY) -m pytest -q -m "not guestfs and not qemu and not media and not slow and not registry" tests
+	$(PY) -m pytest -q -m "not vm and not slow" tests/unit
 
 # docs/settings.md is written from the settings table (tests/test_docs.py fails when it is stale).
 docs: $(STAMP)

@@ -291,3 +291,29 @@ def checkout_stays_clean() -> Any:
     yield
     new = sorted(_untracked() - before)
     assert not new, f"tests wrote into the checkout: {new}"
+
+
+TIERS = Path(__file__).parent
+HEAVY = ("guestfs", "qemu", "media", "registry")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Markers follow the folders: tests/root/ is `root`, tests/vm/ is `vm`. The few heavier tests of a
+    mostly-unit file carry their own marks: guestfs, qemu, media and registry make them `vm` too, so
+    `-m "not vm"` leaves out everything that needs the test media, a VM or the registry. Without root,
+    every `root` test is skipped instead of failing."""
+    stray = sorted({str(i.path.relative_to(TIERS)) for i in items
+                    if i.path.is_relative_to(TIERS) and len(i.path.relative_to(TIERS).parts) == 1})
+    if stray:
+        raise pytest.UsageError(f"tests/{', tests/'.join(stray)}: a test file goes in tests/unit/, tests/root/ "
+                                "or tests/vm/ (see the Makefile's test targets)")
+    for item in items:
+        if not item.path.is_relative_to(TIERS):
+            continue
+        tier = item.path.relative_to(TIERS).parts[0]
+        if tier == "root":
+            item.add_marker(pytest.mark.root)
+        elif tier == "vm" or any(item.get_closest_marker(m) for m in HEAVY):
+            item.add_marker(pytest.mark.vm)
+        if not is_root() and item.get_closest_marker("root"):
+            item.add_marker(pytest.mark.skip(reason="needs root"))

@@ -7,7 +7,7 @@ from pathlib import Path
 from sles_ipa_builder.config import docs
 from sles_ipa_builder.config.settings import SETTINGS
 
-PAGE = Path(__file__).resolve().parent.parent / "docs/settings.md"
+PAGE = Path(__file__).resolve().parents[2] / "docs/settings.md"
 
 
 def test_settings_page_is_up_to_date() -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-HOOKS = Path(__file__).resolve().parent.parent / "elements"
+HOOKS = Path(__file__).resolve().parents[2] / "elements"
 SCRIPT_RE = re.compile(r"^[0-9A-Za-z_-]+$")  # dib-run-parts
 ENV_RE = re.compile(r"^[0-9A-Za-z_.-]+$")
 PHASES = ("root.d", "extra-data.d", "pre-install.d", "install.d", "post-install.d", "post-root.d",

@@ -24,7 +24,7 @@ from sles_ipa_builder.engine.stages import Phase
 from sles_ipa_builder.engine.state import Plan
 from sles_ipa_builder.errors import BuildError, ConfigError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def steps_of(ctx: Plan, phase: str) -> list[tuple[str, str]]:

@@ -21,7 +21,7 @@ from sles_ipa_builder.config import resolve as config
 from sles_ipa_builder.config.settings import DEFAULT_ELEMENTS
 from sles_ipa_builder.engine import plan
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # A root.d script with the very name of our native step: the clash a migrating user once hit.
 USER_ROOT = """#!/bin/bash
 set -eu

@@ -240,7 +240,7 @@ def alive(pids: list[int]) -> list[int]:
 def fake_agent(dest: Path) -> tuple[Path, Path]:
     """The boot test's busybox stand-in for IPA (tests/data/fakeagent.py): it looks up and heartbeats
     but never inspects, which is all these tests need."""
-    spec = importlib.util.spec_from_file_location("fakeagent", Path(__file__).parent / "data" / "fakeagent.py")
+    spec = importlib.util.spec_from_file_location("fakeagent", Path(__file__).parents[1] / "data" / "fakeagent.py")
     assert spec and spec.loader
     fakeagent = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(fakeagent)

@@ -74,6 +74,7 @@ def names_in(initramfs: Path) -> dict[str, cpioread.Member]:
         return {m.name: m for m in cpioread.members(cpioread.Reader(f))}
 
 
+@pytest.mark.root  # cpio -i makes the device nodes
 def test_synthetic_members(tmp_path: Path) -> None:
     tree = make_root(tmp_path / "root")
     out = tmp_path / "initrd"

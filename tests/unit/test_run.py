@@ -11,7 +11,7 @@ import pytest
 from sles_ipa_builder import run
 from sles_ipa_builder.errors import CommandError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_stream_waits_for_the_command_not_for_what_it_left_running() -> None:

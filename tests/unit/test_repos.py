@@ -89,6 +89,7 @@ def test_probe_reads_the_packages_with_credentials(repo_dir: Path, tmp_path: Pat
     assert repos.probe(repos.Repo(repo_dir.as_uri()), {}) == {"sib-probe-tool"}
 
 
+@pytest.mark.root  # the build checks for root before it reads its inputs
 @pytest.mark.parametrize("case", ["401", "no-repodata", "unreachable"])
 def test_bad_repository_stops_the_build_before_any_work(repo_dir: Path, tmp_path: Path, case: str) -> None:
     """One error line naming the repository, exit 2, and no workspace made."""

@@ -19,7 +19,7 @@ from sles_ipa_builder import run
 from sles_ipa_builder.delivery import addon
 from sles_ipa_builder.errors import InputError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "elements/sles-ipa-addon/static/usr/local/sbin/sles-ipa-addon"
 CERT = b"-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n"
 KEY = b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx1Y2t5IGtleSBmb3IgdGVzdHMgb25seSBub3QgcmVhbA sib@test\n"

@@ -21,7 +21,7 @@ from conftest import CHROOT_PHASES, make_busybox_root, make_engine_elements
 from sles_ipa_builder.engine import namespace
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.media]
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def mounts_anywhere_under(path: Path) -> list[str]:

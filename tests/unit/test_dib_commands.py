@@ -10,7 +10,7 @@ import pytest
 
 from sles_ipa_builder import run
 
-BIN = Path(__file__).resolve().parent.parent / "elements/sles-zypper-config/bin"
+BIN = Path(__file__).resolve().parents[2] / "elements/sles-zypper-config/bin"
 MAP = {
     "default": {"web": "httpd", "dbg": "gdb", "gone": "x"},
     "family": {"suse": {"web": "apache2", "gone": ""}},

@@ -16,7 +16,7 @@ from conftest import make_busybox_root
 from sles_ipa_builder.engine import namespace
 
 pytestmark = pytest.mark.root
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 CHILD = """
 import os, sys, time

@@ -15,7 +15,7 @@ import pytest
 
 from sles_ipa_builder.cache import store as cache
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # In a private namespace: the layer restored by overlayfs and by copy, the same edits in both (a new
 # file, a changed one, a removed one, a removed directory, a chmod, one name of a hard link rewritten),

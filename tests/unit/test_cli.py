@@ -12,7 +12,7 @@ from sles_ipa_builder import run
 from sles_ipa_builder.__main__ import main, parser
 from sles_ipa_builder.config.settings import SETTINGS
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 VERBS = ["build", "summary", "doctor", "repos", "pack", "boot-test", "size-report", "clean", "fixtures"]
 
 
@@ -89,6 +89,7 @@ def test_ci_calls_the_readme_test_command():
     assert "make test" in readme and "make demo" in readme
 
 
+@pytest.mark.root  # the build checks for root before it reads its inputs
 def test_missing_inputs_stop_before_any_work(tmp_path):
     tree = tmp_path / "tree"
     tree.mkdir()
@@ -101,6 +102,7 @@ def test_missing_inputs_stop_before_any_work(tmp_path):
     assert not (tmp_path / "ws" / "build").exists()
 
 
+@pytest.mark.root  # the build checks for root before it reads its inputs
 @pytest.mark.parametrize("bad", ["image", "iso"])
 def test_wrong_inputs_stop_before_any_work(tmp_path, bad):
     """A text file given as the qcow2 or the ISO: exit 2 naming it, the workspace untouched."""

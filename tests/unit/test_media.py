@@ -201,7 +201,7 @@ def test_serve_get_head_range_404(good_iso: Path) -> None:
 
 # --- on the fixtures' test media (marker `media`: builds the media on first use) ----------------------
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 

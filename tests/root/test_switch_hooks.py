@@ -16,7 +16,7 @@ from test_user_elements import with_bash
 from sles_ipa_builder.config import resolve as config
 from sles_ipa_builder.engine.hookenv import hook_env
 
-HOOKS = Path(__file__).resolve().parent.parent / "elements/sles-ipa-install"
+HOOKS = Path(__file__).resolve().parents[2] / "elements/sles-ipa-install"
 pytestmark = pytest.mark.root
 
 ZYPPER = """#!/bin/bash

@@ -19,7 +19,7 @@ import pytest
 from sles_ipa_builder import run
 from sles_ipa_builder.fixtures import testmedia
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 REQUIRED_DIRS = {
     "Module-Basesystem", "Module-Python3", "Module-Server-Applications", "Module-Development-Tools",
     "Product-SLES",

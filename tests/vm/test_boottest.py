@@ -24,7 +24,7 @@ from sles_ipa_builder.errors import BuildError, ConfigError, InputError
 from sles_ipa_builder.verify import boottest
 from sles_ipa_builder.verify.boottest import MAC, BootResult, accel_plan, boot_test, qemu_argv
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 
 
 def load_fakeagent() -> ModuleType:
