@@ -69,7 +69,7 @@ docs: $(STAMP)
 	$(PY) -m sles_ipa_builder.config.docs > docs/settings.md
 
 # The build ends with the quick fake-API boot test; then a real Ironic inspects, cleans and deploys
-# through the ramdisk in BIOS and UEFI mode (README: "Verified against Ironic").
+# through the ramdisk in BIOS and UEFI mode (docs/verification.md).
 demo: media
 	$(SIB) build --config "$$($(SIB) fixtures --print-profile)" --boot-test
 	$(SIB) boot-test --config "$$($(SIB) fixtures --print-profile)" --ironic

@@ -11,7 +11,7 @@ The environment the hooks see is in the keys too, each variable in the first lay
 that names it (a variable no script names may be read by any program: it goes in the first layer).
 Variables that only say where things are (the build's paths, the host's PATH, pip's offline index)
 are left out, so two workspaces and an --offline build share layers. The keys are computed in
-layerkeys.py; this module finds, restores and keeps the layers.
+keys.py; this module finds, restores and keeps the layers.
 
 A layer is a copy of the root overlay's upper directory at its point (`cp -a --reflink=auto`:
 whiteouts, opaque directories and all), i.e. the difference from the root tree. A build restores it

@@ -43,7 +43,7 @@ def prepare_root(cfg: Config, root: Path, *, accel: str = "auto", force: bool = 
 
     The tree is cached unpacked, in rootfs/<image sha256>/; with `stack` (a build, in its namespace)
     it becomes the lower layer of an overlayfs at `root` (layers.py), else it is copied. `above` are
-    later layers of the build (checkpoints.py, topmost first), mounted over the root tree; only with overlayfs."""
+    later layers of the build (cache/layers.py, topmost first), mounted over the root tree; only with overlayfs."""
     start = time.monotonic()
     root.mkdir(parents=True, exist_ok=True)
     if cfg.base_tree:

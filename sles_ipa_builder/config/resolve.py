@@ -310,7 +310,7 @@ def resolve(
     unknown = sorted(k for k in data if k not in BY_KEY)
     if unknown:
         raise ConfigError(f"{config_file}: unknown setting(s) {', '.join(unknown)}",
-                          "see `sles-ipa-builder summary` or the README's settings table for valid keys")
+                          "see `sles-ipa-builder summary` or docs/settings.md for valid keys")
     # The TOML [env] table sits below real environment variables.
     env: dict[str, str] = {**toml_env, **environ}
 

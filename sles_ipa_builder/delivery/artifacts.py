@@ -3,7 +3,7 @@
 Every writer writes its file into a temp dir beside the output directory (a `Staging`); `commit()`
 then renames the set into place, checksum files after what they vouch for and `<name>.sha256` last
 of all, so a failure or a kill leaves the previous good set untouched and never a checksum file that
-vouches for a half-renamed set. A new format is a new `Output` in OUTPUTS; the plan (plan.py) gives
+vouches for a half-renamed set. A new format is a new `Output` in OUTPUTS; the plan (engine/plan.py) gives
 each its own step.
 """
 

@@ -1,7 +1,7 @@
 """Running the plan: DIB's phases in order (chroot phases inside the target's mounts, break points
 around each), then the outputs; and the workspace the build runs in.
 
-plan.py decides what runs; this module only runs it, so `summary` and `build` cannot disagree.
+engine/plan.py decides what runs; this module only runs it, so `summary` and `build` cannot disagree.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """DIB's generic elements, done natively: install-bin, install-static, pkg-map, source-repositories
-and manifests. (package-installs is packages.py.) Each function is a step of the plan (plan.py)."""
+and manifests. (package-installs is engine/packages.py.) Each function is a step of the plan (engine/plan.py)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The builder's own steps for the sles element: the root tree from the qcow2, the Media1 ISO as
 zypper repositories (and their removal), and an early check of IPA's Python requirement; for
 sles-ipa-ramdisk-base, the cut of unused kernel modules; for the agent, the check of its tools.
-Each function is a step of the plan (plan.py)."""
+Each function is a step of the plan (engine/plan.py)."""
 
 from __future__ import annotations
 

@@ -27,12 +27,12 @@ from sles_ipa_builder.errors import BuildError, ConfigError
 REPO = Path(__file__).resolve().parents[2]
 
 
-def steps_of(ctx: Plan, phase: str) -> list[tuple[str, str]]:
-    return [(s.name, s.element) for s in ctx.steps if s.stage.value == phase]
+def steps_of(made: Plan, phase: str) -> list[tuple[str, str]]:
+    return [(s.name, s.element) for s in made.steps if s.stage.value == phase]
 
 
 @pytest.fixture
-def engine_ctx(tmp_path: Path, no_builtin_hooks: Path) -> Plan:
+def engine_plan(tmp_path: Path, no_builtin_hooks: Path) -> Plan:
     els = make_engine_elements(tmp_path / "elements")
     return plan.make(make_config(tmp_path, els, "bb-os"))
 
@@ -49,8 +49,8 @@ def test_phase_places() -> None:
     assert {p.value for p in Phase if p.chroot} == set(CHROOT_PHASES)
 
 
-def test_plan_puts_native_steps_where_dib_had_them(engine_ctx: Plan) -> None:
-    assert steps_of(engine_ctx, "pre-install") == [
+def test_plan_puts_native_steps_where_dib_had_them(engine_plan: Plan) -> None:
+    assert steps_of(engine_plan, "pre-install") == [
         ("01-install-bin", "install-bin"),
         ("05-check-bin", "bb-app"),
         ("10-package-installs", "package-installs"),
@@ -58,7 +58,7 @@ def test_plan_puts_native_steps_where_dib_had_them(engine_ctx: Plan) -> None:
         ("50-maybe-sleep", "bb-os"),
         ("60-maybe-fail", "bb-os"),
     ]
-    assert steps_of(engine_ctx, "install") == [
+    assert steps_of(engine_plan, "install") == [
         ("01-package-installs", "package-installs"),
         ("10-install-static-files", "install-static"),
         ("15-check-static", "bb-app"),
@@ -68,10 +68,10 @@ def test_plan_puts_native_steps_where_dib_had_them(engine_ctx: Plan) -> None:
         ("60-maybe-fail", "bb-os"),
         ("99-package-uninstalls", "package-installs"),
     ]
-    assert steps_of(engine_ctx, "root") == [("20-record", "bb-os")]
-    assert engine_ctx.packages.get("install.d", False) == ["bb-pkg", "bb-build", "bb-when"]
+    assert steps_of(engine_plan, "root") == [("20-record", "bb-os")]
+    assert engine_plan.packages.get("install.d", False) == ["bb-pkg", "bb-build", "bb-when"]
     # sles and sles-ipa-ramdisk-base replaced by stand-ins: no image, no media repositories, no outputs
-    assert not any(s.stage.value == "outputs" or s.element == "sles" for s in engine_ctx.steps)
+    assert not any(s.stage.value == "outputs" or s.element == "sles" for s in engine_plan.steps)
 
 
 def test_the_builders_own_steps_run_without_our_elements_in_the_list(tmp_path: Path, no_builtin_hooks: Path) -> None:
@@ -79,30 +79,30 @@ def test_the_builders_own_steps_run_without_our_elements_in_the_list(tmp_path: P
     (as before one plan): only a user's element of that name takes them away."""
     els = tmp_path / "elements"
     make_element(els, "my-os", provides=["operating-system"], files={"install.d/50-x": "#!/bin/sh\n"})
-    ctx = plan.make(make_config(tmp_path, els, "my-os"))
-    assert ctx.needs("10-sles-image") and ctx.needs("05-media-repositories")
-    assert ctx.steps[-1].name == "commit"
+    made = plan.make(make_config(tmp_path, els, "my-os"))
+    assert made.needs("10-sles-image") and made.needs("05-media-repositories")
+    assert made.steps[-1].name == "commit"
 
 
 def test_describe_is_the_plan(tmp_path: Path, no_builtin_hooks: Path) -> None:
     els = make_engine_elements(tmp_path / "elements")
-    ctx = plan.make(make_config(tmp_path, els, "bb-os"))
-    info = plan.describe(ctx)
+    made = plan.make(make_config(tmp_path, els, "bb-os"))
+    info = plan.describe(made)
     by = {e["name"]: e["by"] for e in info["elements"]}
     assert by["bb-os"] == "requested" and by["bb-app"] == "bb-os" and by["install-static"] == "bb-app"
-    assert [(s["stage"], s["name"]) for s in info["steps"]] == [(s.stage.value, s.name) for s in ctx.steps]
+    assert [(s["stage"], s["name"]) for s in info["steps"]] == [(s.stage.value, s.name) for s in made.steps]
     inst = [s for s in info["steps"] if s["stage"] == "install"]
     assert inst[1] == {"stage": "install", "where": "chroot", "name": "10-install-static-files",
                        "element": "install-static", "kind": "native", "reads": "the elements' static/"}
 
 
 def test_default_plan_ends_with_the_outputs(tmp_path: Path) -> None:
-    ctx = plan.make(config.resolve({"workspace": str(tmp_path)}, environ={}))
-    tail = [(s.stage.value, s.name) for s in ctx.steps if s.stage.value == "outputs"]
+    made = plan.make(config.resolve({"workspace": str(tmp_path)}, environ={}))
+    tail = [(s.stage.value, s.name) for s in made.steps if s.stage.value == "outputs"]
     assert tail == [("outputs", f"ironic-python-agent.{x}") for x in
                     ("kernel", "initramfs", "tar", "tar.gz", "packages", "cdx.json", "manifest.json", "sha256")
                     ] + [("outputs", "commit")]
-    assert ctx.needs("10-sles-image") and ctx.needs("05-media-repositories")
+    assert made.needs("10-sles-image") and made.needs("05-media-repositories")
 
 
 def test_a_users_script_replaces_the_native_step(tmp_path: Path, no_builtin_hooks: Path) -> None:
@@ -113,19 +113,19 @@ def test_a_users_script_replaces_the_native_step(tmp_path: Path, no_builtin_hook
         provides=["operating-system"],
         files={"bin/x": "#!/bin/sh\n", "pre-install.d/01-install-bin": "#!/bin/sh\n"},
     )
-    ctx = plan.make(make_config(tmp_path, els, "os"))
-    assert ("01-install-bin", "os") in steps_of(ctx, "pre-install")
-    assert next(s for s in ctx.steps if s.name == "01-install-bin").run is None
-    assert ctx.replaced == ["pre-install.d/01-install-bin (install-bin) by os's script"]
+    made = plan.make(make_config(tmp_path, els, "os"))
+    assert ("01-install-bin", "os") in steps_of(made, "pre-install")
+    assert next(s for s in made.steps if s.name == "01-install-bin").run is None
+    assert made.replaced == ["pre-install.d/01-install-bin (install-bin) by os's script"]
 
 
 def test_a_users_sles_replaces_ours_with_its_native_steps(tmp_path: Path) -> None:
     """A migrating user's own `sles` (root.d making the root its own way) drops our image and media steps."""
     els = tmp_path / "elements"
     make_element(els, "sles", provides=["operating-system"], files={"root.d/10-my-root": "#!/bin/sh\n"})
-    ctx = plan.make(make_config(tmp_path, els, "sles"))
-    assert steps_of(ctx, "root") == [("10-my-root", "sles")]
-    assert not ctx.needs("05-media-repositories") and not ctx.needs("00-zypper-refresh")
+    made = plan.make(make_config(tmp_path, els, "sles"))
+    assert steps_of(made, "root") == [("10-my-root", "sles")]
+    assert not made.needs("05-media-repositories") and not made.needs("00-zypper-refresh")
 
 
 def test_environment_d_feeds_when(tmp_path: Path, no_builtin_hooks: Path) -> None:
@@ -139,8 +139,8 @@ def test_environment_d_feeds_when(tmp_path: Path, no_builtin_hooks: Path) -> Non
             "package-installs.yaml": "a:\n  when: DIB_X=from-envd\nb:\n  when: DIB_X!=from-envd\n",
         },
     )
-    ctx = plan.make(make_config(tmp_path, els, "os"))
-    assert ctx.packages.get("install.d", False) == ["a"]
+    made = plan.make(make_config(tmp_path, els, "os"))
+    assert made.packages.get("install.d", False) == ["a"]
 
 
 def test_workspace_refuses_dangerous_dirs(
@@ -148,23 +148,23 @@ def test_workspace_refuses_dangerous_dirs(
 ) -> None:
     els = make_engine_elements(tmp_path / "elements")
     ws = tmp_path / "ws"
-    ctx = plan.make(make_config(tmp_path, els, "bb-os", output=str(ws / "build" / "out")))
+    made = plan.make(make_config(tmp_path, els, "bb-os", output=str(ws / "build" / "out")))
     with pytest.raises(ConfigError, match="output directory"):
-        phases.prepare_workspace(ctx)
-    ctx = plan.make(make_config(tmp_path, els, "bb-os"))
+        phases.prepare_workspace(made)
+    made = plan.make(make_config(tmp_path, els, "bb-os"))
     monkeypatch.setenv("HOME", str(ws / "build"))
     with pytest.raises(ConfigError, match="home directory"):
-        phases.prepare_workspace(ctx)
+        phases.prepare_workspace(made)
 
 
-def test_workspace_is_emptied_not_the_outputs(engine_ctx: Plan) -> None:
-    ctx = engine_ctx
-    (ctx.build_dir / "stale").mkdir(parents=True)
-    ctx.outputs.mkdir(parents=True, exist_ok=True)
-    (ctx.outputs / "previous.initramfs").write_text("good")
-    phases.prepare_workspace(ctx)
-    assert list(ctx.build_dir.iterdir()) == []
-    assert (ctx.outputs / "previous.initramfs").read_text() == "good"
+def test_workspace_is_emptied_not_the_outputs(engine_plan: Plan) -> None:
+    made = engine_plan
+    (made.build_dir / "stale").mkdir(parents=True)
+    made.outputs.mkdir(parents=True, exist_ok=True)
+    (made.outputs / "previous.initramfs").write_text("good")
+    phases.prepare_workspace(made)
+    assert list(made.build_dir.iterdir()) == []
+    assert (made.outputs / "previous.initramfs").read_text() == "good"
 
 
 # --- a whole run -----------------------------------------------------------------------------------

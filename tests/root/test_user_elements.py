@@ -87,9 +87,9 @@ def test_seed_element_list_with_user_overrides_resolves(tmp_path: Path) -> None:
 
 
 def test_without_user_elements_nothing_is_replaced(tmp_path: Path) -> None:
-    ctx = plan.make(config.resolve({"workspace": str(tmp_path)}, environ={}))
-    assert ctx.replaced == [] and ctx.needs("10-sles-image")
-    assert all(not e["replaces_builtin"] for e in plan.describe(ctx)["elements"])
+    made = plan.make(config.resolve({"workspace": str(tmp_path)}, environ={}))
+    assert made.replaced == [] and made.needs("10-sles-image")
+    assert all(not e["replaces_builtin"] for e in plan.describe(made)["elements"])
 
 
 def with_bash(dest: Path) -> Path:

@@ -27,10 +27,10 @@ COMMITS = {"ironic-python-agent": "a" * 40, "ironic-lib": "b" * 40, "requirement
 
 def keys(tmp_path: Path, environ: dict[str, str] | None = None, cli: dict[str, Any] | None = None,
          **inputs: Any) -> dict[str, str]:
-    ctx = plan.make(config.resolve({"workspace": str(tmp_path / "ws"), **(cli or {})}, environ=environ or {}))
+    made = plan.make(config.resolve({"workspace": str(tmp_path / "ws"), **(cli or {})}, environ=environ or {}))
     args: dict[str, Any] = {"root_key": "r" * 64, "media_identity": "iso-1", "repo_digests": {},
                             "commits": COMMITS, **inputs}
-    return {layer.name: layer.key for layer in layerkeys.compute(ctx, **args)}
+    return {layer.name: layer.key for layer in layerkeys.compute(made, **args)}
 
 
 def renewed(a: dict[str, str], b: dict[str, str]) -> list[str]:
@@ -113,9 +113,9 @@ def test_a_miss_says_which_input_changed() -> None:
 
 
 def test_secrets_never_show_in_the_inputs(tmp_path: Path) -> None:
-    ctx = plan.make(config.resolve({"workspace": str(tmp_path)},
+    made = plan.make(config.resolve({"workspace": str(tmp_path)},
                                    environ={"DIB_DEV_USER_PASSWORD": "hunter2-very-secret"}))
-    found = layerkeys.compute(ctx, root_key="r", media_identity="m", repo_digests={}, commits=COMMITS)
+    found = layerkeys.compute(made, root_key="r", media_identity="m", repo_digests={}, commits=COMMITS)
     shown = " ".join(v for layer in found for v in layer.inputs.values())
     assert "hunter2" not in shown
     assert any(k == "env DIB_DEV_USER_PASSWORD" for layer in found for k in layer.inputs)
@@ -128,12 +128,12 @@ def test_summary_shows_the_layers_without_fetching_or_writing(tmp_path: Path,
     images.mkdir()
     qcow2 = images / "SLES15-SP7-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2"
     qcow2.write_bytes(b"QFI\xfb" + bytes(508))
-    ctx = plan.make(config.resolve({"workspace": str(tmp_path / "ws"), "images_dir": str(images)}, environ={}))
-    assert checkpoints.describe(ctx)[0]["state"] == "unknown until the qcow2 is hashed"
+    made = plan.make(config.resolve({"workspace": str(tmp_path / "ws"), "images_dir": str(images)}, environ={}))
+    assert checkpoints.describe(made)[0]["state"] == "unknown until the qcow2 is hashed"
     from sles_ipa_builder.cache import store as cache
     cache.file_sha256(qcow2)
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
-    rows = checkpoints.describe(ctx)
+    rows = checkpoints.describe(made)
     assert [r["layer"] for r in rows] == ["packages", "venv", "tree"]
     assert all(r["state"].startswith("miss: not cached yet") for r in rows), rows
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
@@ -143,8 +143,8 @@ def test_summary_shows_the_layers_without_fetching_or_writing(tmp_path: Path,
 def test_a_kept_layer_is_the_upper_directory_without_mountpoints_and_old_ones_go(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    ctx = plan.make(config.resolve({"workspace": str(tmp_path / "ws"), "cache_generations": "1"}, environ={}))
-    rt = Runtime.start(ctx)
+    made = plan.make(config.resolve({"workspace": str(tmp_path / "ws"), "cache_generations": "1"}, environ={}))
+    rt = Runtime.start(made)
     upper = tmp_path / "ws/build/.root-upper"
     (upper / "etc").mkdir(parents=True)
     (upper / "etc/made-by-a-hook").write_text("x\n")
@@ -153,14 +153,14 @@ def test_a_kept_layer_is_the_upper_directory_without_mountpoints_and_old_ones_go
     rt.manifest["sources"] = [{"name": "ipa", "commit": "a" * 40}]
     first = checkpoints.Layer("tree", 3, "1" * 64, {"below": "r"}, None)
     second = checkpoints.Layer("tree", 3, "2" * 64, {"below": "s"}, None)
-    checkpoints._save(ctx, rt, first)
+    checkpoints._save(made, rt, first)
     tree = first.path / "tree"
     assert (tree / "etc/made-by-a-hook").read_text() == "x\n"
     assert not (tree / "tmp/in_target.d").exists() and not (tree / "tmp/sib-build-ca.pem").exists()
     meta = json.loads((first.path / "meta.json").read_text())
     assert meta["inputs"] == {"below": "r"} and meta["below"] == []
     assert meta["state"]["manifest"]["sources"][0]["commit"] == "a" * 40
-    checkpoints._save(ctx, rt, second)  # one generation: the older layer goes
+    checkpoints._save(made, rt, second)  # one generation: the older layer goes
     assert second.path.is_dir() and not first.path.exists()
 
 
