@@ -266,6 +266,8 @@ def git_init(path: str | os.PathLike[str], **kw: Any) -> git.Repo:
     return repo
 
 
-def chroot_argv(root: Path, argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
-    """argv that runs `argv` inside `root` with exactly `env` (nothing inherited)."""
-    return ["chroot", os.fspath(root), "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()), *argv]
+def chroot_argv(root: Path, argv: Sequence[str]) -> list[str]:
+    """`chroot root argv...`. The environment is never on the command line: run it with env= (a
+    target_env()), which exec hands on, so secrets among the variables never show in the log or in
+    /proc/PID/cmdline."""
+    return [which("chroot") or "/usr/sbin/chroot", os.fspath(root), *argv]

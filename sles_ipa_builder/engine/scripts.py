@@ -17,7 +17,7 @@ from ..errors import BuildError, CommandError
 from ..log import step
 from .stages import NativeFn, Phase
 from .state import Plan, Runtime
-from .target import IN_TARGET, chroot_argv, chroot_env, host_env, target_shell
+from .target import IN_TARGET, chroot_env, host_env, target_shell
 
 log = logging.getLogger(__name__)
 DIB_PHASES = frozenset(p.value for p in Phase)
@@ -51,7 +51,7 @@ def script_argv(plan: Plan, phase_dir: str, name: str, chroot: bool) -> tuple[li
             f"{base}/{phase_dir}/{name}",
             *env_files(plan, base),
         ]
-        return chroot_argv(plan.root, inner), None
+        return run.chroot_argv(plan.root, inner), None
     base = str(plan.hooks_dir)
     argv = ["bash", "-c", RUNNER, "sib-hook", f"{base}/{phase_dir}/{name}", *env_files(plan, base)]
     return argv, str(plan.workspace)
@@ -115,7 +115,7 @@ def shell(plan: Plan, rt: Runtime, where: str, chroot: bool) -> None:
         return
     log.warning("break at %s: starting a shell; exit it to resume the build", where)
     if chroot:
-        argv = chroot_argv(plan.root, [target_shell(plan.root), "-i"])
+        argv = run.chroot_argv(plan.root, [target_shell(plan.root), "-i"])
         run.run(argv, env={**chroot_env(plan, rt.env), "PS1": f"({where}) # "}, check=False)
     else:
         run.run(["bash", "-i"], env={**host_env(plan, rt.env), "PS1": f"({where}) # "}, cwd=plan.root, check=False)

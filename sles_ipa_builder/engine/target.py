@@ -40,12 +40,6 @@ def target_shell(root: Path) -> str:
     return "/bin/sh"
 
 
-def chroot_argv(root: Path, argv: list[str]) -> list[str]:
-    """`chroot root argv...`; the environment goes through exec (run with env=chroot_env), not argv,
-    so secrets among the element variables never show in the log or in /proc/PID/cmdline."""
-    return [run.which("chroot") or "/usr/sbin/chroot", str(root), *argv]
-
-
 def chroot_env(plan: Plan, env: Mapping[str, str]) -> dict[str, str]:
     """Commands in the target: a clean environment with the hook variables `env` (the runtime's) and
     the build-time CA bundle."""
@@ -113,7 +107,7 @@ def run_in_target(
     env = {**chroot_env(plan, rt.env), **(extra_env or {})}
     clog = logging.getLogger("sles_ipa_builder.hook.native")
     run.stream(
-        chroot_argv(plan.root, argv),
+        run.chroot_argv(plan.root, argv),
         env=env,
         on_line=lambda line: clog.debug("%s: %s", label or argv[0], line),
     )

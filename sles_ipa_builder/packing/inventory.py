@@ -60,8 +60,8 @@ def _rpm_in_tree(tree: Path, qf: str) -> list[tuple[str, str]]:
     rpm = tree / "usr/bin/rpm"
     if os.geteuid() != 0 or not (rpm.is_file() or rpm.is_symlink()):
         raise BuildError("no rpm in the tree (or not root to chroot)", "")
-    argv = run.chroot_argv(tree, ["rpm", "-qa", "--qf", qf], run.target_env())
-    out = run.run(argv, capture=True, check=False)
+    argv = run.chroot_argv(tree, ["rpm", "-qa", "--qf", qf])
+    out = run.run(argv, env=run.target_env(), capture=True, check=False)
     if out.returncode != 0:
         raise BuildError(f"rpm -qa in the tree exited {out.returncode}", "")
     return [(a, b) for a, _, b in (line.partition(" ") for line in out.stdout.splitlines() if " " in line)]

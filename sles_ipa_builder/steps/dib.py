@@ -15,7 +15,7 @@ from ..cache import layers as checkpoints
 from ..engine.packages import pkg_map_files
 from ..engine.stages import NativeFn
 from ..engine.state import Plan, Runtime
-from ..engine.target import chroot_argv, chroot_env, in_root, run_zypper
+from ..engine.target import chroot_env, in_root, run_zypper
 from ..inputs import sources, zypper
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def copy_manifests(plan: Plan, rt: Runtime) -> None:
 # --- package-installs ---------------------------------------------------------------------------
 def installed(plan: Plan, rt: Runtime, names: list[str]) -> set[str]:
     """Which of `names` the target's rpm database has (by name or by what a package provides)."""
-    res = run.run(chroot_argv(plan.root, ["rpm", "-q", "--whatprovides", "--qf", "", *names]),
+    res = run.run(run.chroot_argv(plan.root, ["rpm", "-q", "--whatprovides", "--qf", "", *names]),
                   env=chroot_env(plan, rt.env), check=False, capture=True)
     missing = set(re.findall(r"no package provides (\S+)", res.stdout + res.stderr))
     return set(names) - missing

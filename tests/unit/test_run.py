@@ -74,3 +74,8 @@ def test_pipe_chains_commands_on_the_host(tmp_path: Path) -> None:
 def test_git_through_the_seam_never_prompts(tmp_path: Path) -> None:
     repo = run.git_init(tmp_path / "r")
     assert repo.git.environment()["GIT_TERMINAL_PROMPT"] == "0"
+
+
+def test_chroot_argv_keeps_the_environment_off_the_command_line() -> None:
+    argv = run.chroot_argv(Path("/t"), ["rpm", "-q", "x"])
+    assert os.path.basename(argv[0]) == "chroot" and argv[1:] == ["/t", "rpm", "-q", "x"]

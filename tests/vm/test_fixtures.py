@@ -121,7 +121,7 @@ def test_zypper_in_a_chroot_of_the_root_tree_installs_from_the_iso(
     env = run.target_env()
     zypper = ["zypper", "--non-interactive", "--no-gpg-checks"]
     inner = " && ".join(
-        shlex.join(run.chroot_argv(root, argv, env))
+        shlex.join(run.chroot_argv(root, argv))
         for argv in (
             [*zypper, "addrepo", "dir:/mnt/Module-Basesystem", "dvdBase"],
             [*zypper, "install", "--no-recommends", "openssh", "dmidecode"],
@@ -133,7 +133,7 @@ def test_zypper_in_a_chroot_of_the_root_tree_installs_from_the_iso(
     script = (
         f"mount -t proc proc {q(str(root / 'proc'))} && mount --rbind /dev {q(str(root / 'dev'))} && {inner}"
     )
-    out = run.output(["unshare", "--mount", "--fork", "--propagation", "private", "sh", "-c", script])
+    out = run.output(["unshare", "--mount", "--fork", "--propagation", "private", "sh", "-c", script], env=env)
     assert "openssh-server-" in out and "dmidecode-" in out
     mounts = Path("/proc/self/mounts").read_text()
     assert str(root) not in mounts, "a mount leaked out of the namespace"
