@@ -15,9 +15,10 @@ import time
 from .. import run
 from ..errors import BuildError, CommandError
 from ..log import step
+from .paths import target_shell
 from .stages import NativeFn, Phase
 from .state import Plan, Runtime
-from .target import IN_TARGET, chroot_env, host_env, target_shell
+from .target import IN_TARGET, chroot_env, host_env
 
 log = logging.getLogger(__name__)
 DIB_PHASES = frozenset(p.value for p in Phase)

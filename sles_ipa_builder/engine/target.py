@@ -1,5 +1,5 @@
-"""The target tree while hooks run: paths resolved as inside it, its mounts, commands run in it,
-zypper under the shared cache lock, and the host's resolv.conf lent to it for the build."""
+"""The target tree while hooks run: its mounts, commands run in it, zypper under the shared cache lock,
+and the host's resolv.conf lent to it for the build. (Paths as seen inside it: paths.py.)"""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ from pathlib import Path
 
 from .. import run
 from ..cache.store import cache_dir, locked
-from ..errors import BuildError, CommandError
+from ..errors import CommandError
 from ..inputs import zypper
 from . import namespace
+from .paths import in_root
 from .state import TARGET_CA, Plan, Runtime
 
 log = logging.getLogger(__name__)
@@ -30,14 +31,6 @@ class ResolvSaved:
 
     had: bool
     text: str
-
-
-def target_shell(root: Path) -> str:
-    """bash when the target has it (SLES does), else sh (busybox test trees)."""
-    for cand in ("usr/bin/bash", "bin/bash"):
-        if os.path.lexists(root / cand):
-            return "/" + cand
-    return "/bin/sh"
 
 
 def chroot_env(plan: Plan, env: Mapping[str, str]) -> dict[str, str]:
@@ -143,34 +136,6 @@ def _forget_installed(cache: Path) -> None:
     rpm database"). So it goes before every zypper call; rebuilding it reads the target's headers
     (well under a second)."""
     shutil.rmtree(cache / "solv" / "@System", ignore_errors=True)
-
-
-def in_root(root: Path, rel: str, *, follow_last: bool = False) -> Path:
-    """root/rel resolved as the kernel would inside `chroot root`: every symlink, at any depth and in
-    any link's own target, is followed within root (an absolute link restarts at root, `..` stops at
-    root), so a target's `/lib -> /usr/lib` never leads to the host's /usr/lib. The last component is
-    followed only with follow_last (mount points); a file about to be replaced must not be followed."""
-    base = Path(os.path.realpath(root))
-    todo = [p for p in reversed(rel.split("/")) if p not in ("", ".")]
-    done: list[str] = []
-    hops = 0
-    while todo:
-        part = todo.pop()
-        if part == "..":
-            del done[-1:]
-            continue
-        here = base.joinpath(*done, part)
-        if here.is_symlink() and (todo or follow_last):
-            hops += 1
-            if hops > 40:
-                raise BuildError(f"{rel}: too many levels of symbolic links in the target", "fix the target's links")
-            target = os.readlink(here)
-            if target.startswith("/"):
-                done = []
-            todo.extend(p for p in reversed(target.split("/")) if p not in ("", "."))
-            continue
-        done.append(part)
-    return base.joinpath(*done)
 
 
 def resolv_conf_in(plan: Plan, rt: Runtime) -> None:

@@ -22,7 +22,7 @@ from typing import IO
 from .. import log
 from ..cache.store import sha256_file
 from ..config.arch import HOST_DEFAULT, Arch
-from ..engine.target import in_root
+from ..engine.paths import in_root
 from ..errors import BuildError, InputError
 from . import cpio
 from .compress import Compression, Compressor, check_kernel_support

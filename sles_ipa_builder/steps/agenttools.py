@@ -13,7 +13,7 @@ import os
 import re
 from pathlib import Path
 
-from ..engine.target import in_root
+from ..engine.paths import in_root
 from ..errors import BuildError
 
 CORE = (

@@ -13,9 +13,10 @@ from pathlib import Path
 from .. import run
 from ..cache import layers as checkpoints
 from ..engine.packages import pkg_map_files
+from ..engine.paths import in_root
 from ..engine.stages import NativeFn
 from ..engine.state import Plan, Runtime
-from ..engine.target import chroot_env, in_root, run_zypper
+from ..engine.target import chroot_env, run_zypper
 from ..inputs import sources, zypper
 
 log = logging.getLogger(__name__)

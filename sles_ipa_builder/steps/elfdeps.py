@@ -15,7 +15,7 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.dynamic import DynamicSection
 from elftools.elf.elffile import ELFFile
 
-from ..engine.target import in_root
+from ..engine.paths import in_root
 from ..errors import BuildError
 
 # The loader's default directories (SUSE's lib64 layout; a Debian-shaped tree's multiarch
@@ -25,7 +25,7 @@ SKIP_TREES = ("usr/lib/modules", "lib/modules", "usr/lib/firmware", "lib/firmwar
 
 
 def real(tree: Path, rel: str) -> str | None:
-    """`rel` with every link resolved inside the tree (target.in_root), relative again; None if it
+    """`rel` with every link resolved inside the tree (paths.in_root), relative again; None if it
     leads nowhere."""
     try:
         path = in_root(tree, rel, follow_last=True)

@@ -18,7 +18,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..engine.target import in_root
+from ..engine.paths import in_root
 from ..packing import inventory
 from ..packing.cuts import DROP_GROUPS, Cut, kept, size_of
 from . import agenttools, elfdeps

@@ -18,7 +18,7 @@ from conftest import (
 )
 
 from sles_ipa_builder.config import resolve as config
-from sles_ipa_builder.engine import plan, target
+from sles_ipa_builder.engine import paths, plan
 from sles_ipa_builder.engine import runner as phases
 from sles_ipa_builder.engine.stages import Phase
 from sles_ipa_builder.engine.state import Plan
@@ -289,17 +289,17 @@ def test_in_root_keeps_absolute_links_inside(tmp_path: Path) -> None:
     (root / "usr/lib").mkdir(parents=True)
     os.symlink("/usr/lib", root / "lib")
     os.symlink("../../..", root / "usr/lib/up")
-    assert target.in_root(root, "lib/x") == root / "usr/lib/x"
-    assert target.in_root(root, "lib/up/usr/lib/up/x") == root / "x"  # `..` stops at the root, as in a chroot
+    assert paths.in_root(root, "lib/x") == root / "usr/lib/x"
+    assert paths.in_root(root, "lib/up/usr/lib/up/x") == root / "x"  # `..` stops at the root, as in a chroot
     # a link in the middle of another link's target: still resolved inside, never on the host
     host = tmp_path / "host-side"
     host.mkdir()
     os.symlink(str(host), root / "usr/h")  # means root/<host path>, not the host's directory
     os.symlink("../usr/h/sub", root / "etc")
-    got = target.in_root(root, "etc/file")
+    got = paths.in_root(root, "etc/file")
     assert got == root / str(host).lstrip("/") / "sub/file"
     assert not str(got.resolve()).startswith(str(host))
     os.symlink("loop-b", root / "loop-a")
     os.symlink("loop-a", root / "loop-b")
     with pytest.raises(BuildError, match="too many levels"):
-        target.in_root(root, "loop-a/x")
+        paths.in_root(root, "loop-a/x")
