@@ -24,7 +24,6 @@ import urllib.parse
 from pathlib import Path
 
 from ..cache.store import cache_dir
-from . import repos
 
 REPOS_D = "etc/zypp/repos.d"
 ZYPP_CONF = "etc/zypp/zypp.conf"
@@ -96,12 +95,6 @@ def write_repos(root: Path, repos: list[tuple[str, str]], *, keep_packages: bool
     return written
 
 
-def remote_aliases(urls: list[str]) -> list[tuple[str, str]]:
-    """Aliases for the user's extra repositories (`repos` setting), named by their URL with secrets masked
-    (repos.Repo.alias): the zypper cache of one URL is never taken for another when the list changes."""
-    return [(r.alias, r.url) for r in repos.parse(urls)]
-
-
 def remove_repos(root: Path, aliases: list[str]) -> None:
     """Drop the build's repository files so the image keeps no definition of a loopback port."""
     for alias in aliases:
@@ -154,10 +147,6 @@ def refresh_argv(aliases: list[str] | None = None) -> list[str]:
     aliases: only these (offline, the media's: remote repositories keep their cached metadata).
     """
     return [*ZYPPER, "refresh", *(aliases or [])]
-
-
-def clean_argv() -> list[str]:
-    return [*ZYPPER, "clean", "--all"]
 
 
 def target_env_extra() -> dict[str, str]:

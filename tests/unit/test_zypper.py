@@ -6,16 +6,22 @@ from pathlib import Path
 
 import pytest
 
+from sles_ipa_builder.inputs import repos as user_repos
 from sles_ipa_builder.inputs import zypper
+
+
+def remote_aliases(urls: list[str]) -> list[tuple[str, str]]:
+    """(alias, url) of the user's repositories, as the build writes them (steps/sles.py)."""
+    return [(r.alias, r.url) for r in user_repos.parse(urls)]
 
 
 def test_repo_files_local_and_remote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     repos = [("sle-Module-Basesystem", "http://127.0.0.1:4242/Module-Basesystem"),
-             *zypper.remote_aliases(["https://download.example.com/repo/oss"])]
+             *remote_aliases(["https://download.example.com/repo/oss"])]
     written = zypper.write_repos(tmp_path, repos)
     user = repos[1][0]
-    assert user.startswith("user-") and zypper.remote_aliases(["https://b", "https://download.example.com/repo/oss"])[
+    assert user.startswith("user-") and remote_aliases(["https://b", "https://download.example.com/repo/oss"])[
         1][0] == user  # named by the URL, not by its position in the list
     assert [p.name for p in written] == ["sle-Module-Basesystem.repo", f"{user}.repo"]
     local = (tmp_path / "etc/zypp/repos.d/sle-Module-Basesystem.repo").read_text()
