@@ -14,7 +14,10 @@ import pytest
 
 from sles_ipa_builder import run
 from sles_ipa_builder.config import resolve as config
+from sles_ipa_builder.config.arch import HOST_DEFAULT, Arch
+from sles_ipa_builder.delivery import artifacts
 from sles_ipa_builder.engine import elements
+from sles_ipa_builder.packing.compress import Compression
 
 BUSYBOX = "/bin/busybox"
 # A zypper stand-in for the target: records its argv, one call a line.
@@ -317,3 +320,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.vm)
         if not is_root() and item.get_closest_marker("root"):
             item.add_marker(pytest.mark.skip(reason="needs root"))
+
+
+def write_artifacts(tree: Path, output_dir: Path, name: str, compression: Compression, *,
+                    size_limit_mb: int | None, arch: Arch = HOST_DEFAULT, **options: Any) -> artifacts.Artifacts:
+    """Every output at once, through the API the plan's output steps use (open_staging, each Output's
+    writer, commit, close), without a build around them."""
+    st = artifacts.open_staging(tree, output_dir, name, compression, arch=arch, size_limit_mb=size_limit_mb,
+                                **options)
+    try:
+        for output in artifacts.OUTPUTS:
+            output.write(st)
+        return artifacts.commit(st)
+    finally:
+        artifacts.close(st)

@@ -248,18 +248,6 @@ def commit(st: Staging) -> Artifacts:
     return arts
 
 
-def write_artifacts(tree: Path, output_dir: Path, name: str, compression: Compression, *,
-                    size_limit_mb: int | None, arch: Arch = HOST_DEFAULT, **options: Any) -> Artifacts:
-    """Every output at once (the plan runs them as separate steps; tests and benches use this)."""
-    st = open_staging(tree, output_dir, name, compression, arch=arch, size_limit_mb=size_limit_mb, **options)
-    try:
-        for output in OUTPUTS:
-            output.write(st)
-        return commit(st)
-    finally:
-        close(st)
-
-
 def _sweep_stale(output_dir: Path, name: str) -> None:
     """Remove the temp dirs of builds killed while writing artifacts (SIGKILL runs no clean-up)."""
     for d in output_dir.glob(f".{name}.tmp-*"):

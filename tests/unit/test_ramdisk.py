@@ -11,6 +11,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import write_artifacts
 
 from sles_ipa_builder import run
 from sles_ipa_builder.cache import store as cache
@@ -118,7 +119,7 @@ def test_kernel_config_refusal(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="CONFIG_RD_ZSTD"):
         ramdisk.pack(tree, tmp_path / "i", Compression.parse("zstd"), progress=False)
     with pytest.raises(ConfigError, match="CONFIG_RD_XZ"):
-        outputs.write_artifacts(tree, tmp_path / "out", "ipa", Compression.parse("xz"), size_limit_mb=None)
+        write_artifacts(tree, tmp_path / "out", "ipa", Compression.parse("xz"), size_limit_mb=None)
     assert not (tmp_path / "i").exists() and not (tmp_path / "out").exists()  # refused before any work
     ramdisk.pack(tree, tmp_path / "i", Compression.parse("gzip"), progress=False)
 
@@ -147,7 +148,7 @@ def test_find_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_write_artifacts(tmp_path: Path) -> None:
     tree = make_root(tmp_path / "root")
     out = tmp_path / "out"
-    arts = outputs.write_artifacts(
+    arts = write_artifacts(
         tree,
         out,
         "ironic-python-agent",
@@ -182,7 +183,7 @@ def test_write_artifacts(tmp_path: Path) -> None:
     assert rd["artifacts"]["ironic-python-agent.tar"]["sha256"] == cache.sha256_file(arts.tar)
     assert rd["artifacts"]["ironic-python-agent.initramfs"]["size"] == arts.initramfs.stat().st_size
     # same inputs, same bytes: the tar is reproducible too
-    again = outputs.write_artifacts(
+    again = write_artifacts(
         tree,
         tmp_path / "again",
         "ironic-python-agent",
@@ -213,8 +214,8 @@ def _downloader_stem(filename: str) -> str:
 def test_metal3_downloader_takes_the_tar_gz_as_it_is(tmp_path: Path) -> None:
     tree = make_root(tmp_path / "root")
     out = tmp_path / "out"
-    arts = outputs.write_artifacts(tree, out, "ironic-python-agent", Compression.parse("zstd"),
-                                   size_limit_mb=None, source_date_epoch=1_600_000_000, progress=False)
+    arts = write_artifacts(tree, out, "ironic-python-agent", Compression.parse("zstd"),
+                           size_limit_mb=None, source_date_epoch=1_600_000_000, progress=False)
     published = arts.files["tar.gz"]
     stem = _downloader_stem(published.name)
     images = tmp_path / "shared/html/images"
@@ -229,8 +230,8 @@ def test_metal3_downloader_takes_the_tar_gz_as_it_is(tmp_path: Path) -> None:
     # the bare .tar is not for the downloader: its stem keeps ".tar" and the links would dangle
     assert _downloader_stem(arts.tar.name) == "ironic-python-agent.tar"
     # reproducible, like the tar it wraps
-    outputs.write_artifacts(tree, tmp_path / "again", "ironic-python-agent", Compression.parse("zstd"),
-                            size_limit_mb=None, source_date_epoch=1_600_000_000, progress=False)
+    write_artifacts(tree, tmp_path / "again", "ironic-python-agent", Compression.parse("zstd"),
+                    size_limit_mb=None, source_date_epoch=1_600_000_000, progress=False)
     assert (tmp_path / "again/ironic-python-agent.tar.gz").read_bytes() == published.read_bytes()
 
 
@@ -240,7 +241,7 @@ def test_size_limit_fails_and_keeps_artifacts(tmp_path: Path, capsys: pytest.Cap
     (tree / "usr/lib/firmware/blob.bin").write_bytes(os.urandom(3 << 20))
     out = tmp_path / "out"
     with pytest.raises(BuildError, match=r"ipa.tar is 3 MiB, at or over the 3 MiB limit") as e:
-        outputs.write_artifacts(tree, out, "ipa", Compression.parse("zstd"), size_limit_mb=3, progress=False)
+        write_artifacts(tree, out, "ipa", Compression.parse("zstd"), size_limit_mb=3, progress=False)
     assert "size report" in e.value.hint
     assert (out / "ipa.tar").is_file() and (out / "ipa.initramfs").is_file()
     assert outputs.check_size(out / "ipa.tar", 4) == 3
@@ -262,7 +263,7 @@ def test_atomic_pack_keeps_previous_output(tmp_path: Path) -> None:
 def test_atomic_artifacts_keep_previous_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tree = make_root(tmp_path / "root")
     out = tmp_path / "out"
-    first = outputs.write_artifacts(
+    first = write_artifacts(
         tree, out, "ipa", Compression.parse("gzip"), size_limit_mb=None, progress=False
     )
     before = {p.name: p.read_bytes() for p in out.iterdir()}
@@ -273,7 +274,7 @@ def test_atomic_artifacts_keep_previous_set(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(outputs, "list_packages", broken)
     (tree / "new-file").write_text("changes the initramfs")
     with pytest.raises(BuildError, match="listing packages failed"):
-        outputs.write_artifacts(
+        write_artifacts(
             tree, out, "ipa", Compression.parse("gzip"), size_limit_mb=None, progress=False
         )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
@@ -411,7 +412,7 @@ def test_temp_dirs_of_killed_builds_are_swept_not_busy_ones(tmp_path: Path) -> N
     busy.mkdir()
     with (busy / ".busy").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        outputs.write_artifacts(tree, out, "ironic-python-agent", Compression.parse("zstd"), size_limit_mb=500,
-                                progress=False)
+        write_artifacts(tree, out, "ironic-python-agent", Compression.parse("zstd"), size_limit_mb=500,
+                        progress=False)
         assert not killed.exists() and busy.exists()
     assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [busy.name]

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import write_artifacts
 from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
@@ -72,8 +73,8 @@ def _validate(text: str) -> Any:
 
 def _build(tmp_path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     tree = make_tree(tmp_path / "root")
-    arts = outputs.write_artifacts(tree, tmp_path / "out", "ipa", Compression.parse("gzip"), size_limit_mb=None,
-                                   source_date_epoch=1_700_000_000, manifest=manifest, progress=False)
+    arts = write_artifacts(tree, tmp_path / "out", "ipa", Compression.parse("gzip"), size_limit_mb=None,
+                           source_date_epoch=1_700_000_000, manifest=manifest, progress=False)
     text = arts.files["cdx.json"].read_text()
     assert _validate(text) is None
     return dict(json.loads(text))

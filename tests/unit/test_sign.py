@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import write_artifacts
 
 from sles_ipa_builder import run
 from sles_ipa_builder.__main__ import main
@@ -35,8 +36,8 @@ def keypair(tmp_path: Path, password: str | None = None) -> tuple[Path, Path]:
 
 
 def _write(tree: Path, out: Path, key: Path | None) -> outputs.Artifacts:
-    return outputs.write_artifacts(tree, out, "ipa", Compression.parse("gzip"), size_limit_mb=None,
-                                   source_date_epoch=1_700_000_000, sign_key=key, progress=False)
+    return write_artifacts(tree, out, "ipa", Compression.parse("gzip"), size_limit_mb=None,
+                           source_date_epoch=1_700_000_000, sign_key=key, progress=False)
 
 
 def test_signed_sums_cover_everything_and_verify(tmp_path: Path) -> None:

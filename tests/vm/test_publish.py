@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import write_artifacts
 
 from sles_ipa_builder import run
-from sles_ipa_builder.delivery import artifacts as outputs
 from sles_ipa_builder.delivery import publish
 from sles_ipa_builder.errors import ConfigError
 from sles_ipa_builder.packing.compress import Compression
@@ -66,8 +66,8 @@ def make_tree(base: Path) -> Path:
 @pytest.fixture
 def artifacts(tmp_path: Path) -> Path:
     out = tmp_path / "out"
-    outputs.write_artifacts(make_tree(tmp_path / "root"), out, NAME, Compression.parse("gzip"), size_limit_mb=None,
-                            source_date_epoch=1_700_000_000, progress=False)
+    write_artifacts(make_tree(tmp_path / "root"), out, NAME, Compression.parse("gzip"), size_limit_mb=None,
+                    source_date_epoch=1_700_000_000, progress=False)
     return out
 
 
