@@ -75,7 +75,7 @@ def build(cfg: Config) -> Artifacts | None:
     report_artifacts(rt.artifacts)
     if cfg.publish:
         with logmod.step(f"publish to {cfg.publish}"):
-            done = publish.publish(plan.outputs, cfg.name, cfg.arch.suse, cfg.publish,
+            done = publish.publish(plan.outputs, cfg.name, cfg.arch, cfg.publish,
                                    insecure=cfg.publish_insecure)
         show(publish.result_line(done))
     if cfg.boot_test:

@@ -15,6 +15,7 @@ from typing import Any
 from rich.table import Table
 
 from ..config import resolve as config_mod
+from ..config.arch import Arch
 from ..errors import ConfigError, InputError
 from .results import show
 
@@ -237,7 +238,7 @@ def publish(args: argparse.Namespace, cli: dict[str, Any]) -> int:
     cfg = resolve(args, {})
     out = Path(args.output or cfg.output_dir)
     name = args.name or cfg.name
-    done = publish_mod.publish(out, name, _built_arch(out / f"{name}.manifest.json", cfg.arch.suse), args.destination,
+    done = publish_mod.publish(out, name, _built_arch(out / f"{name}.manifest.json", cfg.arch), args.destination,
                                insecure=args.insecure or cfg.publish_insecure, authfile=args.authfile)
     show(publish_mod.result_line(done))
     return 0
@@ -258,11 +259,11 @@ def addon(args: argparse.Namespace, cli: dict[str, Any]) -> int:
     return 0
 
 
-def _built_arch(manifest: Path, default: str) -> str:
+def _built_arch(manifest: Path, default: Arch) -> Arch:
     """The architecture the artifacts were built for (their manifest's settings), else the configured one."""
     try:
-        return str(json.loads(manifest.read_text())["settings"]["arch"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return Arch.parse(str(json.loads(manifest.read_text())["settings"]["arch"]))
+    except (OSError, ValueError, KeyError, TypeError, ConfigError):
         return default
 
 
@@ -275,7 +276,6 @@ def built_testmedia() -> Any:
 
 def fixtures(args: argparse.Namespace, cli: dict[str, Any]) -> int:
     from ..config import foreign
-    from ..config.arch import Arch
 
     arch = Arch.parse(args.arch)
     foreign.require(arch)  # another arch's media: debootstrap's second stage and dpkg run under qemu-user

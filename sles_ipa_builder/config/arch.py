@@ -16,6 +16,7 @@ from ..errors import ConfigError
 class Arch:
     suse: str  # RPM arch, media and image file names, uname -m
     dib: str  # DIB's ARCH (Debian's dpkg name), read by package-installs' arch filters
+    oci: str  # the OCI platform's architecture: Go's GOARCH name, as image indexes spell it
     qemu: str  # qemu-system-<qemu>
     qemu_package: str  # the Debian package that has it
     qemu_machine: str  # QEMU -machine ("": QEMU's default for the binary)
@@ -64,7 +65,7 @@ X86_64 = Arch(
                "/usr/share/qemu/ovmf-x86_64-vars.bin", "/usr/share/edk2/ovmf/OVMF_VARS.fd"),
     qemu_hint="apt-get install qemu-system-x86 ovmf (or zypper in qemu-x86 qemu-ovmf-x86_64)",
     console="ttyS0", kernel_names=("vmlinuz",), elf="x86_64", metal3_suffix="", debian_kernel="linux-image-amd64",
-    binfmt="qemu-x86_64", boot_uefi=False, aliases=("x86-64",),
+    binfmt="qemu-x86_64", boot_uefi=False, oci="amd64", aliases=("x86-64",),
 )
 # SUSE's aarch64 kernel is /boot/Image-<version> (uncompressed); the serial console is the PL011, ttyAMA0.
 AARCH64 = Arch(
@@ -75,7 +76,8 @@ AARCH64 = Arch(
                "/usr/share/edk2/aarch64/vars-template-pflash.raw"),
     qemu_hint="apt-get install qemu-system-arm qemu-efi-aarch64 (or zypper in qemu-arm qemu-uefi-aarch64)",
     console="ttyAMA0", kernel_names=("Image",), elf="aarch64", metal3_suffix="_aarch64",
-    debian_kernel="linux-image-arm64", binfmt="qemu-aarch64", boot_uefi=True, aliases=("armv8", "arm64v8"),
+    debian_kernel="linux-image-arm64", binfmt="qemu-aarch64", boot_uefi=True, oci="arm64",
+    aliases=("armv8", "arm64v8"),
 )
 ARCHES: tuple[Arch, ...] = (X86_64, AARCH64)
 

@@ -37,6 +37,7 @@ from typing import Any
 
 from .. import run
 from ..cache.store import sha256_file
+from ..config.arch import Arch
 from ..errors import BuildError, ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,6 @@ LAYERS: tuple[tuple[str, str, bool], ...] = (  # (suffix, media type, required)
     ("sha256", "application/vnd.sles-ipa-builder.sha256sums", False),
     ("sha256.minisig", "application/vnd.sles-ipa-builder.minisign.signature", False),
 )
-# the OCI platform's architecture is Go's name for it (amd64, arm64, ppc64le, s390x)
-OCI_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "ppc64le": "ppc64le", "s390x": "s390x"}
 
 # distribution's reference grammar (docker/distribution reference/regexp.go), written out again
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -190,7 +189,7 @@ def _canonical(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
 
-def write_layout(output_dir: Path, name: str, arch: str, layout_dir: Path, tag: str) -> Published:
+def write_layout(output_dir: Path, name: str, arch: Arch, layout_dir: Path, tag: str) -> Published:
     """Add the artifacts to an OCI image layout under `tag` (the directory is made if missing)."""
     files = collect(output_dir, name)
     digests = {p.name: sha256_file(p) for p, _ in files}
@@ -206,7 +205,7 @@ def write_layout(output_dir: Path, name: str, arch: str, layout_dir: Path, tag: 
         "config": lay.blob_bytes(b"{}", EMPTY), "layers": layers,
         "annotations": {TITLE: name},
     }  # fmt: skip
-    platform = {"architecture": OCI_ARCH.get(arch, arch), "os": "linux"}
+    platform = {"architecture": arch.oci, "os": "linux"}
     # no artifactType in the index's descriptor (OCI 1.1 allows it): skopeo 1.9 would have to rewrite such an
     # index, which --preserve-digests forbids; the manifest itself carries it
     m_desc = {**lay.blob_bytes(_canonical(manifest), MANIFEST), "platform": platform}
@@ -247,7 +246,7 @@ def _push_error(dest: Destination, stderr: str, insecure: bool) -> BuildError:
     return BuildError(f"pushing to {dest} failed: {reason}", "see the message above; --debug shows skopeo's output")
 
 
-def push(output_dir: Path, name: str, arch: str, dest: Destination, *, insecure: bool = False,
+def push(output_dir: Path, name: str, arch: Arch, dest: Destination, *, insecure: bool = False,
          authfile: Path | None = None) -> Published:  # fmt: skip
     """A temporary layout of the artifacts, copied by skopeo to the registry with its digests."""
     if run.which("skopeo") is None:
@@ -275,7 +274,7 @@ def push(output_dir: Path, name: str, arch: str, dest: Destination, *, insecure:
     return Published(dest, staged.digest, staged.manifest_digest, staged.layers)
 
 
-def publish(output_dir: Path, name: str, arch: str, destination: str, *, insecure: bool = False,
+def publish(output_dir: Path, name: str, arch: Arch, destination: str, *, insecure: bool = False,
             authfile: Path | None = None) -> Published:  # fmt: skip
     dest = parse_destination(destination)
     if dest.layout is not None:

@@ -24,6 +24,7 @@ import pytest
 from conftest import write_artifacts
 
 from sles_ipa_builder import run
+from sles_ipa_builder.config.arch import ARCHES
 from sles_ipa_builder.delivery import publish
 from sles_ipa_builder.errors import ConfigError
 from sles_ipa_builder.packing.compress import Compression
@@ -69,6 +70,18 @@ def artifacts(tmp_path: Path) -> Path:
     write_artifacts(make_tree(tmp_path / "root"), out, NAME, Compression.parse("gzip"), size_limit_mb=None,
                     source_date_epoch=1_700_000_000, progress=False)
     return out
+
+
+def test_the_layout_names_the_platform_as_oci_does(artifacts: Path, tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    for arch in ARCHES:
+        publish.write_layout(artifacts, NAME, arch, layout, arch.suse)
+    top = json.loads((layout / "index.json").read_text())
+    digests = {m["annotations"][publish.REF_NAME]: m["digest"] for m in top["manifests"]}
+    for arch in ARCHES:
+        index = json.loads((layout / "blobs/sha256" / digests[arch.suse].removeprefix("sha256:")).read_text())
+        assert index["manifests"][0]["platform"] == {"architecture": arch.oci, "os": "linux"}
+    assert [a.oci for a in ARCHES] == ["amd64", "arm64"]  # Go's GOARCH names, not SUSE's
 
 
 def _state(d: Path) -> dict[str, tuple[str, int]]:
