@@ -88,8 +88,9 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
         tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
 
 
-def sha256_file(path: Path) -> str:
-    """sha256 of a file, read in large chunks."""
+def sha256_uncached(path: Path) -> str:
+    """sha256 of the file's bytes, read now in large chunks; nothing remembered. For files just
+    written (artifacts, temp files) and for checks that must read what is there (publish)."""
     h = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(CHUNK):
@@ -98,7 +99,8 @@ def sha256_file(path: Path) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file, remembered by (path, size, mtime_ns, inode) so a 1 GB qcow2 is hashed once."""
+    """sha256 of a file, remembered by (path, size, mtime_ns, inode) in the cache's hash index, so a
+    1 GB qcow2 is hashed once. For inputs that stay where they are; see sha256_uncached."""
     st = path.stat()
     real = os.path.realpath(path)
     stamp = [st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev]
@@ -106,7 +108,7 @@ def file_sha256(path: Path) -> str:
     known = _read_json(index_path).get(real)
     if isinstance(known, dict) and known.get("stamp") == stamp:
         return str(known["sha256"])
-    digest = sha256_file(path)
+    digest = sha256_uncached(path)
     with locked(index_path):
         index = _read_json(index_path)
         index[real] = {"stamp": stamp, "sha256": digest}

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from .. import log
-from ..cache.store import sha256_file
+from ..cache.store import sha256_uncached
 from ..config.arch import HOST_DEFAULT, Arch
 from ..errors import BuildError
 from ..packing.compress import Compression, check_kernel_support
@@ -156,7 +156,7 @@ def write_targz(st: Staging) -> None:
 
 
 def _hash_staged(st: Staging, suffix: str) -> None:
-    st.sha256[suffix] = sha256_file(st.staged(suffix))
+    st.sha256[suffix] = sha256_uncached(st.staged(suffix))
 
 
 def write_packages(st: Staging) -> None:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import run
-from ..cache.store import sha256_file
+from ..cache.store import sha256_uncached
 from ..config.arch import Arch
 from ..errors import BuildError, ConfigError, InputError
 
@@ -192,7 +192,7 @@ def _canonical(doc: dict[str, Any]) -> bytes:
 def write_layout(output_dir: Path, name: str, arch: Arch, layout_dir: Path, tag: str) -> Published:
     """Add the artifacts to an OCI image layout under `tag` (the directory is made if missing)."""
     files = collect(output_dir, name)
-    digests = {p.name: sha256_file(p) for p, _ in files}
+    digests = {p.name: sha256_uncached(p) for p, _ in files}
     _check_sums(output_dir, name, digests)
     if layout_dir.exists() and not layout_dir.is_dir():
         raise InputError(f"{layout_dir} is not a directory", "give a directory for the OCI layout")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO
 
 from .. import log
-from ..cache.store import sha256_file
+from ..cache.store import sha256_uncached
 from ..config.arch import HOST_DEFAULT, Arch
 from ..engine.paths import in_root
 from ..errors import BuildError, InputError
@@ -302,7 +302,7 @@ def pack(
             raw = cpio.write(scan.entries, comp, update)
             comp.finish()
             comp = None
-        digest = sha256_file(tmp) if compression.external else hasher.sha.hexdigest()
+        digest = sha256_uncached(tmp) if compression.external else hasher.sha.hexdigest()
         os.replace(tmp, out)
     except BaseException:
         if comp is not None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import run
-from ..cache.store import sha256_file
+from ..cache.store import sha256_uncached
 from ..errors import CommandError, ConfigError, InputError
 
 MiB = 2**20
@@ -156,7 +156,7 @@ def deploy_image(workdir: Path) -> DeployImage:
         f.write(e.read())
     qcow2 = workdir / "deploy.qcow2"
     run.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", raw, qcow2], capture=True)
-    return DeployImage(qcow2, "qcow2", sha256_file(qcow2), raw)
+    return DeployImage(qcow2, "qcow2", sha256_uncached(qcow2), raw)
 
 
 def check_image(path: Path, workdir: Path, disk_size: int) -> DeployImage:
@@ -182,4 +182,4 @@ def check_image(path: Path, workdir: Path, disk_size: int) -> DeployImage:
     if size > disk_size:
         raise InputError(f"deploy image {path} ({size / MiB:.0f} MiB) is larger than the VM's disk",
                          "use a smaller image")
-    return DeployImage(path, fmt, sha256_file(path), raw)
+    return DeployImage(path, fmt, sha256_uncached(path), raw)

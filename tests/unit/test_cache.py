@@ -42,6 +42,18 @@ def test_file_sha256_is_remembered(tmp_path: Path) -> None:
     assert cache.file_sha256(f) != want
 
 
+def test_sha256_uncached_reads_every_time(tmp_path: Path) -> None:
+    f = tmp_path / "staged"
+    f.write_bytes(b"a" * 1000)
+    first = cache.sha256_uncached(f)
+    st = f.stat()
+    with f.open("r+b") as fh:
+        fh.write(b"b")
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # the same stamp file_sha256 would trust
+    assert cache.sha256_uncached(f) != first
+    assert not (cache.cache_root() / "hashes").exists()  # nothing remembered
+
+
 def test_lookup_reasons(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("INFO")
     first = cache.lookup("rootfs", "aaaa", subject="/img", what="image hash", suffix=".tar.zst")

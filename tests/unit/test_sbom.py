@@ -15,7 +15,7 @@ from cyclonedx.schema import SchemaVersion
 from cyclonedx.validation.json import JsonStrictValidator
 
 from sles_ipa_builder import run
-from sles_ipa_builder.delivery import artifacts as outputs
+from sles_ipa_builder.cache import store as cache
 from sles_ipa_builder.delivery import sbom
 from sles_ipa_builder.packing.compress import Compression
 
@@ -109,11 +109,11 @@ def test_sbom_lists_rpms_python_sources_kernel_and_inputs(tmp_path: Path, fake_r
     assert src["pedigree"]["commits"][0]["uid"] == "a" * 40
     assert src["externalReferences"][0] == {"type": "vcs", "url": "https://opendev.org/openstack/ironic-python-agent"}
     files = {c["name"]: c for c in doc["components"] if c["type"] == "file"}
-    kernel_sha = outputs.sha256_file(tmp_path / "out/ipa.kernel")
+    kernel_sha = cache.sha256_uncached(tmp_path / "out/ipa.kernel")
     assert files["ipa.kernel"]["version"] == KVER
     assert files["ipa.kernel"]["hashes"] == [{"alg": "SHA-256", "content": kernel_sha}]
     assert files["SLES15-SP6-Minimal-VM.qcow2"]["hashes"][0]["content"] == "b" * 64
-    assert files[iso.name]["hashes"][0]["content"] == outputs.sha256_file(iso)
+    assert files[iso.name]["hashes"][0]["content"] == cache.sha256_uncached(iso)
     assert files[iso.name]["scope"] == "excluded"
     root = doc["metadata"]["component"]
     assert root["name"] == "ipa" and root["version"] == "13.0.0" and root["type"] == "operating-system"
@@ -121,7 +121,7 @@ def test_sbom_lists_rpms_python_sources_kernel_and_inputs(tmp_path: Path, fake_r
     # the ramdisk depends on what it ships, not on the build inputs
     deps = next(d for d in doc["dependencies"] if d["ref"] == "ramdisk:ipa")["dependsOn"]
     assert "pkg:rpm/suse/bash@4.4-150400.25.22?arch=x86_64&distro=sles-15.6" in deps
-    assert f"file:{iso.name}@sha256:{outputs.sha256_file(iso)}" not in deps
+    assert f"file:{iso.name}@sha256:{cache.sha256_uncached(iso)}" not in deps
     # covered by the one checksum file
     assert "ipa.cdx.json" in (tmp_path / "out/ipa.sha256").read_text()
 
