@@ -117,7 +117,7 @@ def test_clean_ff_while_a_lock_is_held(tmp_path: Path) -> None:
     t.start()
     held.wait()
     try:
-        sib("clean", "-ff", cache=tmp_path / "c")
+        sib("clean", "-ff", "--workspace", tmp_path / "ws", cache=tmp_path / "c")  # not the default /tmp/dib
         assert not (root / "zypper").exists() and (root / "zypper.lock").is_file()
     finally:
         release.set()
