@@ -22,16 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..engine.stages import Phase, Step
-from . import store as cache
+from ..engine.stages import Phase
+from .entries import Layer
 
 if TYPE_CHECKING:
-    from ..engine.state import Plan
-
-
-def root() -> Path:
-    """Where the layers are kept: <cache>/layers/<point>/<key>/."""
-    return cache.cache_root() / "layers"
+    from ..engine.state import Plan, Step
 
 
 @dataclass(frozen=True)
@@ -53,20 +48,6 @@ PLACES = {"PATH", "HOME", "PWD", "OLDPWD", "SHLVL", "_", "TERM", "SHELL", "TARGE
           "SIB_BUILDER_VERSION", "SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE", "GIT_SSL_CAINFO",
           "CURL_CA_BUNDLE", "DIB_OFFLINE", "SIB_OFFLINE", "DIB_SLES_OFFLINE_TARGET_DIR", "DIB_SLES_ISO_REPO_FILE"}
 PLACE_PREFIXES = ("DIB_REPOLOCATION_", "DIB_REPOREF_")
-
-
-@dataclass
-class Layer:
-    name: str
-    end: int  # how many of the plan's phase steps ran before it is taken
-    key: str
-    inputs: dict[str, str]
-    after: tuple[str, str] | None  # (phase, step) it is taken after; None: after the last phase
-    state: str = "not looked up"
-
-    @property
-    def path(self) -> Path:
-        return root() / self.name / self.key
 
 
 def _sha(data: bytes | str) -> str:

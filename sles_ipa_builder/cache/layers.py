@@ -32,36 +32,25 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import run
-from ..engine.stages import Phase, Step
-from ..engine.state import TARGET_CA
-from ..engine.target import IN_TARGET, ResolvSaved
+from ..engine.stages import Phase
+from ..engine.state import TARGET_CA, ResolvSaved, Step
+from ..engine.target import IN_TARGET
 from ..errors import InputError
 from ..inputs import image, media, repos, sources
 from . import roottree as layers
 from . import store as cache
-from .keys import Layer, compute, phase_steps, root, why
+from .entries import Checkpoints, Layer, root
+from .keys import compute, phase_steps, why
 
 if TYPE_CHECKING:
     from ..config.resolve import Config
     from ..engine.state import Plan, Runtime
 
 log = logging.getLogger(__name__)
-
-@dataclass
-class Checkpoints:
-    """A build's layers: their keys, the one it resumes from, what it skips."""
-
-    layers: list[Layer] = field(default_factory=list)
-    resume: Layer | None = None
-    skip: set[tuple[str, str]] = field(default_factory=set)  # (phase, step name)
-    commits: dict[str, str] = field(default_factory=dict)
-    env0: dict[str, str] = field(default_factory=dict)  # rt.env before any step ran
-
 
 def _meta(entry: Path) -> dict[str, Any] | None:
     """A layer's record, if the layer and every layer it sits on are whole."""

@@ -40,8 +40,8 @@ from ..steps import slim, wheels
 from . import elements, packages
 from .elements import sort_key
 from .hookenv import hook_env
-from .stages import Final, NativeFn, Phase, Reads, Step
-from .state import Plan, Runtime
+from .stages import Final, Phase
+from .state import NativeFn, Plan, Reads, Runtime, Step
 from .target import host_env
 
 log = logging.getLogger(__name__)

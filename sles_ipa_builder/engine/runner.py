@@ -19,8 +19,8 @@ from ..errors import BuildError, ConfigError
 from ..log import step
 from . import namespace
 from . import scripts as hooks
-from .stages import Final, Phase, Stage, Step
-from .state import Plan, Runtime
+from .stages import Final, Phase, Stage
+from .state import Plan, Runtime, Step
 from .target import resolv_conf_in, resolv_conf_out, target_mounts
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from .. import run
 from ..errors import BuildError, CommandError
 from ..log import step
 from .paths import target_shell
-from .stages import NativeFn, Phase
-from .state import Plan, Runtime
+from .stages import Phase
+from .state import NativeFn, Plan, Runtime
 from .target import IN_TARGET, chroot_env, host_env
 
 log = logging.getLogger(__name__)

@@ -8,14 +8,8 @@ post-install and finalise run in the target (seed-build-spec §2.4).
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
-
-if TYPE_CHECKING:
-    from .state import Plan, Runtime
 
 
 class Phase(enum.Enum):
@@ -74,37 +68,3 @@ class Final(enum.Enum):
 
 
 Stage = Phase | Final
-NativeFn = Callable[["Plan", "Runtime"], None]
-
-
-@dataclass(frozen=True)
-class Reads:
-    """What a native step reads from the plan, declared once: `words` is what summary shows, `value`
-    what the step's part of the cache-layer key is made of (None: nothing beyond the words, e.g.
-    what is keyed elsewhere, as the qcow2, the media and the source commits are)."""
-
-    words: str
-    value: Callable[[Plan], object] | None = None
-
-
-@dataclass(frozen=True)
-class Step:
-    """One step of the plan: a hook script of the merged tree, or a native step (`run`)."""
-
-    stage: Stage
-    name: str  # the script's name, or the native step's (named like the DIB script it stands for)
-    element: str  # the element it belongs to ("(builder)" for the builder's own steps)
-    run: NativeFn | None = None  # None: the element's hook script of that name
-    inputs: Reads = Reads("")  # what a native step reads
-
-    @property
-    def where(self) -> str:
-        return self.stage.where
-
-    @property
-    def reads(self) -> str:
-        return self.inputs.words
-
-    def describe(self) -> dict[str, str]:
-        return {"stage": self.stage.value, "where": self.where, "name": self.name, "element": self.element,
-                "kind": "script" if self.run is None else "native", "reads": self.reads}

@@ -1,4 +1,4 @@
-"""The two objects every step gets: the Plan (frozen: what this build will do, made once by
+"""The steps of a plan, and the two objects every step gets: the Plan (frozen: what this build will do, made once by
 plan.make) and the Runtime (what changes while it runs: resources to undo, timings, the opened
 media, the outputs being written, the cache layers)."""
 
@@ -6,26 +6,69 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..cache.entries import Checkpoints
 from ..config.resolve import Config
 from ..log import Timings
 from .elements import Element, HookTree, SourceRepo
 from .packages import PackageLists
-from .stages import Step
+from .stages import Stage
 
 if TYPE_CHECKING:
-    from ..cache.layers import Checkpoints
     from ..delivery.artifacts import Artifacts, Staging
     from ..inputs.media import Media
-    from .target import ResolvSaved
 
 # Inside the target the build-time CA bundle is bind-mounted here, only while a chroot phase runs.
 TARGET_CA = "/tmp/sib-build-ca.pem"
 CA_VARS = ("SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE", "GIT_SSL_CAINFO", "CURL_CA_BUNDLE")
+
+
+NativeFn = Callable[["Plan", "Runtime"], None]  # a native step
+
+
+@dataclass(frozen=True)
+class Reads:
+    """What a native step reads from the plan, declared once: `words` is what summary shows, `value`
+    what the step's part of the cache-layer key is made of (None: nothing beyond the words, e.g.
+    what is keyed elsewhere, as the qcow2, the media and the source commits are)."""
+
+    words: str
+    value: Callable[[Plan], object] | None = None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the plan: a hook script of the merged tree, or a native step (`run`)."""
+
+    stage: Stage
+    name: str  # the script's name, or the native step's (named like the DIB script it stands for)
+    element: str  # the element it belongs to ("(builder)" for the builder's own steps)
+    run: NativeFn | None = None  # None: the element's hook script of that name
+    inputs: Reads = Reads("")  # what a native step reads
+
+    @property
+    def where(self) -> str:
+        return self.stage.where
+
+    @property
+    def reads(self) -> str:
+        return self.inputs.words
+
+    def describe(self) -> dict[str, str]:
+        return {"stage": self.stage.value, "where": self.where, "name": self.name, "element": self.element,
+                "kind": "script" if self.run is None else "native", "reads": self.reads}
+
+
+@dataclass(frozen=True)
+class ResolvSaved:
+    """What resolv_conf_in found and wrote, so resolv_conf_out can undo exactly that."""
+
+    had: bool
+    text: str
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 from .. import run
@@ -18,19 +17,11 @@ from ..errors import CommandError
 from ..inputs import zypper
 from . import namespace
 from .paths import in_root
-from .state import TARGET_CA, Plan, Runtime
+from .state import TARGET_CA, Plan, ResolvSaved, Runtime
 
 log = logging.getLogger(__name__)
 
 IN_TARGET = "/tmp/in_target.d"  # the merged hooks dir, bound read-only while chroot phases run
-
-
-@dataclass(frozen=True)
-class ResolvSaved:
-    """What resolv_conf_in found and wrote, so resolv_conf_out can undo exactly that."""
-
-    had: bool
-    text: str
 
 
 def chroot_env(plan: Plan, env: Mapping[str, str]) -> dict[str, str]:

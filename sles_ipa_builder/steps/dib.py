@@ -14,8 +14,7 @@ from .. import run
 from ..cache import layers as checkpoints
 from ..engine.packages import pkg_map_files
 from ..engine.paths import in_root
-from ..engine.stages import NativeFn
-from ..engine.state import Plan, Runtime
+from ..engine.state import NativeFn, Plan, Runtime
 from ..engine.target import chroot_env, run_zypper
 from ..inputs import sources, zypper
 

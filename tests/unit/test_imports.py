@@ -183,12 +183,6 @@ def test_no_import_circles() -> None:
     assert not circles, "\n\n".join(describe(graph, c) for c in circles)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "through `if TYPE_CHECKING:` imports, the build state and the cache layers still import each other: "
-    "engine.state, engine.stages, engine.target, cache.keys, cache.layers, cache.roottree, config.resolve, "
-    "inputs.image. Cutting three edges ends it: engine/state.py:21 `from ..cache.layers import Checkpoints`, "
-    "engine/stages.py:18 `from .state import Plan, Runtime` (for NativeFn), and engine/state.py:24 "
-    "`from .target import ResolvSaved` (or engine/target.py's `from .state import TARGET_CA, Plan, Runtime`)"))
 def test_no_import_circles_even_for_the_type_checker() -> None:
     """Type-only imports still tie modules together: a module that names another's types in its signatures
     cannot be read, tested or moved without it."""

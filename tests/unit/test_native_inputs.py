@@ -12,8 +12,7 @@ import pytest
 from sles_ipa_builder.cache import keys as layerkeys
 from sles_ipa_builder.config import resolve as config
 from sles_ipa_builder.engine import plan
-from sles_ipa_builder.engine.stages import Reads, Step
-from sles_ipa_builder.engine.state import Plan
+from sles_ipa_builder.engine.state import Plan, Reads, Step
 
 ARGS: dict[str, Any] = {"root_key": "r" * 64, "media_identity": "iso-1", "repo_digests": {},
                         "commits": {"ironic-python-agent": "a" * 40}}
