@@ -227,7 +227,7 @@ def _output_steps(plan: Plan) -> list[Step]:
 
 
 # --- making it -------------------------------------------------------------------------------------
-def make(cfg: Config, *, breakpoints: set[str] | None = None) -> Plan:
+def make(cfg: Config) -> Plan:
     """The one place a plan is made (`build` and `summary` both call it): settle the configuration,
     resolve the elements, merge their hooks, read their package lists and sources, list the steps.
     Writes nothing; contacts only the --repo URLs (rpm-md metadata) and reads the ISO's directory."""
@@ -238,8 +238,7 @@ def make(cfg: Config, *, breakpoints: set[str] | None = None) -> Plan:
     tree = elements.merge(resolved, env)
     mounts, extra = _caches(cfg)
     env.update(extra)
-    plan = Plan(cfg=cfg, search_path=path, elements=resolved, tree=tree, env=env, target_mounts=mounts,
-                breakpoints=frozenset(breakpoints if breakpoints is not None else cfg.break_points))
+    plan = Plan(cfg=cfg, search_path=path, elements=resolved, tree=tree, env=env, target_mounts=mounts)
     phase_env = sourced_env(plan)
     elements.apply_install_types(tree, phase_env)
     plan = replace(plan, phase_env=phase_env, source_repos=elements.source_repos(resolved, phase_env),

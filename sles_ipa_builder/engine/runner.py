@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def _break(plan: Plan, rt: Runtime, where: str, mounted: bool) -> None:
-    if where not in plan.breakpoints:
+    if where not in plan.cfg.break_points:
         return
     if mounted:
         hooks.shell(plan, rt, where, chroot=True)
@@ -49,7 +49,7 @@ def _run_steps(plan: Plan, rt: Runtime, stage: Stage, todo: list[Step]) -> None:
 
 def run_phase(plan: Plan, rt: Runtime, phase: Phase, todo: list[Step]) -> None:
     todo = [s for s in todo if not checkpoints.skipped(rt, s)]  # in the cache layer the build resumes from
-    wanted = {f"before-{phase.value}", f"after-{phase.value}"} & plan.breakpoints
+    wanted = {f"before-{phase.value}", f"after-{phase.value}"} & plan.cfg.break_points
     if not todo and not wanted:
         log.debug("phase %s: nothing to run", phase.value)
         return

@@ -1,6 +1,6 @@
-"""The steps of a plan, and the two objects every step gets: the Plan (frozen: what this build will do, made once by
-plan.make) and the Runtime (what changes while it runs: resources to undo, timings, the opened
-media, the outputs being written, the cache layers)."""
+"""A build's state, in two objects every step gets: the Plan (frozen: what this build will do, its
+steps and what each native step reads, made once by plan.make) and the Runtime (what changes while
+it runs: resources to undo, timings, the opened media, the outputs being written, the cache layers)."""
 
 from __future__ import annotations
 
@@ -88,7 +88,6 @@ class Plan:
     replaced: list[str] = field(default_factory=list)  # built-in elements and native steps the user's replaced
     # Bind mounts for chroot phases: (host dir, absolute path in the target), e.g. the zypper cache.
     target_mounts: list[tuple[Path, str]] = field(default_factory=list)
-    breakpoints: frozenset[str] = frozenset()
 
     @property
     def build_dir(self) -> Path:
