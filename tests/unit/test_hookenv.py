@@ -24,6 +24,21 @@ FIRMWARE = ("amdgpu,netronome,qcom,ti-communication,ti-keystone,ueagle-atm,rsi,m
 DEFAULT_ELEMENTS = ("sles-ipa-install sles sles-zypper-config sles-ipa-ramdisk-base dynamic-login journal-to-console "
                     "devuser openssh-server sles-extra-hardware ipa-module-autoload")
 
+# The build's places and element list, the same in both pins.
+BUILD_PLACES = {
+    "ARCH": "amd64",
+    "TARGET_ROOT": "/sib/ws/build/root",
+    "TMP_MOUNT_PATH": "/sib/ws/build/root",
+    "TMP_HOOKS_PATH": "/sib/ws/build/hooks",
+    "TMP_BUILD_DIR": "/sib/ws/build",
+    "TMP_IMAGE_DIR": "/sib/ws/build",
+    "IMAGE_ELEMENT": "sles sles-ipa-install pkg-map",
+    "IMAGE_ELEMENT_YAML": "{pkg-map: '', sles: /sib/elements/sles, sles-ipa-install: /sib/extra/sles-ipa-install}",
+    "ELEMENTS_PATH": "/sib/extra:/sib/elements",
+    "DIB_PYTHON_EXEC": sys.executable,
+    "_LIB": "/sib/ws/build/lib",
+}
+
 DEFAULT_ENV = {
     "DIB_DEFAULT_INSTALLTYPE": "source",
     "DIB_INIT_SYSTEM": "systemd",
@@ -61,17 +76,7 @@ DEFAULT_ENV = {
     "DIB_SLES_PYTHON": "python3.11",
     "DIB_SLES_PYTHON_PACKAGE": "python311",
     "DIB_SLES_PKG_MKINITRD": "dracut-mkinitrd-deprecated",
-    "ARCH": "amd64",
-    "TARGET_ROOT": "/sib/ws/build/root",
-    "TMP_MOUNT_PATH": "/sib/ws/build/root",
-    "TMP_HOOKS_PATH": "/sib/ws/build/hooks",
-    "TMP_BUILD_DIR": "/sib/ws/build",
-    "TMP_IMAGE_DIR": "/sib/ws/build",
-    "IMAGE_ELEMENT": "sles sles-ipa-install pkg-map",
-    "IMAGE_ELEMENT_YAML": "{pkg-map: '', sles: /sib/elements/sles, sles-ipa-install: /sib/extra/sles-ipa-install}",
-    "ELEMENTS_PATH": "/sib/extra:/sib/elements",
-    "DIB_PYTHON_EXEC": sys.executable,
-    "_LIB": "/sib/ws/build/lib",
+    **BUILD_PLACES,
     "DIB_ARGS": DEFAULT_ELEMENTS,
 }
 
@@ -137,17 +142,7 @@ SET_ENV = {
     "DIB_DEV_USER_PWDLESS_SUDO": "yes",
     "DIB_DEV_USER_PASSWORD": "test",
     "DIB_DEV_USER_AUTHORIZED_KEYS": "/keys/id.pub",
-    "ARCH": "amd64",
-    "TARGET_ROOT": "/sib/ws/build/root",
-    "TMP_MOUNT_PATH": "/sib/ws/build/root",
-    "TMP_HOOKS_PATH": "/sib/ws/build/hooks",
-    "TMP_BUILD_DIR": "/sib/ws/build",
-    "TMP_IMAGE_DIR": "/sib/ws/build",
-    "IMAGE_ELEMENT": "sles sles-ipa-install pkg-map",
-    "IMAGE_ELEMENT_YAML": "{pkg-map: '', sles: /sib/elements/sles, sles-ipa-install: /sib/extra/sles-ipa-install}",
-    "ELEMENTS_PATH": "/sib/extra:/sib/elements",
-    "DIB_PYTHON_EXEC": sys.executable,
-    "_LIB": "/sib/ws/build/lib",
+    **BUILD_PLACES,
     "DIB_ARGS": DEFAULT_ELEMENTS.replace(" sles ", " my-os "),
 }
 
