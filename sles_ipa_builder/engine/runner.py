@@ -12,7 +12,7 @@ import os
 from itertools import groupby
 from pathlib import Path
 
-from .. import run
+from .. import run, space
 from ..cache import layers as checkpoints
 from ..cache.store import cache_root
 from ..errors import BuildError, ConfigError
@@ -58,7 +58,8 @@ def run_phase(plan: Plan, rt: Runtime, phase: Phase, todo: list[Step]) -> None:
             stack.enter_context(target_mounts(plan))
         _break(plan, rt, f"before-{phase.value}", phase.chroot)
         try:
-            _run_steps(plan, rt, phase, todo)
+            with space.writing(plan.build_dir, f"the workspace (phase {phase.value})"):
+                _run_steps(plan, rt, phase, todo)
         except BuildError:
             _break(plan, rt, "after-error", phase.chroot)
             raise
