@@ -210,7 +210,7 @@ def _save(plan: Plan, rt: Runtime, layer: Layer) -> None:
         with (space.writing(layer.path.parent, f"the cache layer {layer.name}", lambda: cache.disk_usage(upper)),
               cache.atomic_path(layer.path) as tmp):  # a half-made layer is gone before the error is told
             tmp.mkdir()
-            run.run(["cp", "-a", "--reflink=auto", f"{upper}/.", f"{tmp}/tree/"],
+            run.run(["cp", "-a", "--reflink=auto", f"{upper}/.", f"{tmp}/tree/"], capture=True,  # its words: space.py
                     hint=f"check free space in {tmp.parent}")
             for mountpoint in (IN_TARGET, TARGET_CA):  # a chroot phase's, made and removed by it
                 p = tmp / "tree" / mountpoint.lstrip("/")

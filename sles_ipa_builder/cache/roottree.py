@@ -49,7 +49,7 @@ def prepare_root(cfg: Config, root: Path, *, accel: str = "auto", force: bool = 
     if cfg.base_tree:
         base = cfg.base_tree
         with space.writing(root, "the base tree into the workspace", lambda: cache.disk_usage(base)):
-            run.run(["cp", "-a", "--reflink=auto", f"{base}/.", f"{root}/"],
+            run.run(["cp", "-a", "--reflink=auto", f"{base}/.", f"{root}/"], capture=True,
                     hint="the base tree must be readable")
         return {"source": "tree", "path": str(cfg.base_tree), "cache": "none",
                 "seconds": round(time.monotonic() - start, 2)}
@@ -139,7 +139,7 @@ def restore(stack: contextlib.ExitStack | None, layer: Path, root: Path, *, copy
             log.info("overlayfs refused (%s): copying the cached tree instead", str(e).splitlines()[0][:200])
     if how == "copy":
         with space.writing(root, "the root tree into the workspace", lambda: cache.disk_usage(layer)):
-            run.run(["cp", "-a", "--reflink=auto", f"{layer}/.", f"{root}/"],
+            run.run(["cp", "-a", "--reflink=auto", f"{layer}/.", f"{root}/"], capture=True,
                     hint=f"check free space in {root.parent}")
     seconds = round(time.monotonic() - start, 2)
     log.info("root tree restored from the cache by %s in %.1fs", how, seconds)
