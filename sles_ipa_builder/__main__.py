@@ -183,9 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger(__name__).exception("failed")
         for line in e.tail:
             log.console.print(f"  | {line}", markup=False, highlight=False)
-        log.console.print(f"error: {e.message}", markup=False, style="bold red")
+        # soft_wrap: one line each, however long its paths (a pipe's console would break it at 160 columns)
+        log.console.print(f"error: {e.message}", markup=False, style="bold red", soft_wrap=True)
         if e.hint:
-            log.console.print(f"hint: {e.hint}", markup=False)
+            log.console.print(f"hint: {e.hint}", markup=False, soft_wrap=True)
         return e.exit_code
     except KeyboardInterrupt:
         log.console.print("error: interrupted", style="bold red")

@@ -4,7 +4,8 @@ filesystem (its mount point), what was being written, about how much it needs an
 `writing(path, what, need)` wraps the few places that write big things (the outputs, `pack`, the
 cache layers and the root-tree cache, the workspace's steps). It maps an OSError with those errnos,
 and a BuildError (a command's, as `cp -a` or `tar -x`) whose text says so. The free space is read
-when the error is raised, after the writer's own clean-up inside the block: what a retry would have.
+when the error is raised, after the writer's own clean-up inside the block (plus what a clean-up
+after it will free, when the writer says so): what a retry would have.
 """
 
 from __future__ import annotations
@@ -61,9 +62,11 @@ def no_space(path: Path | str, what: str, need: Need = None, *, quota: bool = Fa
 
 
 @contextmanager
-def writing(path: Path | str, what: str, need: Need = None, *, hint: str = "") -> Iterator[None]:
+def writing(path: Path | str, what: str, need: Need = None, *, hint: str = "",
+            freed: Callable[[], int] | None = None) -> Iterator[None]:
     """Turn a full disk under `path` inside the block into one NoSpace (a NoSpace from a writer
-    nested inside passes as it is)."""
+    nested inside passes as it is). `freed`: the bytes the failed writer's clean-up will free (a
+    build's workspace tree), counted as free in the message."""
     try:
         yield
     except (OSError, BuildError) as e:
@@ -71,7 +74,8 @@ def writing(path: Path | str, what: str, need: Need = None, *, hint: str = "") -
         if quota is None:
             raise
         tail = e.tail if isinstance(e, BuildError) else None
-        raise no_space(path, what, need, quota=quota, hint=hint, tail=tail) from e
+        free = free_bytes(path) + freed() if freed is not None else None
+        raise no_space(path, what, need, quota=quota, hint=hint, free=free, tail=tail) from e
 
 
 def require(path: Path | str, what: str, need: int, *, also_free: int = 0) -> None:
