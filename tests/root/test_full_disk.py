@@ -4,13 +4,14 @@ the root-tree cache. Nothing half-written is left behind."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import write_artifacts
+from conftest import make_busybox_root, make_element, make_engine_elements, write_artifacts
 
 from sles_ipa_builder import run, space
 from sles_ipa_builder.cache import layers as checkpoints
@@ -127,3 +128,23 @@ def test_a_root_tree_that_does_not_fit_is_not_cached(tmp_path: Path, small_fs: C
                                       r"needs more than the \d+ MiB free$"):
         roottree._make_entry(tmp_path / "base.qcow2", "qcow2", entry, arch=HOST_DEFAULT, accel="tcg", force=False)
     assert list(entry.parent.iterdir()) == []
+
+
+def test_a_hook_that_fills_the_workspace_is_one_line(tmp_path: Path, small_fs: Callable[[str, int], Path]) -> None:
+    els = make_engine_elements(tmp_path / "elements")
+    fill = '#!/bin/sh\nhead -c 40M /dev/zero > "$TARGET_ROOT/big"\n'
+    make_element(els, "filler", files={"post-root.d/10-fill": fill})
+    ws = small_fs("ws", 24)
+    argv = [sys.executable, "-m", "sles_ipa_builder", "build", "--workspace", ws, "--output", tmp_path / "out",
+            "--elements", "bb-os", "filler", "--elements-path", els,
+            "--base-tree", make_busybox_root(tmp_path / "base")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIB_", "SIB_"))}
+    res = run.run(argv, env={**env, "PYTHONPATH": str(REPO)}, check=False, capture=True)
+    assert res.returncode == 1, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith(("error:", "hint:", "Traceback", "--- Logging"))]
+    # free: counting the tree, removed after the failure; the 24 MiB less the build log's blocks
+    assert re.fullmatch(f"error: no space left on {re.escape(str(ws))} writing the workspace \\(phase post-root\\): "
+                        r"needs more than the 2[34] MiB free", lines[0].rstrip()), lines[0]
+    assert lines[1].startswith("hint: ") and len(lines) == 2
+    assert any("No space left on device" in ln for ln in res.stderr.splitlines() if ln.startswith("  | "))
+    assert not (ws / "build").exists()
