@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from sles_ipa_builder import space
+from sles_ipa_builder import log, space
 from sles_ipa_builder.__main__ import main
 from sles_ipa_builder.cli import commands
 from sles_ipa_builder.engine import namespace
@@ -19,6 +21,13 @@ MiB = 2**20
 
 def full_disk(path: Path | None = None) -> OSError:
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), None if path is None else str(path))
+
+
+def raising(e: Exception) -> Callable[[], None]:
+    def fail() -> None:
+        raise e
+
+    return fail
 
 
 def test_message_forms() -> None:
@@ -97,3 +106,22 @@ def test_an_unmapped_full_disk_is_one_line(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(commands, "dispatch", other)
     assert main(["doctor"]) == 1
     assert "error: no space left on a filesystem the error does not name" in capsys.readouterr().err
+
+
+def test_a_full_disk_under_the_build_log_prints_no_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    log.attach_file(tmp_path / "build.log")
+    fh = root.handlers[-1]
+    assert isinstance(fh, logging.FileHandler)
+    try:
+        monkeypatch.setattr(fh, "flush", raising(full_disk()))
+        logging.getLogger("sles_ipa_builder.test").warning("a line the full disk loses")
+        assert "Logging error" not in capsys.readouterr().err
+        monkeypatch.setattr(fh, "flush", raising(ValueError("a bug")))
+        logging.getLogger("sles_ipa_builder.test").warning("a line a bug loses")
+        assert "Logging error" in capsys.readouterr().err  # anything else still says so
+    finally:
+        monkeypatch.undo()
+        root.removeHandler(fh)
+        fh.close()
