@@ -78,9 +78,9 @@ def writing(path: Path | str, what: str, need: Need = None, *, hint: str = "",
         raise no_space(path, what, need, quota=quota, hint=hint, free=free, tail=tail) from e
 
 
-def require(path: Path | str, what: str, need: int, *, also_free: int = 0) -> None:
-    """Stop before writing `what` when the filesystem cannot hold `need` bytes. `also_free`: bytes
+def require(path: Path | str, what: str, need: int, *, freed: int = 0) -> None:
+    """Stop before writing `what` when the filesystem cannot hold `need` bytes. `freed`: bytes
     the failed build frees (its staged files), counted as free in the message."""
-    free = free_bytes(path) + also_free
+    free = free_bytes(path) + freed
     if free < need:
         raise no_space(path, what, need, free=free)

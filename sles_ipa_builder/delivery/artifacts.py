@@ -143,7 +143,7 @@ def room_for_the_rest(st: Staging) -> None:
     when the output filesystem cannot hold them, rather than fail after writing the tar."""
     staged = sum(st.staged(s).stat().st_size for s in ("kernel", "initramfs"))
     space.require(st.work, f"the outputs into {st.output_dir}", staged + 2 * _tar_size(st) + SMALL_OUTPUTS,
-                  also_free=staged)
+                  freed=staged)
 
 
 def write_tar(st: Staging) -> None:

@@ -84,7 +84,7 @@ def test_require_stops_before_writing(tmp_path: Path) -> None:
     space.require(tmp_path, "small", 1)
     free = space.free_bytes(tmp_path)
     with pytest.raises(NoSpace) as e:
-        space.require(tmp_path, "the outputs", free + 100 * MiB, also_free=MiB)
+        space.require(tmp_path, "the outputs", free + 100 * MiB, freed=MiB)
     assert e.value.need == free + 100 * MiB
     assert f"{(free + MiB) // MiB} MiB free" in e.value.message
 
