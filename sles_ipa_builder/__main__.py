@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__, log
+from . import __version__, log, space
 from .config.settings import SETTINGS, Setting
-from .errors import BuildError
+from .errors import NO_SPACE_HINT, BuildError
 
 
 def _add_setting_flag(p: argparse.ArgumentParser, s: Setting) -> None:
@@ -156,21 +157,36 @@ def cli_settings(args: argparse.Namespace) -> dict[str, Any]:
     return given
 
 
+def _full_disk(e: OSError) -> BuildError:
+    """A full disk (ENOSPC, EDQUOT) that no writer mapped (space.writing) is still one line."""
+    path = e.filename or e.filename2
+    if path is None:
+        return BuildError(f"no space left on a filesystem the error does not name: {e.strerror}",
+                          f"run with --debug to see where; {NO_SPACE_HINT}")
+    return space.no_space(os.fsdecode(path), Path(os.fsdecode(path)).name, quota=bool(space.full(e)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     log.setup(verbosity=-1 if args.quiet else args.verbose, debug=args.debug)
     from .cli import commands
 
     try:
-        return int(commands.dispatch(args, cli_settings(args)) or 0)
+        try:
+            return int(commands.dispatch(args, cli_settings(args)) or 0)
+        except OSError as e:
+            if space.full(e) is None:
+                raise
+            raise _full_disk(e) from e
     except BuildError as e:
         if args.debug:
             logging.getLogger(__name__).exception("failed")
         for line in e.tail:
             log.console.print(f"  | {line}", markup=False, highlight=False)
-        log.console.print(f"error: {e.message}", markup=False, style="bold red")
+        # soft_wrap: one line each, however long its paths (a pipe's console would break it at 160 columns)
+        log.console.print(f"error: {e.message}", markup=False, style="bold red", soft_wrap=True)
         if e.hint:
-            log.console.print(f"hint: {e.hint}", markup=False)
+            log.console.print(f"hint: {e.hint}", markup=False, soft_wrap=True)
         return e.exit_code
     except KeyboardInterrupt:
         log.console.print("error: interrupted", style="bold red")

@@ -36,3 +36,23 @@ class CommandError(BuildError):
         self.output = output
         tail = output.splitlines()[-20:]
         super().__init__(f"{argv[0]} exited {returncode}: {' '.join(argv)}"[:400], hint, tail=tail)
+
+
+NO_SPACE_HINT = ("free space there, or give --workspace/--output (XDG_CACHE_HOME for the caches) on a larger "
+                 "filesystem; `sles-ipa-builder clean -ff` removes the caches")
+
+
+class NoSpace(BuildError):
+    """A filesystem filled up (ENOSPC) or a quota ran out (EDQUOT) while writing (exit 1).
+    space.py finds the filesystem and its free space; `need` is None when the writer cannot tell."""
+
+    def __init__(self, filesystem: str, what: str, free: int, need: int | None = None, *, quota: bool = False,
+                 hint: str = "", tail: list[str] | None = None) -> None:
+        mib = 2**20
+        if need is None:
+            needs = f"needs more than the {free // mib} MiB free"
+        else:
+            needs = f"needs about {-(-need // mib)} MiB, {free // mib} MiB free"
+        full = "disk quota exceeded on" if quota else "no space left on"
+        super().__init__(f"{full} {filesystem} writing {what}: {needs}", hint or NO_SPACE_HINT, tail=tail)
+        self.filesystem, self.what, self.free, self.need = filesystem, what, free, need

@@ -6,6 +6,7 @@ The console shows one line per step with its elapsed time; everything at debug l
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import time
@@ -46,10 +47,20 @@ def setup(verbosity: int = 0, debug: bool = False) -> None:
     root.addHandler(handler)
 
 
+class _LogFile(logging.FileHandler):
+    """The build log, which loses its lines quietly when its disk is full: the build stops with one
+    line for that (space.py), not with logging's traceback for every line after."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        e = sys.exc_info()[1]
+        if not (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)):
+            super().handleError(record)
+
+
 def attach_file(path: Path) -> None:
     """Also write everything at debug level to `path` (this build's only: an old log is replaced)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fh = logging.FileHandler(path, mode="w", encoding="utf-8")
+    fh = _LogFile(path, mode="w", encoding="utf-8")
     fh.setLevel(logging.DEBUG)
     fh.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     logging.getLogger().addHandler(fh)

@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import run
+from .. import run, space
 from ..engine.stages import Phase
 from ..engine.state import TARGET_CA, ResolvSaved, Step
 from ..engine.target import IN_TARGET
@@ -207,9 +207,10 @@ def _save(plan: Plan, rt: Runtime, layer: Layer) -> None:
     with cache.locked(layer.path):
         if _meta(layer.path) is not None:  # another build made it meanwhile
             return
-        with cache.atomic_path(layer.path) as tmp:
+        with (space.writing(layer.path.parent, f"the cache layer {layer.name}", lambda: cache.disk_usage(upper)),
+              cache.atomic_path(layer.path) as tmp):  # a half-made layer is gone before the error is told
             tmp.mkdir()
-            run.run(["cp", "-a", "--reflink=auto", f"{upper}/.", f"{tmp}/tree/"],
+            run.run(["cp", "-a", "--reflink=auto", f"{upper}/.", f"{tmp}/tree/"], capture=True,  # its words: space.py
                     hint=f"check free space in {tmp.parent}")
             for mountpoint in (IN_TARGET, TARGET_CA):  # a chroot phase's, made and removed by it
                 p = tmp / "tree" / mountpoint.lstrip("/")

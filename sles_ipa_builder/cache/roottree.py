@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import run
+from .. import run, space
 from ..config.arch import Arch
 from ..config.resolve import Config
 from ..engine import namespace
@@ -47,8 +47,10 @@ def prepare_root(cfg: Config, root: Path, *, accel: str = "auto", force: bool = 
     start = time.monotonic()
     root.mkdir(parents=True, exist_ok=True)
     if cfg.base_tree:
-        run.run(["cp", "-a", "--reflink=auto", f"{cfg.base_tree}/.", f"{root}/"],
-                hint="the base tree must be readable")
+        base = cfg.base_tree
+        with space.writing(root, "the base tree into the workspace", lambda: cache.disk_usage(base)):
+            run.run(["cp", "-a", "--reflink=auto", f"{base}/.", f"{root}/"], capture=True,
+                    hint="the base tree must be readable")
         return {"source": "tree", "path": str(cfg.base_tree), "cache": "none",
                 "seconds": round(time.monotonic() - start, 2)}
     img = image.find_image(cfg)
@@ -103,7 +105,8 @@ def _make_entry(img: Path, fmt: str, entry: Path, *, arch: Arch, accel: str, for
         os.replace(entry, aside)
         shutil.rmtree(aside)
     archive = entry.with_name(f"{entry.name}.tar.zst")
-    with cache.atomic_path(entry) as tmp:
+    with (space.writing(entry.parent, f"the root tree of {img.name} into the cache"),
+          cache.atomic_path(entry) as tmp):  # a half-extracted tree is gone before the error is told
         tmp.mkdir()
         if archive.is_file() and not force:
             facts: dict[str, Any] = {"from": archive.name, "timings": {"unpack": unpack(archive, tmp)}}
@@ -135,8 +138,9 @@ def restore(stack: contextlib.ExitStack | None, layer: Path, root: Path, *, copy
         except (CommandError, OSError) as e:
             log.info("overlayfs refused (%s): copying the cached tree instead", str(e).splitlines()[0][:200])
     if how == "copy":
-        run.run(["cp", "-a", "--reflink=auto", f"{layer}/.", f"{root}/"],
-                hint=f"check free space in {root.parent}")
+        with space.writing(root, "the root tree into the workspace", lambda: cache.disk_usage(layer)):
+            run.run(["cp", "-a", "--reflink=auto", f"{layer}/.", f"{root}/"], capture=True,
+                    hint=f"check free space in {root.parent}")
     seconds = round(time.monotonic() - start, 2)
     log.info("root tree restored from the cache by %s in %.1fs", how, seconds)
     return {"restore": how, "restore_seconds": seconds}

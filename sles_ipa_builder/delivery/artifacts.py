@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .. import log
+from .. import log, space
 from ..cache.store import sha256_uncached
 from ..config.arch import HOST_DEFAULT, Arch
 from ..errors import BuildError
@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 LAST = "sha256"  # renamed last: see the module doc
 SIG = f"{LAST}.{sign.SIG_SUFFIX}"  # its signature, when signed
 TARGZ_LEVEL = 1  # the tar holds a compressed initramfs: deflating it harder saves nothing
+TAR_SLACK = 16 << 10  # two headers, padding, the end blocks, rounded up to a 10 KiB record
+SMALL_OUTPUTS = 4 << 20  # packages, SBOM, manifest, sums: room to spare
 
 
 @dataclass
@@ -71,13 +73,20 @@ class Staging:
 @dataclass(frozen=True)
 class Output:
     suffix: str
-    write: Callable[[Staging], None]
+    writer: Callable[[Staging], None]
     what: str  # one line for summary
     also: tuple[str, ...] = ()  # other files the writer makes (a checksum file of its own)
+    need: Callable[[Staging], int] | None = None  # about how many bytes it writes, for a full disk's message
 
     @property
     def files(self) -> tuple[str, ...]:
         return (self.suffix, *self.also)
+
+    def write(self, st: Staging) -> None:
+        """Write it into the staging dir; a full disk there is one line (space.py)."""
+        need = self.need
+        with space.writing(st.work, st.final(self.suffix).name, (lambda: need(st)) if need else None):
+            self.writer(st)
 
 
 @dataclass
@@ -124,8 +133,22 @@ def write_initramfs(st: Staging) -> None:
     st.sha256["initramfs"] = st.pack.sha256
 
 
+def _tar_size(st: Staging) -> int:
+    """About the tar's size (and the tar.gz's: gzip gains nothing on a compressed initramfs)."""
+    return sum(st.staged(s).stat().st_size for s in ("kernel", "initramfs")) + TAR_SLACK
+
+
+def room_for_the_rest(st: Staging) -> None:
+    """Once the initramfs is packed, the rest is known: stop before writing the tar and the tar.gz
+    when the output filesystem cannot hold them, rather than fail after writing the tar."""
+    staged = sum(st.staged(s).stat().st_size for s in ("kernel", "initramfs"))
+    space.require(st.work, f"the outputs into {st.output_dir}", staged + 2 * _tar_size(st) + SMALL_OUTPUTS,
+                  freed=staged)
+
+
 def write_tar(st: Staging) -> None:
     """metal3's contract: an uncompressed tar holding exactly <name>.kernel then <name>.initramfs."""
+    room_for_the_rest(st)
     mtime = st.source_date_epoch if st.source_date_epoch is not None else int(st.kernel.path.stat().st_mtime)
     with st.staged("tar").open("wb") as f:
         w = HashingWriter(f)
@@ -200,11 +223,12 @@ def write_sums(st: Staging) -> None:
 
 
 OUTPUTS: tuple[Output, ...] = (
-    Output("kernel", write_kernel, "the kernel the ramdisk boots, from the tree's /boot"),
-    Output("initramfs", write_initramfs, "the pruned tree as a compressed newc cpio"),
-    Output("tar", write_tar, "kernel + initramfs, uncompressed (metal3-dev-env's IPA_IMAGE_TAR)"),
+    Output("kernel", write_kernel, "the kernel the ramdisk boots, from the tree's /boot",
+           need=lambda st: st.kernel.path.stat().st_size),
+    Output("initramfs", write_initramfs, "the pruned tree as a compressed newc cpio"),  # pack() tells its need
+    Output("tar", write_tar, "kernel + initramfs, uncompressed (metal3-dev-env's IPA_IMAGE_TAR)", need=_tar_size),
     Output("tar.gz", write_targz, "the tar gzipped, with its .tar.gz.sha256 (metal3's ironic-ipa-downloader)",
-           also=("tar.gz.sha256",)),
+           also=("tar.gz.sha256",), need=_tar_size),
     Output("packages", write_packages, "rpm -qa of the tree and the IPA venv's pip freeze"),
     Output(sbom.SUFFIX, write_sbom, "CycloneDX SBOM: RPMs, Python packages, sources, kernel, inputs"),
     Output("manifest.json", write_manifest, "inputs, commits, elements, settings, sizes, timings"),
@@ -218,10 +242,15 @@ def open_staging(tree: Path, output_dir: Path, name: str, compression: Compressi
     """Find the kernel, check it can unpack the chosen compression, and make the temp dir."""
     kernel = find_kernel(tree, arch)
     check_kernel_support(compression, kernel.config)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    _sweep_stale(output_dir, name)
-    work = Path(tempfile.mkdtemp(dir=output_dir, prefix=f".{name}.tmp-"))
-    busy = (work / ".busy").open("w")
+    with space.writing(output_dir, f"the staging directory in {output_dir}"):
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _sweep_stale(output_dir, name)
+        work = Path(tempfile.mkdtemp(dir=output_dir, prefix=f".{name}.tmp-"))
+        try:
+            busy = (work / ".busy").open("w")
+        except OSError:
+            work.rmdir()
+            raise
     fcntl.flock(busy, fcntl.LOCK_EX)
     return Staging(tree, output_dir, name, compression, kernel, work, busy, **options)
 
@@ -237,8 +266,9 @@ def commit(st: Staging) -> Artifacts:
     last of all. Then the size check (the artifacts stay)."""
     written = [f for o in OUTPUTS for f in o.files if st.staged(f).exists()]
     sizes = {s: st.staged(s).stat().st_size for s in st.sha256}
-    for suffix in sorted(written, key=lambda s: (s.endswith("sha256"), s == LAST)):
-        os.replace(st.staged(suffix), st.final(suffix))
+    with space.writing(st.output_dir, f"the outputs into {st.output_dir}"):
+        for suffix in sorted(written, key=lambda s: (s.endswith("sha256"), s == LAST)):
+            os.replace(st.staged(suffix), st.final(suffix))
     for suffix in (f for o in OUTPUTS for f in o.files if f not in written):
         st.final(suffix).unlink(missing_ok=True)  # an earlier build's signature would not match these sums
     arts = Artifacts(st.final("kernel"), st.final("initramfs"), st.final("tar"),

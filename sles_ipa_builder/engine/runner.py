@@ -12,9 +12,9 @@ import os
 from itertools import groupby
 from pathlib import Path
 
-from .. import run
+from .. import run, space
 from ..cache import layers as checkpoints
-from ..cache.store import cache_root
+from ..cache.store import cache_root, disk_usage
 from ..errors import BuildError, ConfigError
 from ..log import step
 from . import namespace
@@ -58,7 +58,9 @@ def run_phase(plan: Plan, rt: Runtime, phase: Phase, todo: list[Step]) -> None:
             stack.enter_context(target_mounts(plan))
         _break(plan, rt, f"before-{phase.value}", phase.chroot)
         try:
-            _run_steps(plan, rt, phase, todo)
+            with space.writing(plan.build_dir, f"the workspace (phase {phase.value})",
+                               freed=lambda: disk_usage(plan.build_dir)):  # the tree goes after a failure
+                _run_steps(plan, rt, phase, todo)
         except BuildError:
             _break(plan, rt, "after-error", phase.chroot)
             raise

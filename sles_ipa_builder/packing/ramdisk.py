@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from .. import log
+from .. import log, space
 from ..cache.store import sha256_uncached
 from ..config.arch import HOST_DEFAULT, Arch
 from ..engine.paths import in_root
@@ -289,26 +289,27 @@ def pack(
         source_date_epoch=source_date_epoch,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp, f = _atomic_output(out)
-    hasher = HashingWriter(f)
-    comp: Compressor | None = None
-    try:
-        with f, log.progress(transfer=True) as bar:
-            task = bar.add_task(f"packing {compression.describe()}", total=scan.data_bytes, visible=progress)
-            update: Callable[[int], None] | None = None
-            if progress:
-                update = lambda n: bar.update(task, completed=n)  # noqa: E731
-            comp = compression.open(f if compression.external else hasher)  # type: ignore[arg-type]
-            raw = cpio.write(scan.entries, comp, update)
-            comp.finish()
-            comp = None
-        digest = sha256_uncached(tmp) if compression.external else hasher.sha.hexdigest()
-        os.replace(tmp, out)
-    except BaseException:
-        if comp is not None:
-            comp.abort()
-        tmp.unlink(missing_ok=True)
-        raise
+    with space.writing(out.parent, out.name):  # its size is known only once written
+        tmp, f = _atomic_output(out)
+        hasher = HashingWriter(f)
+        comp: Compressor | None = None
+        try:
+            with f, log.progress(transfer=True) as bar:
+                task = bar.add_task(f"packing {compression.describe()}", total=scan.data_bytes, visible=progress)
+                update: Callable[[int], None] | None = None
+                if progress:
+                    update = lambda n: bar.update(task, completed=n)  # noqa: E731
+                comp = compression.open(f if compression.external else hasher)  # type: ignore[arg-type]
+                raw = cpio.write(scan.entries, comp, update)
+                comp.finish()
+                comp = None
+            digest = sha256_uncached(tmp) if compression.external else hasher.sha.hexdigest()
+            os.replace(tmp, out)
+        except BaseException:
+            if comp is not None:
+                comp.abort()
+            tmp.unlink(missing_ok=True)
+            raise
     size = out.stat().st_size
     secs = time.monotonic() - start
     logger.info(
