@@ -248,7 +248,7 @@ def _context(spec: Mapping[str, Any]) -> tuple[Plan, Runtime]:
         els = elements.resolve(spec["names"], [HOOKS])
     else:
         els = [elements.Element(n, HOOKS / n, None) for n in spec["names"]]
-    env = hookenv.hook_env(cfg, build, [HOOKS], els)
+    env = hookenv.hook_env(cfg, [HOOKS], els)
     # what the builder does not own (SOURCE_DATE_EPOCH, PIP_NO_INDEX...) goes straight to the hooks
     env.update({k: v for k, v in extra.items() if k not in env or k.startswith("DIB_DEBUG")})
     p = Plan(cfg=cfg, search_path=[HOOKS], elements=els, tree=elements.merge(els, env), env=env)

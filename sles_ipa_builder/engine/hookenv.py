@@ -35,8 +35,9 @@ DIB_DEFAULTS = {
 }
 
 
-def hook_env(cfg: Config, build_dir: Path, search_path: list[Path], resolved_elements: list[Element]) -> dict[str, str]:
+def hook_env(cfg: Config, search_path: list[Path], resolved_elements: list[Element]) -> dict[str, str]:
     """The variables every hook sees; touches nothing on disk."""
+    build_dir = cfg.build_dir
     env = {**DIB_DEFAULTS, "DIB_IMAGE_CACHE": str(cache_root() / "image-create")}
     env.update(cfg.source_env())
     # DIB_RELEASE is DIB's own variable: a user's value passes through and wins

@@ -234,7 +234,7 @@ def make(cfg: Config) -> Plan:
     cfg = settle(cfg)
     path = elements.search_path(cfg.elements_path)
     resolved = elements.resolve(cfg.element_list, path)
-    env = hook_env(cfg, cfg.build_dir, path, resolved)
+    env = hook_env(cfg, path, resolved)
     tree = elements.merge(resolved, env)
     mounts, extra = _caches(cfg)
     env.update(extra)

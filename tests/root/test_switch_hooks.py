@@ -58,7 +58,7 @@ def tree(tmp_path: Path) -> Path:
 
 def run_hook(root: Path, rel: str, **settings: object) -> subprocess.CompletedProcess[str]:
     cfg = config.resolve(settings, environ={})
-    env = {k: v for k, v in hook_env(cfg, cfg.build_dir, [], []).items() if k.startswith("DIB_")}
+    env = {k: v for k, v in hook_env(cfg, [], []).items() if k.startswith("DIB_")}
     shutil.copy2(HOOKS / rel, root / "tmp/hook")
     return subprocess.run(["chroot", str(root), "/bin/bash", "/tmp/hook"], capture_output=True, text=True,
                           env={"PATH": "/usr/bin:/bin:/usr/sbin:/sbin", **env}, check=False)

@@ -23,7 +23,7 @@ def resolve(cli=None, env=None, toml: str | None = None, tmp_path: Path | None =
 
 
 def _hook_env(cfg: config.Config) -> dict[str, str]:
-    return hook_env(cfg, cfg.build_dir, [], [])
+    return hook_env(cfg, [], [])
 
 
 def test_defaults_are_the_seeds():

@@ -165,10 +165,10 @@ def test_service_pack_facts_come_from_the_builder() -> None:
     for sp, python, release in (("SP4", "python3.10", "15.4"), ("SP5", "python3.11", "15.5"),
                                 ("sp7", "python3.11", "15.7")):
         cfg = config.resolve({"service_pack": sp}, environ={})
-        env = _source_env(hook_env(cfg, cfg.build_dir, [], []))
+        env = _source_env(hook_env(cfg, [], []))
         assert (env["DIB_SLES_PYTHON"], env["DIB_RELEASE"]) == (python, release), sp
     cfg = config.resolve({}, environ={"DIB_SLES_SERVICE_PACK": "SP5", "DIB_RELEASE": "15.5-custom"})
-    env = hook_env(cfg, cfg.build_dir, [], [])
+    env = hook_env(cfg, [], [])
     assert env["DIB_SLES_ISO_REPO_FILE"] == "SLE-15-SP5-Full-x86_64-GM-Media1.iso"
     assert env["DIB_RELEASE"] == "15.5-custom"  # DIB's own variable: the user's value wins
 

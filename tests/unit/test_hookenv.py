@@ -14,7 +14,6 @@ from sles_ipa_builder.config.settings import SETTINGS
 from sles_ipa_builder.engine.elements import Element
 from sles_ipa_builder.engine.hookenv import hook_env
 
-BUILD = Path("/sib/ws/build")
 SEARCH_PATH = [Path("/sib/extra"), Path("/sib/elements")]
 ELEMENTS = [Element("sles", Path("/sib/elements/sles"), None),
             Element("sles-ipa-install", Path("/sib/extra/sles-ipa-install"), None),
@@ -159,13 +158,13 @@ def _cfg(environ: dict[str, str]) -> config.Config:
 
 
 def test_default_environment() -> None:
-    assert hook_env(_cfg({}), BUILD, SEARCH_PATH, ELEMENTS) == DEFAULT_ENV
+    assert hook_env(_cfg({}), SEARCH_PATH, ELEMENTS) == DEFAULT_ENV
 
 
 def test_environment_with_optional_values_and_the_users_variables() -> None:
     # the files need not exist here: validation is resolve()'s, not the environment's
     cfg = dataclasses.replace(_cfg(ENVIRON), **{k: Path(v) for k, v in FILES.items()})
-    assert hook_env(cfg, BUILD, SEARCH_PATH, ELEMENTS) == SET_ENV
+    assert hook_env(cfg, SEARCH_PATH, ELEMENTS) == SET_ENV
 
 
 def test_a_dib_export_is_read_back_by_its_own_setting() -> None:
