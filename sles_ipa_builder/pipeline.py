@@ -17,7 +17,7 @@ from .cache import layers as checkpoints
 from .cli.doctor import input_checks
 from .cli.results import show
 from .config.resolve import Config
-from .delivery import publish
+from .delivery import bootfiles, publish
 from .delivery.artifacts import Artifacts
 from .engine import runner
 from .engine.plan import make as make_plan
@@ -48,6 +48,8 @@ def check_inputs(plan: Plan, rt: Runtime) -> None:
     if wanted["Media1 ISO"]:
         rt.media = media.open_media(cfg.iso_path)
         media.check_arch(rt.media, cfg.arch)
+    if plan.needs("commit"):  # the outputs: the ESP and the ISO take the media's boot packages
+        rt.boot_source = bootfiles.find(rt.media, cfg.arch, cfg.boot_media)
 
 
 def build(cfg: Config) -> Artifacts | None:

@@ -34,6 +34,10 @@ class Arch:
     # a direct kernel boot has no SMBIOS tables, so lscpu says "Socket(s): -", which IPA 13 fails to parse.
     boot_uefi: bool
     aliases: tuple[str, ...] = ()
+    efi: str = ""  # the suffix of the removable-media loader's name: BOOT<EFI>.EFI, grub<efi>.efi
+    grub_efi: str = ""  # grub's EFI platform: SUSE's signed grub is in grub2-<grub_efi>
+    # UEFI firmware with Secure Boot enforced (code, vars with Microsoft's keys enrolled; q35, SMM, secure pflash)
+    secure_boot_firmware: tuple[str, str] | None = None
 
     @property
     def qemu_binary(self) -> str:
@@ -66,6 +70,8 @@ X86_64 = Arch(
     qemu_hint="apt-get install qemu-system-x86 ovmf (or zypper in qemu-x86 qemu-ovmf-x86_64)",
     console="ttyS0", kernel_names=("vmlinuz",), elf="x86_64", metal3_suffix="", debian_kernel="linux-image-amd64",
     binfmt="qemu-x86_64", boot_uefi=False, oci="amd64", aliases=("x86-64",),
+    efi="x64", grub_efi="x86_64-efi",
+    secure_boot_firmware=("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd", "/usr/share/OVMF/OVMF_VARS_4M.ms.fd"),
 )
 # SUSE's aarch64 kernel is /boot/Image-<version> (uncompressed); the serial console is the PL011, ttyAMA0.
 AARCH64 = Arch(
@@ -77,7 +83,7 @@ AARCH64 = Arch(
     qemu_hint="apt-get install qemu-system-arm qemu-efi-aarch64 (or zypper in qemu-arm qemu-uefi-aarch64)",
     console="ttyAMA0", kernel_names=("Image",), elf="aarch64", metal3_suffix="_aarch64",
     debian_kernel="linux-image-arm64", binfmt="qemu-aarch64", boot_uefi=True, oci="arm64",
-    aliases=("armv8", "arm64v8"),
+    aliases=("armv8", "arm64v8"), efi="aa64", grub_efi="arm64-efi",
 )
 ARCHES: tuple[Arch, ...] = (X86_64, AARCH64)
 

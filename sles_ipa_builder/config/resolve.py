@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..delivery import publish, sign
+from ..delivery import bootmedia, publish, sign
 from ..engine.stages import parse_break_points
 from ..errors import ConfigError
 from ..inputs import repos as repositories
@@ -149,6 +149,8 @@ class Config:
     keep_paths: list[str]
     prune_paths: list[str]
     size_limit_mb: int
+    boot_media: str
+    iso_kernel_args: str
     source_date_epoch: int | None
     ca_bundle: Path | None
     offline: bool
@@ -393,6 +395,7 @@ def validate(cfg: Config) -> None:
                           "set DIB_DEV_USER_USERNAME, or drop DIB_DEV_USER_PASSWORD")
     if cfg.sign_key is not None:
         sign.check_key(cfg.sign_key)
+    bootmedia.check_kernel_args(cfg.iso_kernel_args)
     if cfg.publish is not None:
         publish.parse_destination(cfg.publish)
     if cfg.base_tree is not None and not cfg.base_tree.is_dir():

@@ -205,6 +205,12 @@ _ROWS: tuple[str | Setting, ...] = (
     S("prune_paths", [], "list", "More paths (globs relative to the root) to leave out of the ramdisk.",
       ("SIB_PRUNE_PATHS",)),
     S("size_limit_mb", 500, "int", "The tar may not reach this size (MiB).", ("IRONIC_SIZE_LIMIT_MB",)),
+    S("boot_media", "auto", "choice", "Also write <name>.esp.img (a UEFI ESP with the media's shim and signed grub) "
+      "and <name>.iso (bootable: UEFI, and BIOS where the media has isolinux): auto warns when the Secure Boot "
+      "chain is incomplete, secure-boot makes that an error before any work, off writes neither.",
+      choices=("auto", "secure-boot", "off")),
+    S("iso_kernel_args", "", "str", "Kernel parameters the ISO's boot menu adds after the console ones, e.g. "
+      "ipa-api-url=http://IRONIC:6385 for a standalone Ironic (no quotes, newlines or grub syntax)."),
     S("source_date_epoch", None, "int", "Clamp mtimes in the initramfs to this time.", ("SOURCE_DATE_EPOCH",)),
     "Build behaviour",
     S("ca_bundle", "/etc/ssl/certs/ca-certificates.crt", "path",

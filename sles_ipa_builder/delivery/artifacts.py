@@ -32,7 +32,7 @@ from ..packing.cuts import PruneSettings
 from ..packing.inventory import list_packages
 from ..packing.ramdisk import HashingWriter, Kernel, PackResult, find_kernel, pack
 from ..packing.sizereport import analyze, render
-from . import sbom, sign
+from . import bootfiles, bootmedia, sbom, sign
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ SIG = f"{LAST}.{sign.SIG_SUFFIX}"  # its signature, when signed
 TARGZ_LEVEL = 1  # the tar holds a compressed initramfs: deflating it harder saves nothing
 TAR_SLACK = 16 << 10  # two headers, padding, the end blocks, rounded up to a 10 KiB record
 SMALL_OUTPUTS = 4 << 20  # packages, SBOM, manifest, sums: room to spare
+ESP_ROOM = 16 << 20  # shim, grub, MokManager and slack, rounded up
 
 
 @dataclass
@@ -62,6 +63,10 @@ class Staging:
     sha256: dict[str, str] = field(default_factory=dict)  # suffix -> digest
     pack: PackResult | None = None
     sign_key: Path | None = None  # minisign secret key: <name>.sha256 gets a .minisig
+    arch: Arch = HOST_DEFAULT
+    boot_source: bootfiles.Source | None = None  # the media's boot packages: the ESP and the ISO (None: neither)
+    iso_kernel_args: str = ""
+    boot: bootfiles.BootFiles | None = None  # unpacked by the ESP's writer
 
     def staged(self, suffix: str) -> Path:
         return self.work / f"{self.name}.{suffix}"
@@ -138,12 +143,16 @@ def _tar_size(st: Staging) -> int:
     return sum(st.staged(s).stat().st_size for s in ("kernel", "initramfs")) + TAR_SLACK
 
 
+def _iso_size(st: Staging) -> int:
+    return _tar_size(st) + ESP_ROOM if st.boot_source is not None else 0
+
+
 def room_for_the_rest(st: Staging) -> None:
-    """Once the initramfs is packed, the rest is known: stop before writing the tar and the tar.gz
-    when the output filesystem cannot hold them, rather than fail after writing the tar."""
+    """Once the initramfs is packed, the rest is known: stop before writing the tar, the tar.gz and the
+    ISO when the output filesystem cannot hold them, rather than fail after writing the tar."""
     staged = sum(st.staged(s).stat().st_size for s in ("kernel", "initramfs"))
-    space.require(st.work, f"the outputs into {st.output_dir}", staged + 2 * _tar_size(st) + SMALL_OUTPUTS,
-                  freed=staged)
+    rest = 2 * _tar_size(st) + 2 * _iso_size(st) + SMALL_OUTPUTS
+    space.require(st.work, f"the outputs into {st.output_dir}", staged + rest, freed=staged)
 
 
 def write_tar(st: Staging) -> None:
@@ -176,6 +185,42 @@ def write_targz(st: Staging) -> None:
         gz.finish()
     st.sha256["tar.gz"] = w.sha.hexdigest()
     st.staged("tar.gz.sha256").write_text(f"{st.sha256['tar.gz']}  {st.final('tar.gz').name}\n")
+
+
+def _epoch(st: Staging) -> int:
+    return st.source_date_epoch if st.source_date_epoch is not None else int(st.kernel.path.stat().st_mtime)
+
+
+def _layout(st: Staging) -> bootmedia.Layout | None:
+    """The boot packages, unpacked once (by the ESP's writer), as the ESP and the ISO lay them out."""
+    if st.boot_source is None:
+        return None
+    if st.boot is None:
+        st.boot = bootfiles.extract(st.boot_source, st.arch, st.work / "boot-packages")
+        st.manifest["boot_media"] = st.boot.as_dict()
+    return bootmedia.Layout(st.arch, st.boot)
+
+
+def write_esp(st: Staging) -> None:
+    """A UEFI ESP with the media's Secure Boot chain: Ironic's `bootloader` (bootmedia.py)."""
+    layout = _layout(st)
+    if layout is None:
+        return
+    bootmedia.write_esp(layout, st.staged("esp.img"), st.work, _epoch(st))
+    st.manifest["boot_media"]["grub_config_path"] = layout.grub_config_path
+    _hash_staged(st, "esp.img")
+
+
+def write_iso(st: Staging) -> None:
+    """A bootable ISO of the kernel, the initramfs and the ESP: Ironic's `deploy_iso` (bootmedia.py)."""
+    layout = _layout(st)
+    if layout is None:
+        return
+    args = " ".join(a for a in (f"console=tty0 console={st.arch.console},115200", st.iso_kernel_args) if a)
+    bootmedia.write_iso(layout, st.staged("iso"), st.work, kernel=st.staged("kernel"),
+                        initramfs=st.staged("initramfs"), esp=st.staged("esp.img"), args=args, epoch=_epoch(st))
+    st.manifest["boot_media"].update(iso_kernel_args=args, iso_boot=["uefi", *(["bios"] if layout.boot.bios else [])])
+    _hash_staged(st, "iso")
 
 
 def _hash_staged(st: Staging, suffix: str) -> None:
@@ -229,6 +274,10 @@ OUTPUTS: tuple[Output, ...] = (
     Output("tar", write_tar, "kernel + initramfs, uncompressed (metal3-dev-env's IPA_IMAGE_TAR)", need=_tar_size),
     Output("tar.gz", write_targz, "the tar gzipped, with its .tar.gz.sha256 (metal3's ironic-ipa-downloader)",
            also=("tar.gz.sha256",), need=_tar_size),
+    Output("esp.img", write_esp, "a UEFI ESP: the media's shim, signed grub and MokManager (Ironic's bootloader)",
+           need=lambda st: ESP_ROOM),
+    Output("iso", write_iso, "a bootable ISO: kernel, initramfs, the ESP; BIOS too where the media has isolinux "
+           "(Ironic's deploy_iso)", need=_iso_size),
     Output("packages", write_packages, "rpm -qa of the tree and the IPA venv's pip freeze"),
     Output(sbom.SUFFIX, write_sbom, "CycloneDX SBOM: RPMs, Python packages, sources, kernel, inputs"),
     Output("manifest.json", write_manifest, "inputs, commits, elements, settings, sizes, timings"),
@@ -252,7 +301,7 @@ def open_staging(tree: Path, output_dir: Path, name: str, compression: Compressi
             work.rmdir()
             raise
     fcntl.flock(busy, fcntl.LOCK_EX)
-    return Staging(tree, output_dir, name, compression, kernel, work, busy, **options)
+    return Staging(tree, output_dir, name, compression, kernel, work, busy, arch=arch, **options)
 
 
 def close(st: Staging) -> None:

@@ -209,7 +209,8 @@ def staging(plan: Plan, rt: Runtime) -> Staging:
         rt.staging = open_staging(plan.root, plan.outputs, cfg.name, cfg.compression, arch=cfg.arch,
                                    manifest=rt.manifest, prune=cfg.prune,
                                    source_date_epoch=cfg.source_date_epoch, size_limit_mb=cfg.size_limit_mb,
-                                   sign_key=cfg.sign_key)
+                                   sign_key=cfg.sign_key, boot_source=rt.boot_source,
+                                   iso_kernel_args=cfg.iso_kernel_args)
         rt.stack.callback(close, rt.staging)
     return rt.staging
 

@@ -20,6 +20,7 @@ from .stages import Stage
 
 if TYPE_CHECKING:
     from ..delivery.artifacts import Artifacts, Staging
+    from ..delivery.bootfiles import Source
     from ..inputs.media import Media
 
 # Inside the target the build-time CA bundle is bind-mounted here, only while a chroot phase runs.
@@ -138,6 +139,7 @@ class Runtime:
     timings: Timings = field(default_factory=Timings)
     manifest: dict[str, Any] = field(default_factory=dict)
     media: Media | None = None  # the Media1 ISO, opened once by the input checks
+    boot_source: Source | None = None  # the media's boot packages, for the ESP and the ISO (input checks)
     zypper_repos: list[tuple[str, str]] = field(default_factory=list)
     refresh_aliases: list[str] | None = None  # zypper repositories to refresh (None: all)
     zypper_token: str = field(default_factory=lambda: uuid.uuid4().hex)  # names this build's zypper refresh
