@@ -87,6 +87,11 @@ def parser() -> argparse.ArgumentParser:
     bt.add_argument("--keep-console", type=Path, metavar="FILE", help="save the serial console here")
     bt.add_argument("--accel", choices=("auto", "kvm", "tcg"), help="acceleration (auto: KVM, else TCG)")
     bt.add_argument("--addon", type=Path, metavar="FILE", help="an add-on cpio given after the initramfs")
+    bt.add_argument("--iso", nargs="?", const="", metavar="FILE",
+                    help="boot the ISO as a CD instead (default <output>/<name>.iso); its boot menu gets the "
+                         "agent's parameters in a copy")
+    bt.add_argument("--firmware", choices=("bios", "uefi", "secure-boot"),
+                    help="--iso: the firmware (secure-boot: OVMF with Microsoft's keys enrolled, enforcing)")
     bt.add_argument("--metal3-dev-env", nargs="?", const="", metavar="DIR",
                     help="run metal3-dev-env's make / make test with the tar instead of QEMU")
     bt.add_argument("--ironic", action="store_true",

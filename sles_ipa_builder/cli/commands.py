@@ -149,6 +149,18 @@ def boot_test(args: argparse.Namespace, cli: dict[str, Any]) -> int:
 
         metal3.run_from_config(cfg, Path(out) / cfg.tar_name, location=args.metal3_dev_env or None)
         return 0
+    if args.iso is not None:
+        if args.ironic:
+            raise ConfigError("boot-test --ironic boots the kernel and initramfs, not --iso", "drop one of them")
+        iso = Path(args.iso) if args.iso else Path(out) / f"{name}.iso"
+        result = boottest.boot_test(
+            None, None, iso=iso, firmware=args.firmware or "", timeout=args.timeout or cfg.boot_timeout,
+            memory_mb=args.memory or cfg.boot_memory, append=args.append, keep_console=args.keep_console,
+            accel=args.accel or cfg.accel, arch=cfg.arch)
+        show(result.summary())
+        return 0
+    if args.firmware:
+        raise ConfigError("--firmware goes with --iso", "add --iso, or drop --firmware")
     kernel = args.kernel or Path(out) / f"{name}.kernel"
     initramfs = args.initramfs or Path(out) / f"{name}.initramfs"
     for p in (kernel, initramfs):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .. import run
 from ..config.arch import HOST_DEFAULT, X86_64, Arch
+from ..delivery import bootmedia
 from ..errors import BuildError, ConfigError, InputError
 from ..log import progress
 from . import qemu
@@ -46,8 +47,8 @@ def base_append(arch: Arch = HOST_DEFAULT) -> str:
 
 @dataclass
 class BootResult:
-    kernel: Path
-    initramfs: Path
+    kernel: Path | None  # None: booted from an ISO
+    initramfs: Path | None
     accel: str
     fell_back: bool  # KVM was tried and abandoned for TCG
     mac: str
@@ -59,6 +60,8 @@ class BootResult:
     console_tail: list[str] = field(default_factory=list)
     console_path: Path | None = None
     agent_version: str = ""  # as the first heartbeat announced it
+    secure_boot: bool = False  # the kernel said "Secure boot enabled"
+    lockdown: str = ""  # the kernel's lockdown line, if it locked itself down
 
     def verdict(self) -> str:
         via = "tcg after kvm failed" if self.fell_back else self.accel
@@ -72,6 +75,8 @@ class BootResult:
         parts = [f"boot test passed: {self.verdict()}"]
         if self.agent_version:
             parts.append(f"agent version {self.agent_version}")
+        if self.secure_boot:
+            parts.append("Secure Boot on" + (", kernel locked down" if self.lockdown else ""))
         if self.console_path:
             parts.append(f"console in {self.console_path}")
         return "; ".join(parts)
@@ -114,17 +119,29 @@ def qemu_argv(
     scheme: str = "http",
     hostfwd: Sequence[str] = (),
     arch: Arch = HOST_DEFAULT,
+    iso: Path | None = None,
+    firmware: str = "",
 ) -> list[str]:
-    cmdline = f"{base_append(arch)} ipa-api-url={scheme}://10.0.2.2:{port} {append}".strip()
+    """QEMU's command line: a direct kernel boot, or with `iso` the firmware boots that CD (whose boot
+    menu already carries agent_cmdline()); firmware: bios, uefi or secure-boot ('' for the arch's own)."""
     # After the lookup IPA waits up to 30 s for a root-device candidate (>= 4 GiB) before it
     # heartbeats: give it an empty sparse disk so the heartbeat is not delayed.
     machine = qemu.Machine(
-        kernel=kernel, initramfs=initramfs, append=cmdline, console=console, accel=accel, memory_mb=memory_mb,
+        kernel=None if iso else kernel, initramfs=None if iso else initramfs,
+        append=agent_cmdline(port, append, scheme, arch), console=console, accel=accel, memory_mb=memory_mb,
         smp=smp, nic_model=nic_model, disks=[disk] if disk else [], name="sles-ipa-builder-boot-test",
-        hostfwd=list(hostfwd), arch=arch, uefi=arch.boot_uefi,
+        hostfwd=list(hostfwd), arch=arch, uefi=firmware == "uefi" or (not firmware and arch.boot_uefi),
+        cdrom=iso, secure_boot=firmware == "secure-boot",
     )  # fmt: skip
     machine.prepare(console.parent)  # the UEFI vars copy, beside the console
     return machine.argv()
+
+
+def agent_cmdline(port: int, append: str = "", scheme: str = "http", arch: Arch = HOST_DEFAULT) -> str:
+    return f"{base_append(arch)} ipa-api-url={scheme}://10.0.2.2:{port} {append}".strip()
+
+
+FIRMWARES = ("bios", "uefi", "secure-boot")
 
 
 class _KvmSilent(Exception):
@@ -132,8 +149,8 @@ class _KvmSilent(Exception):
 
 
 def boot_test(
-    kernel: Path,
-    initramfs: Path,
+    kernel: Path | None,
+    initramfs: Path | None,
     *,
     timeout: float = 300,
     memory_mb: int = 2048,
@@ -146,24 +163,40 @@ def boot_test(
     hostfwd: Sequence[str] = (),
     while_up: Callable[[], None] | None = None,
     arch: Arch = HOST_DEFAULT,
+    iso: Path | None = None,
+    firmware: str = "",
 ) -> BootResult:
     """Boot kernel+initramfs and wait for the agent's lookup and heartbeat; raise BuildError otherwise.
+
+    iso: boot that ISO as a CD instead (kernel and initramfs unused), through `firmware` (bios, uefi or
+    secure-boot). The VM boots a copy whose boot menus add the agent's parameters (the fake API's URL),
+    every other byte kept: Ironic, too, writes its own grub.cfg.
 
     addon: an add-on cpio given after the initramfs, as a boot loader passes a second initrd (the
     initramfs file itself is not changed). tls: the fake API serves HTTPS with this (certificate,
     key); add `ipa-insecure=0` to `append` for the agent to verify it. hostfwd: QEMU user-network
     forwards. while_up: called after the heartbeat, while the VM still runs (an SSH check)."""
-    for what, p in (("kernel", kernel), ("initramfs", initramfs), ("add-on", addon)):
+    given = (("ISO", iso),) if iso is not None else (("kernel", kernel), ("initramfs", initramfs))
+    for what, p in (*given, ("add-on", addon)):
         if p is not None and not Path(p).is_file():
             raise InputError(f"boot test: {what} {p} not found", "build first, or pass --output/--name")
+    if firmware and firmware not in FIRMWARES:
+        raise ConfigError(f"unknown firmware {firmware!r}", f"use one of {', '.join(FIRMWARES)}")
+    if iso is not None and addon is not None:
+        raise ConfigError("an add-on cpio cannot be given to an ISO boot", "boot the kernel and initramfs instead")
     qemu.require(arch)
     plan = accel_plan(accel, arch)
     with tempfile.TemporaryDirectory(prefix="sib-boot-") as tmp, FakeIronic(tls=tls) as api:
-        if addon is not None:  # what a boot loader does with two initrds: one after the other in memory
-            both = Path(tmp) / f"{Path(initramfs).name}+{Path(addon).name}"
+        if iso is not None:
+            copy = Path(tmp) / Path(iso).name
+            bootmedia.with_kernel_args(Path(iso), copy, Path(tmp) / "menus", agent_cmdline(api.port, append,
+                                                                                           api.scheme, arch))
+            iso = copy
+        elif addon is not None and initramfs is not None:  # as a boot loader does with two initrds
+            both = Path(tmp) / f"{initramfs.name}+{Path(addon).name}"
             from ..delivery.addon import combine
 
-            combine(Path(initramfs), Path(addon), both)
+            combine(initramfs, Path(addon), both)
             initramfs = both
         disk = Path(tmp) / "disk.raw"
         with disk.open("wb") as f:
@@ -172,10 +205,10 @@ def boot_test(
             console = Path(tmp) / f"console-{acc}.log"
             try:
                 result = _attempt(
-                    api, Path(kernel), Path(initramfs), acc, console, Path(tmp) / f"qemu-{acc}.err",
+                    api, kernel, initramfs, acc, console, Path(tmp) / f"qemu-{acc}.err",
                     timeout=timeout, memory_mb=memory_mb, append=append, nic_model=nic_model, disk=disk,
                     silence_limit=KVM_SILENCE_SECONDS if acc == "kvm" and i + 1 < len(plan) else None,
-                    hostfwd=hostfwd, while_up=while_up, arch=arch,
+                    hostfwd=hostfwd, while_up=while_up, arch=arch, iso=iso, firmware=firmware,
                 )  # fmt: skip
             except _KvmSilent as e:
                 log.warning("KVM guest %s; retrying under TCG (set %s=tcg to skip KVM)", e, ACCEL_ENV)
@@ -191,17 +224,20 @@ def boot_test(
 
 
 def _attempt(
-    api: FakeIronic, kernel: Path, initramfs: Path, accel: str, console_path: Path, err_path: Path, *,
-    timeout: float, memory_mb: int, append: str, nic_model: str, disk: Path | None,
+    api: FakeIronic, kernel: Path | None, initramfs: Path | None, accel: str, console_path: Path, err_path: Path,
+    *, timeout: float, memory_mb: int, append: str, nic_model: str, disk: Path | None,
     silence_limit: float | None, hostfwd: Sequence[str] = (), while_up: Callable[[], None] | None = None,
-    arch: Arch = HOST_DEFAULT,
+    arch: Arch = HOST_DEFAULT, iso: Path | None = None, firmware: str = "",
 ) -> BootResult:  # fmt: skip
     argv = qemu_argv(
-        kernel, initramfs, accel=accel, console=console_path, port=api.port, memory_mb=memory_mb,
-        append=append, nic_model=nic_model, disk=disk, scheme=api.scheme, hostfwd=hostfwd, arch=arch,
+        kernel or Path(), initramfs or Path(), accel=accel, console=console_path, port=api.port, memory_mb=memory_mb,
+        append=append, nic_model=nic_model, disk=disk, scheme=api.scheme, hostfwd=hostfwd, arch=arch, iso=iso,
+        firmware=firmware,
     )  # fmt: skip
     console = _Console(console_path)
-    log.info("booting %s under %s, fake Ironic API on %s", initramfs.name, accel, api.url)
+    booted = iso or initramfs or Path()
+    log.info("booting %s under %s%s, fake Ironic API on %s", booted.name, accel,
+             f" ({firmware})" if firmware else "", api.url)
     with err_path.open("wb") as err, open(os.devnull, "rb") as null:
         proc = run.popen(argv, stdin=null, stdout=err, stderr=err)
     start = time.monotonic()
@@ -232,6 +268,9 @@ def _attempt(
                 if console.panic:
                     failure = f"the kernel panicked: {console.panic}"
                     break
+                if console.refused:
+                    failure = f"the firmware refused to boot: {console.refused}"
+                    break
                 if proc.poll() is not None:
                     failure = f"qemu exited with code {proc.returncode} before the agent heartbeat"
                     break
@@ -249,6 +288,9 @@ def _attempt(
         console.poll()
     if failure or lookup is None or beat is None:
         raise _failure(failure, api, console, err_path, start, lookup, accel, arch)
+    if firmware == "secure-boot" and not console.secure_boot:
+        raise BuildError(f"boot test failed ({accel}): the agent ran, but the kernel did not report Secure Boot on",
+                         "check the firmware (OVMF_CODE_4M.secboot.fd with OVMF_VARS_4M.ms.fd)", tail=console.tail())
     if console.missing:
         raise BuildError(f"boot test failed ({accel}): {console.missing_report()}",
                          "add the package that carries it to the element set (or, if the agent treats it as "
@@ -259,6 +301,7 @@ def _attempt(
         heartbeat_seconds=beat.monotonic - start, addresses=lookup.addresses,
         requests=[r for r in api.requests() if r.monotonic >= start], console_tail=console.tail(),
         agent_version=str(beat.body.get("agent_version", "")) if isinstance(beat.body, dict) else "",
+        secure_boot=console.secure_boot, lockdown=console.lockdown,
     )  # fmt: skip
 
 
@@ -291,7 +334,9 @@ def _failure(
     if qemu_err:
         tail += ["--- qemu:", *qemu_err]
     tail += ["--- fake Ironic API received:", *(r.describe() for r in reqs)] if reqs else []
-    if "Unable to mount root fs" in console.panic:
+    if console.refused:
+        hint = "Secure Boot refused a boot loader: its signature is not trusted (see the console lines)"
+    elif "Unable to mount root fs" in console.panic:
         hint = "the initramfs has no working /init (the kernel fell back to mounting a root disk): repack it"
     elif console.panic:
         hint = "the ramdisk cannot boot: check its /init and that the kernel matches its modules"

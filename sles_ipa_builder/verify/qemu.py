@@ -42,8 +42,8 @@ def ovmf(arch: Arch = X86_64) -> tuple[Path, Path]:
 class Machine:
     """What the VM is. Disks are raw files attached as virtio; `uefi` copies the vars per run."""
 
-    kernel: Path
-    initramfs: Path
+    kernel: Path | None  # None: the firmware boots the cdrom
+    initramfs: Path | None
     append: str
     console: Path
     accel: str = "tcg"
@@ -57,30 +57,49 @@ class Machine:
     uefi_vars: Path | None = None  # a writable copy of the vars template (made by prepare())
     arch: Arch = X86_64
     name: str = "sles-ipa-builder"
+    cdrom: Path | None = None  # an ISO attached as a CD, first in the boot order
+    secure_boot: bool = False  # UEFI with Secure Boot enforced: q35, SMM, secure pflash, Microsoft's keys
+
+    def firmware(self) -> tuple[Path, Path]:
+        if not self.secure_boot:
+            return ovmf(self.arch)
+        pair = self.arch.secure_boot_firmware
+        if pair is None or not all(Path(p).is_file() for p in pair):
+            raise ConfigError(f"no UEFI firmware with Secure Boot for {self.arch} found",
+                              "apt-get install ovmf (OVMF_CODE_4M.secboot.fd, OVMF_VARS_4M.ms.fd)")
+        return Path(pair[0]), Path(pair[1])
 
     def prepare(self, workdir: Path) -> None:
         """Copy the UEFI vars template: the firmware writes to it (and efibootmgr, through it)."""
-        if self.uefi and self.uefi_vars is None:
-            _, template = ovmf(self.arch)
+        if (self.uefi or self.secure_boot) and self.uefi_vars is None:
+            _, template = self.firmware()
             self.uefi_vars = workdir / "uefi-vars.fd"
             shutil.copyfile(template, self.uefi_vars)
 
     def argv(self) -> list[str]:
         cpu = "host" if self.accel == "kvm" else self.arch.qemu_cpu
-        machine = ",".join(p for p in (self.arch.qemu_machine, f"accel={self.accel}") if p)
+        base = "q35,smm=on" if self.secure_boot else self.arch.qemu_machine
+        machine = ",".join(p for p in (base, f"accel={self.accel}") if p)
         nic = ",".join(["user", f"model={self.nic_model}", f"mac={self.mac}", *(f"hostfwd={f}" for f in self.hostfwd)])
         firmware: list[str] = []
-        if self.uefi:
-            code, _ = ovmf(self.arch)
+        if self.uefi or self.secure_boot:
+            code, _ = self.firmware()
             if self.uefi_vars is None:
                 raise ValueError("Machine.prepare() makes the UEFI vars copy first")
-            firmware = [
+            if self.secure_boot:  # the vars flash is writable only from SMM: the firmware guards its keys
+                firmware = ["-global", "driver=cfi.pflash01,property=secure,value=on"]
+            firmware += [
                 "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
                 "-drive", f"if=pflash,format=raw,unit=1,file={self.uefi_vars}",
             ]  # fmt: skip
         drives: list[str] = []
+        if self.cdrom is not None:
+            drives += ["-drive", f"file={self.cdrom},format=raw,media=cdrom,if=none,id=cd,readonly=on",
+                       "-device", "ide-cd,drive=cd,bootindex=0"]
         for disk in self.disks:
             drives += ["-drive", f"file={disk},format=raw,if=virtio,cache=unsafe"]
+        direct = [] if self.kernel is None or self.initramfs is None else [
+            "-kernel", str(self.kernel), "-initrd", str(self.initramfs), "-append", self.append]
         return [
             self.arch.qemu_binary, "-name", self.name,
             "-machine", machine, "-cpu", cpu, "-m", str(self.memory_mb), "-smp", str(self.smp),
@@ -88,7 +107,7 @@ class Machine:
             # append: a VM started again (the lifecycle's second boot) adds to its console, not over it
             "-chardev", f"file,id=console,path={self.console},append=on", "-serial", "chardev:console",
             *firmware,
-            "-kernel", str(self.kernel), "-initrd", str(self.initramfs), "-append", self.append,
+            *direct,
             "-nic", nic,
             # IPA's Python blocks on getrandom() until the kernel's pool is ready: feed it.
             "-device", "virtio-rng-pci",
@@ -137,6 +156,9 @@ class Console:
         self.any_output = False
         self.panic = ""
         self.missing: dict[str, str] = {}  # tool -> first console line that said it is missing
+        self.secure_boot = False  # the kernel said Secure Boot was on
+        self.lockdown = ""  # the kernel's lockdown line
+        self.refused = ""  # the line where shim or the firmware refused an unsigned or untrusted loader
 
     def poll(self) -> None:
         try:
@@ -155,6 +177,12 @@ class Console:
             self.lines.append(line)
             if not self.panic and "Kernel panic" in line:
                 self.panic = re.sub(r"^\[\s*[\d.]+\]\s*", "", line.strip())
+            if "Secure boot enabled" in line:
+                self.secure_boot = True
+            if not self.lockdown and "Kernel is locked down" in line:
+                self.lockdown = re.sub(r"^\[\s*[\d.]+\]\s*", "", line.strip())
+            if not self.refused and REFUSED.search(line):
+                self.refused = line.strip()[:200]
             tool = missing_tool(line)
             if tool and tool not in OPTIONAL_TOOLS:
                 self.missing.setdefault(tool, line.strip())
@@ -177,6 +205,8 @@ class Console:
             next(iter(self.missing.values()))[:160] + ")"
 
 
+# shim: "Verification failed: (0x1A) Security Violation"; grub: "bad shim signature"; OVMF: "Access Denied"
+REFUSED = re.compile(r"Verification failed|Security Violation|bad shim signature|Access Denied")
 # Tools IPA calls when present and treats as optional: their absence is logged, not fatal, and a
 # ramdisk for ordinary servers does not need them. Every other "not found" on the console (the
 # agent's journal goes there) fails the boot test and the lifecycle: the agent degrades silently
