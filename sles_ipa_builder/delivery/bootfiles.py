@@ -81,7 +81,7 @@ class BootFiles:
         return "isolinux" in self.files and "ldlinux" in self.files
 
     def as_dict(self) -> dict[str, object]:
-        return {"packages": {p.name: p.version for p in self.packages},
+        return {"packages": [{"name": p.name, "version": p.version, "arch": p.arch} for p in self.packages],
                 "files": {role: f.name for role, f in sorted(self.files.items())},
                 "second_stage": self.second_stage, "grub_prefix": self.grub_prefix,
                 "secure_boot_chain": "complete" if not self.secure_boot_chain else

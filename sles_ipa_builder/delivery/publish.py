@@ -7,7 +7,8 @@ What is published, one tag:
       └─ manifest, platform {architecture: amd64, os: linux}, artifactType ARTIFACT_TYPE
            config: the empty descriptor ({}), as OCI 1.1 says for artifacts
            layers: <name>.kernel, <name>.initramfs, <name>.manifest.json, <name>.cdx.json (SBOM),
-                   <name>.sha256 (and <name>.sha256.minisig when signed),
+                   <name>.esp.img and <name>.iso (when built), <name>.sha256 (and
+                   <name>.sha256.minisig when signed),
                    each with its own media type and org.opencontainers.image.title = its file name
 
 so `oras pull` or `skopeo copy` brings back the files under their names, a client picks the
@@ -54,6 +55,8 @@ LAYERS: tuple[tuple[str, str, bool], ...] = (  # (suffix, media type, required)
     ("initramfs", "application/vnd.sles-ipa-builder.initramfs", True),
     ("manifest.json", "application/vnd.sles-ipa-builder.manifest.v1+json", True),
     ("cdx.json", "application/vnd.cyclonedx+json", True),
+    ("esp.img", "application/vnd.sles-ipa-builder.esp", False),  # a FAT image: Ironic's bootloader
+    ("iso", "application/vnd.sles-ipa-builder.iso", False),  # Ironic's deploy_iso
     ("sha256", "application/vnd.sles-ipa-builder.sha256sums", False),
     ("sha256.minisig", "application/vnd.sles-ipa-builder.minisign.signature", False),
 )

@@ -171,6 +171,18 @@ def input_components(inputs: Mapping[str, Any]) -> list[Component]:
     return out
 
 
+def boot_components(boot: Mapping[str, Any] | None) -> list[Component]:
+    """The media's packages the ESP and the ISO carry files of (shim, grub, syslinux): not in the tree."""
+    out = []
+    for pkg in (boot or {}).get("packages") or []:
+        purl = PackageURL(type="rpm", namespace="suse", name=pkg["name"], version=pkg["version"],
+                          qualifiers={"arch": pkg["arch"]})
+        out.append(Component(name=pkg["name"], version=pkg["version"], type=ComponentType.APPLICATION, purl=purl,
+                             bom_ref=f"boot:{purl.to_string()}",
+                             properties=[Property(name=f"{PROP}:boot-media", value="esp.img iso")]))
+    return out
+
+
 def make_bom(tree: Path, *, name: str, kernel_version: str, kernel_sha256: str, manifest: Mapping[str, Any],
              artifacts: Mapping[str, str], source_date_epoch: int | None = None) -> Bom:  # fmt: skip
     """The whole document. `artifacts`: file name -> sha256 of what is already written (kernel, initramfs...)."""
@@ -187,14 +199,14 @@ def make_bom(tree: Path, *, name: str, kernel_version: str, kernel_sha256: str, 
     meta = BomMetaData(component=root, timestamp=stamp)
     meta.tools.components.add(tool)
     kernel = _file(f"{name}.kernel", kernel_sha256, version=kernel_version)
-    components = [*rpms, *pys, *source_components(manifest.get("sources") or []), kernel,
-                  *input_components(manifest.get("inputs") or {})]
+    sources, boot = source_components(manifest.get("sources") or []), boot_components(manifest.get("boot_media"))
+    inputs = input_components(manifest.get("inputs") or {})
+    components = [*rpms, *pys, *sources, kernel, *boot, *inputs]
     seed = "\n".join(f"{f} {d}" for f, d in sorted(artifacts.items()))
     bom = Bom(components=components, metadata=meta, serial_number=uuid.uuid5(uuid.NAMESPACE_URL, f"sib:{seed}"))
     bom.register_dependency(root, [c for c in components if c.scope is not ComponentScope.EXCLUDED])
-    log.info("SBOM: %d RPMs, %d Python packages, %d sources, %d inputs", len(rpms), len(pys),
-             len(manifest.get("sources") or []), len(components) - len(rpms) - len(pys) - 1
-             - len(manifest.get("sources") or []))  # fmt: skip
+    log.info("SBOM: %d RPMs, %d Python packages, %d sources, %d boot packages, %d inputs", len(rpms), len(pys),
+             len(sources), len(boot), len(inputs))
     return bom
 
 

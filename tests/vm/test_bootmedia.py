@@ -1,0 +1,98 @@
+"""<name>.esp.img and <name>.iso of the shared end-to-end build (conftest.py), booted in QEMU under TCG.
+
+- The ISO as a CD under OVMF with Secure Boot enforced (Microsoft's keys enrolled): shim (signed by
+  Microsoft) loads the signed grub, grub the signed kernel; the agent looks up and heartbeats.
+- The same ISO with the grub's signature stripped: the firmware's shim refuses it.
+- The ISO in BIOS mode (isolinux), as SLE 15 media allow.
+The test media's chain is Debian's signed binaries under SUSE's package names (fixtures/README.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+
+from sles_ipa_builder import run
+
+pytestmark = [pytest.mark.root, pytest.mark.guestfs, pytest.mark.qemu, pytest.mark.media, pytest.mark.slow]
+NAME = "ipa-e2e"
+MTOOLS = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+
+
+def cli(*argv: str | Path) -> run.Result:
+    env = {**os.environ, "SIB_ACCEL": os.environ.get("SIB_ACCEL", "tcg")}
+    return run.run([sys.executable, "-m", "sles_ipa_builder", *map(str, argv)], env=env, check=False, capture=True)
+
+
+def boot_media(built: dict) -> dict:
+    return json.loads((built["out"] / f"{NAME}.manifest.json").read_text())["boot_media"]
+
+
+def test_the_manifest_names_the_chain_and_ironics_grub_config_path(built):
+    boot = boot_media(built)
+    assert boot["secure_boot_chain"] == "complete"
+    assert {p["name"] for p in boot["packages"]} == {"shim", "grub2-x86_64-efi", "syslinux"}
+    # read from the signed grub itself: Debian's has the built-in prefix /EFI/debian (SUSE's differs)
+    assert boot["grub_prefix"] == "/EFI/debian" and boot["grub_config_path"] == "EFI/debian/grub.cfg"
+    assert boot["second_stage"] == "grubx64.efi"  # the name Debian's shim loads
+    assert boot["iso_boot"] == ["uefi", "bios"]
+    sums = (built["out"] / f"{NAME}.sha256").read_text()
+    assert f"  {NAME}.esp.img\n" in sums and f"  {NAME}.iso\n" in sums
+
+
+def test_the_iso_boots_under_secure_boot_and_the_agent_works_under_lockdown(built, tmp_path):
+    console = tmp_path / "console.log"
+    res = cli("boot-test", "--iso", built["out"] / f"{NAME}.iso", "--firmware", "secure-boot",
+              "--keep-console", console)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-5000:]
+    assert "boot test passed" in out and "Secure Boot on, kernel locked down" in out
+    text = console.read_text(errors="replace")
+    assert "secureboot: Secure boot enabled" in text
+    assert "Kernel is locked down from EFI Secure Boot" in text
+    denied = [line for line in text.splitlines() if "Lockdown:" in line]
+    assert not [line for line in denied if "module" in line], denied  # every module it needed loaded
+    assert "module verification failed" not in text
+
+
+def authenticode_stripped(signed: bytes) -> bytes:
+    """The PE image without its signature: the certificate table's entry zeroed and the table cut off."""
+    pe = struct.unpack_from("<I", signed, 0x3C)[0]
+    opt = pe + 24
+    assert struct.unpack_from("<H", signed, opt)[0] == 0x20B, "not a PE32+ image"
+    entry = opt + 112 + 4 * 8  # data directory 4: the certificate table (a file offset and a size)
+    offset, size = struct.unpack_from("<II", signed, entry)
+    assert offset and size, "the grub on the media is not signed: this test could not fail"
+    image = bytearray(signed[:offset])
+    struct.pack_into("<II", image, entry, 0, 0)
+    return bytes(image)
+
+
+def test_an_unsigned_grub_in_the_esp_is_refused_under_secure_boot(built, tmp_path):
+    out, boot = built["out"], boot_media(built)
+    esp = tmp_path / "esp.img"
+    esp.write_bytes((out / f"{NAME}.esp.img").read_bytes())
+    grub_path = f"::/EFI/BOOT/{boot['second_stage']}"
+    signed = tmp_path / "grub-signed.efi"
+    run.run(["mcopy", "-i", esp, grub_path, signed], env=MTOOLS)
+    unsigned = tmp_path / "grub-unsigned.efi"
+    unsigned.write_bytes(authenticode_stripped(signed.read_bytes()))
+    run.run(["mcopy", "-o", "-i", esp, unsigned, grub_path], env=MTOOLS)
+    bad = tmp_path / "unsigned-grub.iso"
+    run.run(["xorriso", "-indev", out / f"{NAME}.iso", "-outdev", bad, "-boot_image", "any", "replay",
+             "-map", esp, "/boot/x86_64/efi", "-commit"], capture=True)
+    res = cli("boot-test", "--iso", bad, "--firmware", "secure-boot", "--timeout", "300")
+    text = res.stdout + res.stderr
+    assert res.returncode == 1, text[-4000:]
+    assert "the firmware refused to boot" in text and "Secure Boot refused a boot loader" in text, text[-4000:]
+
+
+def test_the_iso_boots_in_bios_mode(built):
+    res = cli("boot-test", "--iso", built["out"] / f"{NAME}.iso", "--firmware", "bios")
+    assert res.returncode == 0, (res.stdout + res.stderr)[-5000:]
+    assert "boot test passed" in res.stdout + res.stderr
