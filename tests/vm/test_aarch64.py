@@ -114,6 +114,9 @@ def test_metal3_names_and_the_arch_recorded(built: dict[str, Any]) -> None:
     manifest = json.loads((out / f"{NAME}.manifest.json").read_text())
     assert manifest["settings"]["arch"] == "aarch64"
     assert (out / f"{NAME}.kernel").read_bytes()[56:60] == b"ARM\x64"
+    boot = manifest["boot_media"]  # the arm64 chain: BOOTAA64.EFI, no BIOS (no syslinux on aarch64)
+    assert boot["secure_boot_chain"] == "complete" and boot["iso_boot"] == ["uefi"]
+    assert (out / f"{NAME}.esp.img").is_file() and (out / f"{NAME}.iso").is_file()
 
 
 def test_initramfs_holds_aarch64_binaries(built: dict[str, Any]) -> None:

@@ -84,6 +84,16 @@ def test_the_layout_names_the_platform_as_oci_does(artifacts: Path, tmp_path: Pa
     assert [a.oci for a in ARCHES] == ["amd64", "arm64"]  # Go's GOARCH names, not SUSE's
 
 
+def test_the_esp_and_the_iso_travel_as_layers_of_their_own(artifacts: Path) -> None:
+    (artifacts / f"{NAME}.esp.img").write_bytes(b"FAT image")
+    (artifacts / f"{NAME}.iso").write_bytes(b"ISO 9660")
+    types = {p.name: t for p, t in publish.collect(artifacts, NAME)}
+    assert types[f"{NAME}.esp.img"] == "application/vnd.sles-ipa-builder.esp"
+    assert types[f"{NAME}.iso"] == "application/vnd.sles-ipa-builder.iso"
+    (artifacts / f"{NAME}.iso").unlink()  # optional: a build with --boot-media off has neither
+    assert f"{NAME}.iso" not in {p.name for p, _ in publish.collect(artifacts, NAME)}
+
+
 def _state(d: Path) -> dict[str, tuple[str, int]]:
     return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in sorted(d.iterdir())}
 
