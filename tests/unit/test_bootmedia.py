@@ -174,3 +174,50 @@ def test_iso_without_isolinux_is_uefi_only(tmp_path: Path) -> None:
     _, iso = write_both(tmp_path, 5, bios=False)
     report = el_torito(iso)
     assert "UEFI" in report and "BIOS" not in report
+
+
+class FakeMedia:
+    """A Media1 ISO's repositories as bytes: one repository whose primary.xml lists `names`."""
+
+    def __init__(self, names: list[str]) -> None:
+        from sles_ipa_builder.inputs.media import Repo
+
+        self.iso = Path("/images/SLE-15-SP7-Full-x86_64-GM-Media1.iso")
+        self.repos = [Repo("Basesystem", "Module-Basesystem", "Basesystem", "15.7")]
+        packages = "".join(
+            f'<package type="rpm"><name>{n}</name><arch>x86_64</arch><version epoch="0" ver="1.0" rel="2"/>'
+            f'<location href="x86_64/{n}-1.0-2.x86_64.rpm"/></package>' for n in names)
+        self.files = {
+            "/Module-Basesystem/repodata/repomd.xml":
+                b'<repomd><data type="primary"><location href="repodata/primary.xml"/></data></repomd>',
+            "/Module-Basesystem/repodata/primary.xml":
+                f'<metadata xmlns="{bootfiles.RPM_NS[1:-1]}">{packages}</metadata>'.encode(),
+        }
+
+    def read(self, path: str) -> bytes:
+        return self.files[path]
+
+
+def test_the_boot_packages_are_found_in_the_media_metadata() -> None:
+    source = bootfiles.find(FakeMedia(["bash", "shim", "grub2-x86_64-efi", "syslinux"]), X86_64, "secure-boot")  # type: ignore[arg-type]
+    assert source is not None
+    assert {n: (p.version, p.path) for n, p in source.located.items()} == {
+        "shim": ("1.0-2", "/Module-Basesystem/x86_64/shim-1.0-2.x86_64.rpm"),
+        "grub2-x86_64-efi": ("1.0-2", "/Module-Basesystem/x86_64/grub2-x86_64-efi-1.0-2.x86_64.rpm"),
+        "syslinux": ("1.0-2", "/Module-Basesystem/x86_64/syslinux-1.0-2.x86_64.rpm")}
+    assert bootfiles.find(FakeMedia(["shim"]), X86_64, "off") is None
+
+
+def test_an_incomplete_chain_warns_or_with_secure_boot_stops(caplog: pytest.LogCaptureFixture) -> None:
+    media = FakeMedia(["grub2-x86_64-efi"])
+    with caplog.at_level("WARNING"):
+        assert bootfiles.find(media, X86_64, "auto") is not None  # built from what is there
+    assert "the Secure Boot chain is incomplete: no shim on the media (SLE-15-SP7" in caplog.text
+    with pytest.raises(ConfigError, match="incomplete: no shim"):
+        bootfiles.find(media, X86_64, "secure-boot")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert bootfiles.find(FakeMedia(["bash"]), X86_64, "auto") is None  # nothing to boot with
+    assert "no shim or grub2-x86_64-efi" in caplog.text and "no <name>.esp.img or <name>.iso" in caplog.text
+    with pytest.raises(ConfigError, match="no Media1 ISO"):
+        bootfiles.find(None, X86_64, "secure-boot")
