@@ -48,7 +48,7 @@ media: setup
 #   tests/vm/    the generated test media, libguestfs, QEMU boots, real Ironic, the registry, aarch64
 # `make test` runs all three.
 test: media
-	$(PY) -m pytest -v -p no:cacheprovider tests
+	$(PY) -m pytest -v -p no:cacheprovider --durations=30 tests
 
 # The root tier alone: no test media, no VM.
 test-root: setup
