@@ -182,10 +182,14 @@ class Console:
             if not self.lockdown and "Kernel is locked down" in line:
                 self.lockdown = re.sub(r"^\[\s*[\d.]+\]\s*", "", line.strip())
             if not self.refused and REFUSED.search(line):
-                self.refused = line.strip()[:200]
+                self.refused = _plain(line)[:200]
             tool = missing_tool(line)
             if tool and tool not in OPTIONAL_TOOLS:
                 self.missing.setdefault(tool, line.strip())
+        # shim draws its refusal in a box with cursor moves and no newline: look at the unfinished line too
+        refusal = None if self.refused else REFUSED.search(self.partial)
+        if refusal is not None:
+            self.refused = _plain(self.partial[refusal.start():])[:200]
 
     def tail(self, n: int = TAIL_LINES) -> list[str]:
         lines = list(self.lines) + ([self.partial] if self.partial else [])
@@ -223,6 +227,12 @@ _MISSING = (
     re.compile(r"The (?P<tool>[\w.+-]+) tool may be missing"),
     re.compile(r"No such file or directory: '(?P<tool>[\w.+-]+)'"),
 )
+
+
+def _plain(text: str) -> str:
+    """Console text without terminal escapes (the firmware's and shim's screen drawing)."""
+    text = re.sub(r"\x1b\[[0-9;=?]*[A-Za-z]", " ", text)
+    return " ".join(re.sub(r"[^\x20-\x7e]", " ", text).split())
 
 
 def missing_tool(line: str) -> str:

@@ -221,3 +221,20 @@ def test_an_incomplete_chain_warns_or_with_secure_boot_stops(caplog: pytest.LogC
     assert "no shim or grub2-x86_64-efi" in caplog.text and "no <name>.esp.img or <name>.iso" in caplog.text
     with pytest.raises(ConfigError, match="no Media1 ISO"):
         bootfiles.find(None, X86_64, "secure-boot")
+
+
+def test_a_refusal_drawn_without_a_newline_is_seen(tmp_path: Path) -> None:
+    """shim draws its refusal in a box, with cursor moves and no newline: the console sees it at once."""
+    from sles_ipa_builder.verify.qemu import Console
+
+    log = tmp_path / "console.log"
+    log.write_bytes(b"BdsDxe: starting Boot0001\r\n\x1b[24;39H\x1b[37m\x1b[40m ERROR \x1b[25;20H"
+                    b"Verification failed: (0x1A) Security Violation\xe2\x94\x82   \x1b[26;39H OK ")
+    console = Console(log)
+    console.poll()
+    assert console.refused.startswith("Verification failed: (0x1A) Security Violation")
+    assert not console.secure_boot
+    log.write_bytes(b"[    0.000000] secureboot: Secure boot enabled\n")
+    fresh = Console(log)
+    fresh.poll()
+    assert fresh.secure_boot and not fresh.refused
