@@ -74,6 +74,9 @@ def test_cold_and_warm_builds_give_one_hash(tmp_path: Path) -> None:
     warm = _build(tmp_path, 2, env, media.profile)
     assert _layers(tmp_path, 2) == {"packages": "hit", "venv": "hit", "tree": "hit"}
     _same(tmp_path, cold, warm)
+    for boot_media in ("esp.img", "iso"):  # the ESP and the ISO hold the initramfs and the media's bootloaders
+        one, two = (b.with_suffix(f".{boot_media}") for b in (cold, warm))
+        assert one.read_bytes() == two.read_bytes(), f"{one.name} differs between two builds"
 
     late = {**env, "DIB_IPA_KEEP_UNITS": "chronyd.service"}  # read by a finalise hook only
     resumed = _build(tmp_path, 3, late, media.profile)
