@@ -8,8 +8,8 @@ hashlib lets go of the GIL), for a symlink its target, for a character device (a
 whiteout) its device number, for a directory whether overlayfs marks it opaque. `problem()` walks
 the tree again and names the first path that differs; the caller discards the entry and rebuilds.
 
-Not recorded: mtimes (the packer clamps them; the user's damage kept them anyway), hard-link
-groups, and xattrs other than overlayfs' opaque mark.
+Not recorded: mtimes (they say nothing of the bytes; the damage this guards against kept them),
+which names are hard links of one file, and xattrs other than overlayfs' opaque mark.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from . import store as cache
 
 NAME = "contents.json"
 VERSION = 1
-THREADS = 2
+THREADS = min(4, os.cpu_count() or 1)  # hashlib lets go of the GIL; most time is small files' reads
 OPAQUE = ("trusted.overlay.opaque", "user.overlay.opaque")
 
 Row = list[object]  # [relative path, type, mode, "uid:gid", size, sha256 / target / device / opaque]
