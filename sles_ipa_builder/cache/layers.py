@@ -216,9 +216,11 @@ def prepare(plan: Plan, rt: Runtime) -> None:
                     media_identity=rt.media.identity if rt.media is not None else "none",
                     repo_digests=_repo_digests(cfg, offline=cfg.offline), commits=commits)
     best = _look_up(found, not cfg.cache)
+    root_entry = cache.cache_root() / "rootfs" / root_key
+    present = root_entry.is_dir()  # else the root step makes it, and checks nothing
     if cfg.cache:
-        best = _trusted(found, cache.cache_root() / "rootfs" / root_key)
-    cp = Checkpoints(found, best, commits=commits, env0=dict(rt.env))
+        best = _trusted(found, root_entry)
+    cp = Checkpoints(found, best, commits=commits, env0=dict(rt.env), root_checked=present and best is not None)
     for layer in found:
         log.info("cache layer %s %s: %s", layer.name, layer.key[:12], layer.state)
     if best is not None:
@@ -261,6 +263,11 @@ def above(rt: Runtime) -> list[Path]:
     """The resumed layer's trees, which the root step mounts over the root tree."""
     resume = of(rt).resume
     return chain(resume) if resume is not None else []
+
+
+def root_checked(rt: Runtime) -> bool:
+    """Whether prepare() found the root tree whole, under the layer the build resumes from."""
+    return of(rt).root_checked
 
 
 def skipped(rt: Runtime, s: Step) -> bool:

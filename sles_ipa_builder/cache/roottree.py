@@ -40,32 +40,26 @@ from . import store as cache
 
 log = logging.getLogger(__name__)
 
-_CHECKED: set[Path] = set()  # trees found whole by this process (layers.prepare, then the root step)
-
-
 def record_path(entry: Path) -> Path:
     """Where a root tree's record of contents is kept: beside it, not in the tree the build mounts."""
     return entry.with_name(f"{entry.name}{cache.RECORD_SUFFIX}")
 
 
 def problem(entry: Path) -> str | None:
-    """Why the cached tree `entry` cannot be used (contents.problem), else None. Checked once per
-    process: a resumed build's layers are checked with the tree under them, then the root step mounts it."""
-    if entry in _CHECKED:
-        return None
-    why_not = contents.problem(record_path(entry), entry)
-    if why_not is None:
-        _CHECKED.add(entry)
-    return why_not
+    """Why the cached tree `entry` cannot be used (contents.problem: read in full), else None."""
+    return contents.problem(record_path(entry), entry)
 
 
 def prepare_root(cfg: Config, root: Path, *, accel: str = "auto", force: bool = False,
-                 stack: contextlib.ExitStack | None = None, above: list[Path] | None = None) -> dict[str, Any]:
+                 stack: contextlib.ExitStack | None = None, above: list[Path] | None = None,
+                 checked: bool = False) -> dict[str, Any]:
     """Fill the empty directory `root` with the base tree; return facts for the build manifest.
 
     The tree is cached unpacked, in rootfs/<image sha256>/; with `stack` (a build, in its namespace)
     it becomes the lower layer of an overlayfs at `root` (layers.py), else it is copied. `above` are
-    later layers of the build (cache/layers.py, topmost first), mounted over the root tree; only with overlayfs."""
+    later layers of the build (cache/layers.py, topmost first), mounted over the root tree; only with
+    overlayfs. `checked`: this build found the cached tree whole moments ago (with the layers it
+    resumes from), so it is not read again; else it is checked against its record here."""
     start = time.monotonic()
     root.mkdir(parents=True, exist_ok=True)
     if cfg.base_tree:
@@ -84,7 +78,7 @@ def prepare_root(cfg: Config, root: Path, *, accel: str = "auto", force: bool = 
     with cache.locked(entry.path):
         reason = entry.reason
         usable = entry.path.is_dir() and (entry.hit or not force)  # another build may have made it meanwhile
-        why_not = problem(entry.path) if usable else None
+        why_not = problem(entry.path) if usable and not checked else None
         if why_not is not None:
             cache.discard(entry.path, "root tree", why_not)
             usable, reason = False, f"discarded: {why_not}"

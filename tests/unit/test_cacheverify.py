@@ -35,7 +35,6 @@ ROOT_KEY = "r" * 64
 @pytest.fixture(autouse=True)
 def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    roottree._CHECKED.clear()
 
 
 def _fill(tree: Path, files: dict[str, str]) -> None:
@@ -173,13 +172,40 @@ def test_a_damaged_root_tree_goes_with_every_layer_on_it(caplog: pytest.LogCaptu
     assert not any(x.path.exists() for x in found)
 
 
-def test_a_root_tree_is_read_once_per_build() -> None:
-    _, entry = _stack()
-    assert roottree.problem(entry) is None
-    (entry / "etc/os-release").write_text("NAME=other\n")
-    assert roottree.problem(entry) is None  # found whole moments ago by this build
-    roottree._CHECKED.clear()
-    assert roottree.problem(entry) == "etc/os-release differs from what was kept (size 10 → 11)"
+def test_the_root_step_extracts_a_damaged_or_unrecorded_root_tree_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "SLES15-SP7-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2").write_bytes(b"QFI\xfb" + bytes(508))
+    cfg = config.resolve({"workspace": str(tmp_path / "ws"), "images_dir": str(images)}, environ={})
+    extracted = []
+
+    def extract(img: Path, fmt: str, root: Path, **kw: object) -> dict[str, object]:
+        _fill(root, {"etc/os-release": "NAME=SLES\n"})
+        extracted.append(root)
+        return {}
+
+    monkeypatch.setattr(roottree.image, "extract", extract)
+    monkeypatch.setattr(roottree.image, "sniff", lambda img: "qcow2")  # no qemu-img check of the stand-in
+
+    def build(n: int, **kw: bool) -> dict[str, object]:
+        return roottree.prepare_root(cfg, tmp_path / f"root{n}", **kw)
+
+    assert build(1)["cache"] == "miss" and len(extracted) == 1
+    entry = Path(str(build(2)["cache_file"]))
+    assert len(extracted) == 1 and roottree.problem(entry) is None and _warnings(caplog) == []
+    _empty_keeping_mtime(entry / "etc/os-release")
+    assert build(3, checked=True)["cache"] == "hit"  # found whole moments ago by this build: not read again
+    facts = build(4)
+    assert facts["cache"] == "miss" and str(facts["cache_reason"]).startswith("discarded: etc/os-release differs")
+    assert len(extracted) == 2 and (tmp_path / "root4/etc/os-release").read_text() == "NAME=SLES\n"
+    roottree.record_path(entry).unlink()  # as an earlier version kept it
+    assert build(5)["cache"] == "miss" and len(extracted) == 3
+    assert _warnings(caplog) == [
+        f"cache root tree {entry.name[:12]}…: discarded, etc/os-release differs from what was kept (size 10 → 0); "
+        "rebuilding",
+        f"cache root tree {entry.name[:12]}…: discarded, no record of its contents (made by an older version); "
+        "rebuilding"]
 
 
 def test_a_kept_layer_has_a_record_that_matches_it(tmp_path: Path) -> None:
@@ -208,6 +234,7 @@ def test_a_build_resumes_below_a_damaged_layer(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(checkpoints, "_repo_digests", lambda cfg, offline: {})
     checkpoints.prepare(made, rt)
     assert rt.checkpoints is not None and rt.checkpoints.resume is found[0]
+    assert checkpoints.root_checked(rt)  # the root step need not read the root tree again
     assert [x["state"][:15] for x in rt.manifest["layers"]] == ["hit", "miss: discarded", "miss: discarded"]
     assert len(_warnings(caplog)) == 1 and AGENT in _warnings(caplog)[0]
     rt.stack.close()
