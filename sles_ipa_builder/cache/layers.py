@@ -26,10 +26,8 @@ without them. `--no-cache` skips the lookup and builds every step (the layers ar
 The most recently used layers of each point are kept, two by default (the cache_generations setting).
 
 Each layer keeps a record of its tree (contents.json beside meta.json, contents.py), written before
-the layer is renamed into place. Before a build resumes from a layer, the layer, those it sits on and
-the root tree are checked against their records: the first that differs (or has no record, or a
-broken meta.json) is discarded with every layer above it, with one warning, and the build resumes
-from a lower layer or none.
+the layer is renamed into place; before a build resumes from a layer, trust.py checks it, the layers
+it is mounted with and the root tree under them against their records.
 """
 
 from __future__ import annotations
@@ -47,7 +45,7 @@ from ..engine.state import TARGET_CA, ResolvSaved, Step
 from ..engine.target import IN_TARGET
 from ..errors import InputError
 from ..inputs import image, media, repos, sources
-from . import contents
+from . import contents, trust
 from . import roottree as layers
 from . import store as cache
 from .entries import Checkpoints, Layer, root
@@ -104,77 +102,6 @@ def _look_up(found: list[Layer], no_cache: bool) -> Layer | None:
     return best
 
 
-def _broken(entry: Path) -> str | None:
-    """Why a kept layer is not whole (its meta.json, its tree, its record), without reading its files."""
-    try:
-        ok = isinstance(json.loads((entry / "meta.json").read_text()), dict)
-    except (OSError, ValueError):
-        ok = False
-    if not ok:
-        return "its meta.json is missing or unreadable"
-    if not (entry / "tree").is_dir():
-        return "its tree is missing"
-    kept = contents.read(entry / contents.NAME)
-    return kept if isinstance(kept, str) else None
-
-
-def _problem(entry: Path) -> str | None:
-    """Why a kept layer cannot be used: _broken, or its tree against its record."""
-    return _broken(entry) or contents.problem(entry / contents.NAME, entry / "tree")
-
-
-def _first_bad(best: Layer, root_entry: Path) -> tuple[Path, str] | None:
-    """The lowest entry under `best` (the root tree, the layers it is mounted with, itself) that is
-    not what was kept, and why; None when all are."""
-    why_not = layers.problem(root_entry) if root_entry.is_dir() else None  # gone: the root step makes it
-    if why_not is not None:
-        return root_entry, why_not
-    for tree in reversed(chain(best)):
-        why_not = _problem(tree.parent)
-        if why_not is not None:
-            return tree.parent, why_not
-    return None
-
-
-def _discard(found: list[Layer], entry: Path, why_not: str) -> None:
-    """Discard `entry` and the found layers above it (their keys hold its key; the root tree is under
-    them all), with one warning naming it and its first bad path."""
-    at = next((i for i, x in enumerate(found) if x.path == entry), 0)
-    above = [x for x in found[at:] if x.path != entry and x.state == "hit"]
-    also = f" with the layers above it ({', '.join(x.name for x in above)})" if above else ""
-    what = "root tree" if entry.parent.name == "rootfs" else f"layer {entry.parent.name}"
-    with cache.locked(entry):
-        cache.discard(entry, what, why_not, also)
-    for x in found:
-        if x.path == entry:
-            x.state = f"miss: discarded ({why_not})"
-    for x in above:
-        with cache.locked(x.path):
-            cache.remove_damaged(x.path)
-        x.state = "miss: discarded (an entry under it was damaged)"
-
-
-def _trusted(found: list[Layer], root_entry: Path) -> Layer | None:
-    """The deepest cached layer that, with everything it is mounted with, holds what was kept.
-
-    Every kept layer of this build's keys must be whole (_broken: cheap); the one the build resumes
-    from, the layers under it that it is mounted with and the root tree are read in full (_first_bad).
-    A damaged entry goes with the layers above it, and the next lower hit is checked, down to none."""
-    for x in found:
-        why_not = _broken(x.path) if x.path.is_dir() else None
-        if why_not is not None:
-            _discard(found, x.path, why_not)
-            break  # the layers above it went with it
-    best = next((x for x in reversed(found) if x.state == "hit"), None)
-    while best is not None:
-        bad = _first_bad(best, root_entry)
-        if bad is None:
-            return best
-        _discard(found, *bad)
-        best = next((x for x in reversed(found) if x.state == "hit"), None)
-    return None
-
-
 # --- a build ---------------------------------------------------------------------------------------
 def of(rt: Runtime) -> Checkpoints:
     if rt.checkpoints is None:
@@ -219,7 +146,7 @@ def prepare(plan: Plan, rt: Runtime) -> None:
     root_entry = cache.cache_root() / "rootfs" / root_key
     present = root_entry.is_dir()  # else the root step makes it, and checks nothing
     if cfg.cache:
-        best = _trusted(found, root_entry)
+        best = trust.trusted(found, root_entry, chain)
     cp = Checkpoints(found, best, commits=commits, env0=dict(rt.env), root_checked=present and best is not None)
     for layer in found:
         log.info("cache layer %s %s: %s", layer.name, layer.key[:12], layer.state)

@@ -1,4 +1,4 @@
-"""Cache entries are checked by content before a build uses them (contents.py, layers._trusted): a
+"""Cache entries are checked by content before a build uses them (contents.py, trust.py): a
 layer or root tree that differs from its record, or cannot show one, is discarded with the layers
 above it and one warning naming the first bad path, and the build falls back to what is whole.
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from sles_ipa_builder.cache import contents, roottree
+from sles_ipa_builder.cache import contents, roottree, trust
 from sles_ipa_builder.cache import layers as checkpoints
 from sles_ipa_builder.cache import store as cache
 from sles_ipa_builder.cache.entries import Layer, root
@@ -80,7 +80,7 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 def test_clean_layers_pass_and_stay(caplog: pytest.LogCaptureFixture) -> None:
     found, entry = _stack()
-    assert checkpoints._trusted(found, entry) is found[-1]
+    assert trust.trusted(found, entry, checkpoints.chain) is found[-1]
     assert _warnings(caplog) == []
     assert all(x.state == "hit" and (x.path / "tree").is_dir() for x in found)
 
@@ -90,7 +90,7 @@ def test_an_emptied_file_discards_its_layer_and_those_above_with_one_warning(
     found, entry = _stack()
     packages, venv, tree = found
     _empty_keeping_mtime(venv.path / "tree" / AGENT)
-    assert checkpoints._trusted(found, entry) is packages
+    assert trust.trusted(found, entry, checkpoints.chain) is packages
     size = len(FILES["venv"][AGENT])
     assert _warnings(caplog) == [f"cache layer venv {'v' * 12}…: discarded with the layers above it (tree), "
                                  f"{AGENT} differs from what was kept (size {size} → 0); rebuilding"]
@@ -103,7 +103,7 @@ def test_a_rewritten_file_of_the_same_size_is_caught(caplog: pytest.LogCaptureFi
     found, entry = _stack()
     motd = found[-1].path / "tree/etc/motd"
     motd.write_text(motd.read_text().upper())  # bit rot: same size
-    assert checkpoints._trusted(found, entry) is found[1]
+    assert trust.trusted(found, entry, checkpoints.chain) is found[1]
     assert _warnings(caplog) == [f"cache layer tree {'t' * 12}…: discarded, etc/motd differs from what was "
                                  "kept; rebuilding"]
 
@@ -112,7 +112,7 @@ def test_a_truncated_meta_json_discards_the_layer_and_those_above(caplog: pytest
     found, entry = _stack()
     meta = found[0].path / "meta.json"
     meta.write_text(meta.read_text()[:20])
-    assert checkpoints._trusted(found, entry) is None
+    assert trust.trusted(found, entry, checkpoints.chain) is None
     assert _warnings(caplog) == [f"cache layer packages {'p' * 12}…: discarded with the layers above it "
                                  "(venv, tree), its meta.json is missing or unreadable; rebuilding"]
     assert not any(x.path.exists() for x in found)
@@ -122,7 +122,7 @@ def test_a_truncated_meta_json_discards_the_layer_and_those_above(caplog: pytest
 def test_a_layer_without_a_record_is_discarded(caplog: pytest.LogCaptureFixture) -> None:
     found, entry = _stack()
     (found[-1].path / contents.NAME).unlink()  # as an older version kept it
-    assert checkpoints._trusted(found, entry) is found[1]
+    assert trust.trusted(found, entry, checkpoints.chain) is found[1]
     assert _warnings(caplog) == [f"cache layer tree {'t' * 12}…: discarded, no record of its contents (made "
                                  "by an older version); rebuilding"]
 
@@ -131,17 +131,17 @@ def test_a_truncated_record_is_discarded(caplog: pytest.LogCaptureFixture) -> No
     found, entry = _stack()
     record = found[-1].path / contents.NAME
     record.write_text(record.read_text()[:-40])
-    assert checkpoints._trusted(found, entry) is found[1]
+    assert trust.trusted(found, entry, checkpoints.chain) is found[1]
     assert "its record of contents contents.json is unreadable" in _warnings(caplog)[0]
 
 
 def test_a_missing_or_extra_file_is_found(caplog: pytest.LogCaptureFixture) -> None:
     found, entry = _stack()
     (found[-1].path / "tree/etc/hostname").unlink()  # a half-copied layer
-    assert checkpoints._trusted(found, entry) is found[1]
+    assert trust.trusted(found, entry, checkpoints.chain) is found[1]
     (found[1].path / "tree/etc").mkdir()
     (found[1].path / "tree/etc/stray").write_text("")
-    assert checkpoints._trusted(found, entry) is found[0]
+    assert trust.trusted(found, entry, checkpoints.chain) is found[0]
     assert _warnings(caplog) == [
         f"cache layer tree {'t' * 12}…: discarded, etc/hostname is missing; rebuilding",
         f"cache layer venv {'v' * 12}…: discarded, etc was not kept (an extra file); rebuilding"]
@@ -164,7 +164,7 @@ def test_a_changed_symlink_or_mode_is_found() -> None:
 def test_a_damaged_root_tree_goes_with_every_layer_on_it(caplog: pytest.LogCaptureFixture) -> None:
     found, entry = _stack()
     _empty_keeping_mtime(entry / "usr/lib/libc.so.6")
-    assert checkpoints._trusted(found, entry) is None
+    assert trust.trusted(found, entry, checkpoints.chain) is None
     assert _warnings(caplog) == [f"cache root tree {'r' * 12}…: discarded with the layers above it (packages, "
                                  "venv, tree), usr/lib/libc.so.6 differs from what was kept (size 4004 → 0); "
                                  "rebuilding"]
@@ -215,7 +215,7 @@ def test_a_kept_layer_has_a_record_that_matches_it(tmp_path: Path) -> None:
     _fill(upper, FILES["tree"])
     layer = Layer("tree", 3, "1" * 64, {"below": "r"}, None)
     checkpoints._save(made, rt, layer)
-    assert checkpoints._problem(layer.path) is None
+    assert trust.problem(layer.path) is None
     rows = json.loads((layer.path / contents.NAME).read_text())["rows"]
     assert ["usr/bin/python3", "l", 0o777, f"{os.getuid()}:{os.getgid()}", 0, "python3.11"] in rows
 
