@@ -62,7 +62,7 @@ def _discard(found: list[Layer], entry: Path, why_not: str) -> None:
     """Discard `entry` and the found layers above it (their keys hold its key; the root tree is under
     them all), with one warning naming it and its first bad path."""
     at = next((i for i, x in enumerate(found) if x.path == entry), 0)
-    above = [x for x in found[at:] if x.path != entry and x.state == "hit"]
+    above = [x for x in found[at:] if x.path != entry and x.path.exists()]  # hit or not: none is made over it
     also = f" with the layers above it ({', '.join(x.name for x in above)})" if above else ""
     what = "root tree" if entry.parent.name == "rootfs" else f"layer {entry.parent.name}"
     with cache.locked(entry):

@@ -238,3 +238,15 @@ def test_a_build_resumes_below_a_damaged_layer(tmp_path: Path, monkeypatch: pyte
     assert [x["state"][:15] for x in rt.manifest["layers"]] == ["hit", "miss: discarded", "miss: discarded"]
     assert len(_warnings(caplog)) == 1 and AGENT in _warnings(caplog)[0]
     rt.stack.close()
+
+
+def test_a_broken_layer_above_a_broken_one_goes_too(caplog: pytest.LogCaptureFixture) -> None:
+    """Else the broken one above would stay in the way of the layer the build makes in its place."""
+    found, entry = _stack()
+    for x in (found[0], found[2]):
+        (x.path / "meta.json").write_text("{")
+    assert checkpoints._look_up(found, False) is found[1]  # venv: its meta.json is whole
+    assert trust.trusted(found, entry, checkpoints.chain) is None
+    assert _warnings(caplog) == [f"cache layer packages {'p' * 12}…: discarded with the layers above it "
+                                 "(venv, tree), its meta.json is missing or unreadable; rebuilding"]
+    assert not any(x.path.exists() for x in found)
