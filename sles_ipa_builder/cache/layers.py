@@ -144,7 +144,7 @@ def prepare(plan: Plan, rt: Runtime) -> None:
                     repo_digests=_repo_digests(cfg, offline=cfg.offline), commits=commits)
     best = _look_up(found, not cfg.cache)
     root_entry = cache.cache_root() / "rootfs" / root_key
-    present = root_entry.is_dir()  # else the root step makes it, and checks nothing
+    present = root_entry.is_dir()  # absent: the root step makes it (and its record)
     if cfg.cache:
         best = trust.trusted(found, root_entry, chain)
     cp = Checkpoints(found, best, commits=commits, env0=dict(rt.env), root_checked=present and best is not None)

@@ -40,6 +40,7 @@ from . import store as cache
 
 log = logging.getLogger(__name__)
 
+
 def record_path(entry: Path) -> Path:
     """Where a root tree's record of contents is kept: beside it, not in the tree the build mounts."""
     return entry.with_name(f"{entry.name}{cache.RECORD_SUFFIX}")
