@@ -37,3 +37,4 @@ class Checkpoints:
     skip: set[tuple[str, str]] = field(default_factory=set)  # (phase, step name)
     commits: dict[str, str] = field(default_factory=dict)
     env0: dict[str, str] = field(default_factory=dict)  # rt.env before any step ran
+    root_checked: bool = False  # the root tree under `resume` was found whole (the root step need not read it)

@@ -24,6 +24,10 @@ the skipped steps reported (the manifest, the variables they set, the saved reso
 Layers need the root tree mounted (overlayfs): a copied root (`--keep-workspace`, no overlay) builds
 without them. `--no-cache` skips the lookup and builds every step (the layers are then made again).
 The most recently used layers of each point are kept, two by default (the cache_generations setting).
+
+Each layer keeps a record of its tree (contents.json beside meta.json, contents.py), written before
+the layer is renamed into place; before a build resumes from a layer, trust.py checks it, the layers
+it is mounted with and the root tree under them against their records.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from ..engine.state import TARGET_CA, ResolvSaved, Step
 from ..engine.target import IN_TARGET
 from ..errors import InputError
 from ..inputs import image, media, repos, sources
+from . import contents, trust
 from . import roottree as layers
 from . import store as cache
 from .entries import Checkpoints, Layer, root
@@ -133,11 +138,16 @@ def prepare(plan: Plan, rt: Runtime) -> None:
         return
     cfg = plan.cfg
     commits = sources.resolve(plan.source_repos, offline=cfg.offline)
-    found = compute(plan, root_key=cache.file_sha256(image.find_image(cfg)),
+    root_key = cache.file_sha256(image.find_image(cfg))
+    found = compute(plan, root_key=root_key,
                     media_identity=rt.media.identity if rt.media is not None else "none",
                     repo_digests=_repo_digests(cfg, offline=cfg.offline), commits=commits)
     best = _look_up(found, not cfg.cache)
-    cp = Checkpoints(found, best, commits=commits, env0=dict(rt.env))
+    root_entry = cache.cache_root() / "rootfs" / root_key
+    present = root_entry.is_dir()  # absent: the root step makes it (and its record)
+    if cfg.cache:
+        best = trust.trusted(found, root_entry, chain)
+    cp = Checkpoints(found, best, commits=commits, env0=dict(rt.env), root_checked=present and best is not None)
     for layer in found:
         log.info("cache layer %s %s: %s", layer.name, layer.key[:12], layer.state)
     if best is not None:
@@ -182,6 +192,11 @@ def above(rt: Runtime) -> list[Path]:
     return chain(resume) if resume is not None else []
 
 
+def root_checked(rt: Runtime) -> bool:
+    """Whether prepare() found the root tree whole, under the layer the build resumes from."""
+    return of(rt).root_checked
+
+
 def skipped(rt: Runtime, s: Step) -> bool:
     return (s.stage.value, s.name) in of(rt).skip
 
@@ -220,6 +235,7 @@ def _save(plan: Plan, rt: Runtime, layer: Layer) -> None:
                     p.unlink()
             resume = of(rt).resume
             below = [str(t.parent.relative_to(root())) for t in chain(resume)] if resume is not None else []
+            contents.write(tmp / contents.NAME, tmp / "tree")  # before meta.json: a layer in place has both
             (tmp / "meta.json").write_text(json.dumps({"inputs": layer.inputs, "below": below,
                                                        "state": _state(rt)}, indent=1, default=str))
         cache.touch_use(layer.path)

@@ -13,6 +13,10 @@ d_type (ext4, xfs with ftype=1, btrfs, tmpfs), and the build's private mount nam
 is refused (the workspace itself on overlayfs, as in some containers), or the build keeps its
 workspace (--keep-workspace: the tree must outlive the build's mounts), the tree is copied with
 `cp -a --reflink=auto`: near free on btrfs and xfs (reflinks), seconds on ext4.
+
+Each tree keeps a record of what it holds beside it, rootfs/<sha256>.contents.json (contents.py),
+written before the tree is renamed into place. A build checks the tree against it before using it:
+a tree that differs, or has no record (an earlier version made it), is discarded and extracted again.
 """
 
 from __future__ import annotations
@@ -31,19 +35,32 @@ from ..config.resolve import Config
 from ..engine import namespace
 from ..errors import CommandError, InputError
 from ..inputs import image
+from . import contents
 from . import store as cache
 
 log = logging.getLogger(__name__)
 
 
+def record_path(entry: Path) -> Path:
+    """Where a root tree's record of contents is kept: beside it, not in the tree the build mounts."""
+    return entry.with_name(f"{entry.name}{cache.RECORD_SUFFIX}")
+
+
+def problem(entry: Path) -> str | None:
+    """Why the cached tree `entry` cannot be used (contents.problem: read in full), else None."""
+    return contents.problem(record_path(entry), entry)
+
 
 def prepare_root(cfg: Config, root: Path, *, accel: str = "auto", force: bool = False,
-                 stack: contextlib.ExitStack | None = None, above: list[Path] | None = None) -> dict[str, Any]:
+                 stack: contextlib.ExitStack | None = None, above: list[Path] | None = None,
+                 checked: bool = False) -> dict[str, Any]:
     """Fill the empty directory `root` with the base tree; return facts for the build manifest.
 
     The tree is cached unpacked, in rootfs/<image sha256>/; with `stack` (a build, in its namespace)
     it becomes the lower layer of an overlayfs at `root` (layers.py), else it is copied. `above` are
-    later layers of the build (cache/layers.py, topmost first), mounted over the root tree; only with overlayfs."""
+    later layers of the build (cache/layers.py, topmost first), mounted over the root tree; only with
+    overlayfs. `checked`: this build found the cached tree whole moments ago (with the layers it
+    resumes from), so it is not read again; else it is checked against its record here."""
     start = time.monotonic()
     root.mkdir(parents=True, exist_ok=True)
     if cfg.base_tree:
@@ -60,10 +77,16 @@ def prepare_root(cfg: Config, root: Path, *, accel: str = "auto", force: bool = 
     entry = cache.lookup("rootfs", sha, subject=str(img.resolve()), what="image hash", force=force)
     made = False
     with cache.locked(entry.path):
-        if entry.path.is_dir() and (entry.hit or not force):  # another build may have made it meanwhile
+        reason = entry.reason
+        usable = entry.path.is_dir() and (entry.hit or not force)  # another build may have made it meanwhile
+        why_not = problem(entry.path) if usable and not checked else None
+        if why_not is not None:
+            cache.discard(entry.path, "root tree", why_not)
+            usable, reason = False, f"discarded: {why_not}"
+        if usable:
             facts.update(cache="hit", cache_file=str(entry.path))
         else:
-            facts.update(cache="miss", cache_reason=entry.reason, cache_file=str(entry.path))
+            facts.update(cache="miss", cache_reason=reason, cache_file=str(entry.path))
             facts.update(_make_entry(img, fmt, entry.path, arch=cfg.arch, accel=accel, force=force))
             made = True
         cache.remember("rootfs", str(img.resolve()), sha)
@@ -112,6 +135,7 @@ def _make_entry(img: Path, fmt: str, entry: Path, *, arch: Arch, accel: str, for
             facts: dict[str, Any] = {"from": archive.name, "timings": {"unpack": unpack(archive, tmp)}}
         else:
             facts = image.extract(img, fmt, tmp, arch=arch, accel=accel)
+        contents.write(record_path(entry), tmp)  # before the rename: a tree in place has its record
     archive.unlink(missing_ok=True)
     cache.touch_use(entry)
     return facts

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
 LOCK_TIMEOUT = 1800.0  # a cold root extraction under TCG can hold a lock for minutes
+RECORD_SUFFIX = ".contents.json"  # a root tree's record of its contents, beside it (contents.py)
 
 
 def cache_root() -> Path:
@@ -223,9 +224,30 @@ def prune(kind: str, keep: int) -> list[Path]:
                 log.info("cache %s: %s is in use by a running build; kept", kind, old.name[:12])
                 continue
             shutil.rmtree(old)
+            Path(f"{old}{RECORD_SUFFIX}").unlink(missing_ok=True)
         removed.append(old)
         log.info("cache %s: removed %s (only the %d most recently used are kept)", kind, old.name[:12], keep)
     return removed
+
+
+def discard(entry: Path, what: str, why_not: str, also: str = "") -> None:
+    """Remove an entry found damaged, with the one warning that says so: "cache layer tree 1a2b3c…:
+    discarded, <path> differs from what was kept; rebuilding". `also`: what goes with it."""
+    log.warning("cache %s %s…: discarded%s, %s; rebuilding", what, entry.name[:12], also, why_not)
+    remove_damaged(entry)
+
+
+def remove_damaged(entry: Path) -> None:
+    """Remove an entry and its record. It is renamed aside first, so no build finds it half removed;
+    a running build that still uses it keeps the aside copy (until `clean`)."""
+    if not entry.exists():
+        return
+    aside = entry.with_name(f".{entry.name}.discarded.{os.getpid()}")
+    busy = _busy(entry)
+    os.replace(entry, aside)
+    Path(f"{entry}{RECORD_SUFFIX}").unlink(missing_ok=True)
+    if not busy:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def disk_usage(path: Path) -> int:

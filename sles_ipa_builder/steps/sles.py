@@ -26,7 +26,7 @@ HISTORY = "var/log/zypp/history"
 def root_step(plan: Plan, rt: Runtime) -> None:
     """root.d/10-sles-image: the base tree from the qcow2 (or --base-tree), through the cache."""
     facts = layers.prepare_root(plan.cfg, plan.root, accel=plan.cfg.accel, stack=rt.stack,
-                                above=checkpoints.above(rt))
+                                above=checkpoints.above(rt), checked=checkpoints.root_checked(rt))
     if facts.get("restore") != "overlay":
         checkpoints.off(rt, f"the root tree was {facts.get('restore', 'copied')}, not mounted")
     rt.manifest.setdefault("inputs", {})["base"] = facts
