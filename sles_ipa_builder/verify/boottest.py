@@ -121,6 +121,7 @@ def qemu_argv(
     arch: Arch = HOST_DEFAULT,
     iso: Path | None = None,
     firmware: str = "",
+    cdroms: Sequence[Path] = (),
 ) -> list[str]:
     """QEMU's command line: a direct kernel boot, or with `iso` the firmware boots that CD (whose boot
     menu already carries agent_cmdline()); firmware: bios, uefi or secure-boot ('' for the arch's own)."""
@@ -131,7 +132,7 @@ def qemu_argv(
         append=agent_cmdline(port, append, scheme, arch), console=console, accel=accel, memory_mb=memory_mb,
         smp=smp, nic_model=nic_model, disks=[disk] if disk else [], name="sles-ipa-builder-boot-test",
         hostfwd=list(hostfwd), arch=arch, uefi=firmware == "uefi" or (not firmware and arch.boot_uefi),
-        cdrom=iso, secure_boot=firmware == "secure-boot",
+        cdrom=iso, secure_boot=firmware == "secure-boot", cdroms=list(cdroms),
     )  # fmt: skip
     machine.prepare(console.parent)  # the UEFI vars copy, beside the console
     return machine.argv()
@@ -165,12 +166,13 @@ def boot_test(
     arch: Arch = HOST_DEFAULT,
     iso: Path | None = None,
     firmware: str = "",
+    cdroms: Sequence[Path] = (),
 ) -> BootResult:
     """Boot kernel+initramfs and wait for the agent's lookup and heartbeat; raise BuildError otherwise.
 
     iso: boot that ISO as a CD instead (kernel and initramfs unused), through `firmware` (bios, uefi or
     secure-boot). The VM boots a copy whose boot menus add the agent's parameters (the fake API's URL),
-    every other byte kept: Ironic, too, writes its own grub.cfg.
+    every other byte kept: Ironic, too, writes its own grub.cfg. cdroms: more CDs (a config drive).
 
     addon: an add-on cpio given after the initramfs, as a boot loader passes a second initrd (the
     initramfs file itself is not changed). tls: the fake API serves HTTPS with this (certificate,
@@ -208,7 +210,7 @@ def boot_test(
                     api, kernel, initramfs, acc, console, Path(tmp) / f"qemu-{acc}.err",
                     timeout=timeout, memory_mb=memory_mb, append=append, nic_model=nic_model, disk=disk,
                     silence_limit=KVM_SILENCE_SECONDS if acc == "kvm" and i + 1 < len(plan) else None,
-                    hostfwd=hostfwd, while_up=while_up, arch=arch, iso=iso, firmware=firmware,
+                    hostfwd=hostfwd, while_up=while_up, arch=arch, iso=iso, firmware=firmware, cdroms=cdroms,
                 )  # fmt: skip
             except _KvmSilent as e:
                 log.warning("KVM guest %s; retrying under TCG (set %s=tcg to skip KVM)", e, ACCEL_ENV)
@@ -227,12 +229,12 @@ def _attempt(
     api: FakeIronic, kernel: Path | None, initramfs: Path | None, accel: str, console_path: Path, err_path: Path,
     *, timeout: float, memory_mb: int, append: str, nic_model: str, disk: Path | None,
     silence_limit: float | None, hostfwd: Sequence[str] = (), while_up: Callable[[], None] | None = None,
-    arch: Arch = HOST_DEFAULT, iso: Path | None = None, firmware: str = "",
+    arch: Arch = HOST_DEFAULT, iso: Path | None = None, firmware: str = "", cdroms: Sequence[Path] = (),
 ) -> BootResult:  # fmt: skip
     argv = qemu_argv(
         kernel or Path(), initramfs or Path(), accel=accel, console=console_path, port=api.port, memory_mb=memory_mb,
         append=append, nic_model=nic_model, disk=disk, scheme=api.scheme, hostfwd=hostfwd, arch=arch, iso=iso,
-        firmware=firmware,
+        firmware=firmware, cdroms=cdroms,
     )  # fmt: skip
     console = _Console(console_path)
     booted = iso or initramfs or Path()

@@ -58,6 +58,7 @@ class Machine:
     arch: Arch = X86_64
     name: str = "sles-ipa-builder"
     cdrom: Path | None = None  # an ISO attached as a CD, first in the boot order
+    cdroms: list[Path] = field(default_factory=list)  # more CDs, not booted (a config drive)
     secure_boot: bool = False  # UEFI with Secure Boot enforced: q35, SMM, secure pflash, Microsoft's keys
 
     def firmware(self) -> tuple[Path, Path]:
@@ -93,9 +94,10 @@ class Machine:
                 "-drive", f"if=pflash,format=raw,unit=1,file={self.uefi_vars}",
             ]  # fmt: skip
         drives: list[str] = []
-        if self.cdrom is not None:
-            drives += ["-drive", f"file={self.cdrom},format=raw,media=cdrom,if=none,id=cd,readonly=on",
-                       "-device", "ide-cd,drive=cd,bootindex=0"]
+        for i, cd in enumerate([self.cdrom, *self.cdroms]):
+            if cd is not None:
+                drives += ["-drive", f"file={cd},format=raw,media=cdrom,if=none,id=cd{i},readonly=on",
+                           "-device", f"ide-cd,drive=cd{i}" + (",bootindex=0" if i == 0 else "")]
         for disk in self.disks:
             drives += ["-drive", f"file={disk},format=raw,if=virtio,cache=unsafe"]
         direct = [] if self.kernel is None or self.initramfs is None else [

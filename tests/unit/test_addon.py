@@ -8,7 +8,9 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import json
+import shutil
 import stat
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -146,3 +148,50 @@ def test_combined_initrd_puts_the_addon_where_the_kernel_looks(tmp_path: Path, i
         at = data.index(b"070701", size)
         assert at % 4 == 0 and data[size:at] == b"\0" * (at - size) and at - size < 4
         assert data[:size] == initramfs.read_bytes() and data[at:] == cpio_file.read_bytes()
+
+
+def config_drive_iso(tmp: Path, name: str, *, label: str = "config-2", publisher: str = "pub-1",
+                     network_data: bytes | None = None) -> Path:
+    tree = tmp / f"{name}-tree" / "openstack/latest"
+    tree.mkdir(parents=True)
+    if network_data is not None:
+        (tree / "network_data.json").write_bytes(network_data)
+    out = tmp / f"{name}.iso"
+    subprocess.run(["xorriso", "-as", "mkisofs", "-quiet", "-o", str(out), "-V", label, "-publisher", publisher,
+                    "-J", "-R", str(tmp / f"{name}-tree")], check=True, capture_output=True)
+    return out
+
+
+@pytest.mark.skipif(shutil.which("xorriso") is None, reason="xorriso missing")
+def test_the_config_drive_is_the_one_whose_publisher_is_ir_pub_id(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    script = boot_script()
+    assert script.pub_id("BOOT_IMAGE=x ir_pub_id=Ironic-42 ipa-debug=1") == "Ironic-42"
+    assert script.pub_id("BOOTIF=01-52-54-00-12-34-56") is None  # a PXE boot: no config drive, no wait
+    stray = config_drive_iso(tmp_path, "stray", publisher="someone-else")
+    ours = config_drive_iso(tmp_path, "ours", publisher="Ironic-42")
+    other = config_drive_iso(tmp_path, "other", label="data")
+    assert script.iso_ids(str(ours)) == ("config-2", "IRONIC-42")  # xorriso folds it, as ISO 9660 wants
+    assert script.iso_ids(str(tmp_path / "ours-tree/openstack/latest")) is None
+    devices = lambda: [str(other), str(stray), str(ours)]  # noqa: E731
+    naps: list[float] = []
+    for _ in range(2):
+        assert script.find_config_drive("Ironic-42", devices, wait=5, sleep=naps.append) == str(ours)
+    said = capsys.readouterr().out
+    assert said.count(f"config drive on {stray} ignored: its publisher id 'SOMEONE-ELSE' is not") == 2
+    assert not naps  # found at once: no wait
+    assert script.find_config_drive("nobody", devices, wait=0, sleep=naps.append) is None
+
+
+def test_unusable_network_data_is_one_line_and_dhcp(capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    script = boot_script()
+    monkeypatch.setattr(script, "LINK_WAIT", 0)
+    monkeypatch.setattr(script, "_ifname", lambda mac: None)  # no link of this machine has the MAC
+    assert script.apply_network_data(b"{not json", "config drive /dev/sr1") is False
+    assert script.apply_network_data(json.dumps(NET).encode(), "config drive /dev/sr1") is False
+    assert script.apply_network_data(None, "config drive /dev/sr1") is False
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all(line.endswith("DHCP") for line in lines), lines
+    assert "is not valid JSON" in lines[0] and "names no link of this machine" in lines[1]
+    assert "has no openstack/latest/network_data.json" in lines[2]
