@@ -158,7 +158,7 @@ def room_for_the_rest(st: Staging) -> None:
 def write_tar(st: Staging) -> None:
     """metal3's contract: an uncompressed tar holding exactly <name>.kernel then <name>.initramfs."""
     room_for_the_rest(st)
-    mtime = st.source_date_epoch if st.source_date_epoch is not None else int(st.kernel.path.stat().st_mtime)
+    mtime = _epoch(st)
     with st.staged("tar").open("wb") as f:
         w = HashingWriter(f)
         with tarfile.TarFile(fileobj=w, mode="w", format=tarfile.USTAR_FORMAT, copybufsize=4 << 20) as tar:  # type: ignore[arg-type]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 import struct
 import tempfile
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from .. import run
 from ..config.arch import Arch
-from ..errors import ConfigError
+from ..errors import ConfigError, InputError
 from ..inputs.media import Media
 from ..inputs.repos import decompress, primary_href
 
@@ -78,7 +79,8 @@ class BootFiles:
 
     @property
     def bios(self) -> bool:
-        return "isolinux" in self.files and "ldlinux" in self.files
+        """isolinux alone boots (syslinux 4, as SLE 15 ships it); syslinux 5 and later also need ldlinux.c32."""
+        return "isolinux" in self.files
 
     def as_dict(self) -> dict[str, object]:
         return {"packages": [{"name": p.name, "version": p.version, "arch": p.arch} for p in self.packages],
@@ -90,15 +92,21 @@ class BootFiles:
 
 # --- finding the packages --------------------------------------------------------------------------
 def locate(media: Media, arch: Arch) -> dict[str, Located]:
-    """The boot packages the media's repositories hold (the newest of each, for this arch or noarch)."""
+    """The boot packages the media's repositories hold, for this arch or noarch (the first found of
+    each: a Media1 ISO carries one version of a package)."""
     wanted = packages(arch)
     found: dict[str, Located] = {}
     for repo in media.repos:
         base = f"/{repo.dir}" if repo.dir else ""
-        href = primary_href(media.read(f"{base}/repodata/repomd.xml"))
-        if not href:
+        try:
+            href = primary_href(media.read(f"{base}/repodata/repomd.xml"))
+            primary = decompress(media.read(f"{base}/{href}")) if href else None
+        except KeyError as e:  # repomd.xml names a file the ISO lacks: no boot packages from there
+            log.warning("%s: %s names %s, which is not on the ISO", media.iso.name, base or "/", e)
             continue
-        for pkg in _primary(decompress(media.read(f"{base}/{href}")), set(wanted), {arch.suse, "noarch"}):
+        if primary is None:
+            continue
+        for pkg in _primary(primary, set(wanted), {arch.suse, "noarch"}):
             pkg = Located(pkg.name, pkg.version, pkg.arch, f"{base}/{pkg.path}")
             found.setdefault(pkg.name, pkg)
     return found
@@ -142,7 +150,7 @@ def find(media: Media | None, arch: Arch, mode: str) -> Source | None:
             return None
         log.warning("%s: <name>.esp.img and <name>.iso are written from what is there", problem)
     if "syslinux" in lacking:
-        log.info("no syslinux on %s: <name>.iso boots UEFI only", where)
+        log.warning("no syslinux on %s: <name>.iso boots UEFI only, not BIOS", where)
     assert media is not None
     return Source(media, located)
 
@@ -157,13 +165,17 @@ def extract(source: Source, arch: Arch, dest: Path) -> BootFiles:
         root = dest / pkg.name
         root.mkdir(parents=True)
         with tempfile.NamedTemporaryFile(suffix=".rpm", dir=dest) as rpm:
-            rpm.write(media.read(pkg.path))
+            try:
+                rpm.write(media.read(pkg.path))
+            except KeyError:
+                raise InputError(f"{media.iso}: the metadata lists {pkg.path}, which is not on the ISO",
+                                 "the ISO is incomplete or damaged; download it again and check its checksum") from None
             rpm.flush()
             run.pipe(["rpm2cpio", rpm.name], ["cpio", "-idm", "--quiet", "--no-absolute-filenames"], cwd=root)
         for role in roles.get(pkg.name, ()):
             for pattern in PATHS[role]:
-                candidate = root / pattern.format(arch=arch.suse, grub=arch.grub_efi)
-                if candidate.is_file():
+                candidate = _inside(root, root / pattern.format(arch=arch.suse, grub=arch.grub_efi))
+                if candidate is not None:
                     boot.files[role] = candidate
                     break
     if "shim" in boot.files:
@@ -173,6 +185,17 @@ def extract(source: Source, arch: Arch, dest: Path) -> BootFiles:
     if "grub" in boot.files:
         boot.grub_prefix = grub_prefix(boot.files["grub"].read_bytes())
     return boot
+
+
+def _inside(root: Path, path: Path) -> Path | None:
+    """`path` in an unpacked package, following its links inside `root` (an absolute link names a
+    path of the package's root, not of this host); None when it is not a file there."""
+    for _ in range(8):
+        if not path.is_symlink():
+            return path if path.is_file() else None
+        target = Path(os.readlink(path))
+        path = root / target.relative_to("/") if target.is_absolute() else path.parent / target
+    return None
 
 
 def shim_loader(shim: bytes, stem: str) -> str | None:
@@ -185,7 +208,18 @@ def shim_loader(shim: bytes, stem: str) -> str | None:
 
 
 def grub_prefix(image: bytes) -> str | None:
-    """The prefix built into a grub EFI image (where it reads grub.cfg), None if it has none."""
+    """The prefix built into a grub EFI image (where it reads grub.cfg), None if it has none. A device
+    part, "(,gpt2)/boot/grub2", is dropped: on our ESP and ISO, grub's own device is the one."""
+    try:
+        prefix = _prefix_object(image)
+    except struct.error:  # a truncated or unusual image: as if it had no prefix
+        return None
+    if not prefix:
+        return None
+    return re.sub(r"^\([^)]*\)", "", prefix) or None
+
+
+def _prefix_object(image: bytes) -> str | None:
     mods = _section(image, "mods")
     if mods is None:
         return None

@@ -153,9 +153,15 @@ def write_esp(layout: Layout, out: Path, work: Path, epoch: int) -> None:
         f.truncate(size)
     run.run(["mkfs.vfat", "--invariant", "-i", _serial(out.name), "-n", "ESP", out], capture=True,
             hint="mkfs.vfat (dosfstools) failed making the ESP")
-    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-    run.run(["mcopy", "-s", "-p", "-m", "-Q", "-i", out, tree / "EFI", "::/"], env=env, capture=True,
-            hint="mcopy (mtools) failed filling the ESP")
+    # FAT keeps local time, and mcopy -s follows readdir order: UTC, and one file at a time in sorted order
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "TZ": "UTC"}
+    entries = sorted(tree.rglob("*"))
+    for d in (e for e in entries if e.is_dir()):
+        run.run(["mmd", "-i", out, f"::/{d.relative_to(tree).as_posix()}"], env=env, capture=True,
+                hint="mmd (mtools) failed filling the ESP")
+    for file in (e for e in entries if e.is_file()):
+        run.run(["mcopy", "-p", "-m", "-Q", "-i", out, file, f"::/{file.relative_to(tree).as_posix()}"], env=env,
+                capture=True, hint="mcopy (mtools) failed filling the ESP")
     shutil.rmtree(tree)
 
 
@@ -174,13 +180,14 @@ def write_iso(layout: Layout, out: Path, work: Path, *, kernel: Path, initramfs:
     if layout.boot.bios:
         loader = tree / ISOLINUX_DIR
         _copy(layout.boot.files["isolinux"], loader / "isolinux.bin")
-        _copy(layout.boot.files["ldlinux"], loader / "ldlinux.c32")
+        if "ldlinux" in layout.boot.files:  # syslinux 5 and later; SLE 15's isolinux 4 is whole
+            _copy(layout.boot.files["ldlinux"], loader / "ldlinux.c32")
         (loader / "isolinux.cfg").write_text(isolinux_menu(layout, args))
         bios = ["-b", f"{ISOLINUX_DIR}/isolinux.bin", "-no-emul-boot", "-boot-load-size", "4", "-boot-info-table",
                 "-eltorito-alt-boot"]
     _clamp(tree, epoch)
     out.unlink(missing_ok=True)
-    argv: list[str | Path] = ["xorriso", "-as", "mkisofs", "-quiet", "-o", out, "-V", VOLUME_ID, "-R", "-J",
+    argv: list[str | Path] = ["xorriso", "-as", "mkisofs", "-quiet", "-o", out, "-V", VOLUME_ID, "-r", "-J",
                               "-joliet-long", *catalog, *bios, "-e", layout.esp_in_iso.lstrip("/"), "-no-emul-boot",
                               tree]
     run.run(argv, env={**os.environ, "SOURCE_DATE_EPOCH": str(epoch)}, capture=True,
@@ -201,10 +208,10 @@ def menus(iso: Path) -> dict[str, str]:
 
 
 def with_kernel_args(iso: Path, out: Path, work: Path, extra: str) -> None:
-    """A copy of `iso` whose boot menus add `extra` to the kernel line, every other byte kept: the boot
+    """A copy of `iso` whose boot menus add `extra` to the kernel line, every other file kept: the boot
     test points the agent at its fake API this way, as Ironic writes its own grub.cfg into our ESP."""
     check_kernel_args(extra, "the boot test's kernel parameters")
-    maps: list[str | Path] = []
+    maps: dict[str, Path] = {}
     work.mkdir(parents=True, exist_ok=True)
     for i, (path, kind) in enumerate(sorted(menus(iso).items())):
         local = work / f"menu{i}.cfg"
@@ -215,7 +222,14 @@ def with_kernel_args(iso: Path, out: Path, work: Path, extra: str) -> None:
         text = "".join(f"{line} {extra}\n" if line.startswith(key) else line + "\n" for line in text.splitlines())
         local.chmod(0o644)
         local.write_text(text)
-        maps += ["-map", local, path]
+        maps[path] = local
+    remap(iso, out, maps)
+
+
+def remap(iso: Path, out: Path, files: dict[str, Path]) -> None:
+    """A copy of `iso` with these files (path in the ISO -> local file) replaced; its El Torito boot
+    records are replayed, so it boots as the original does."""
     out.unlink(missing_ok=True)
+    maps = [arg for path, local in sorted(files.items()) for arg in ("-map", str(local), path)]
     run.run(["xorriso", "-indev", iso, "-outdev", out, "-boot_image", "any", "replay", *maps, "-commit"],
-            capture=True, hint=f"xorriso could not write a copy of {iso}")
+            capture=True, hint=f"xorriso could not copy {iso} (replaying boot records needs xorriso 1.4.6 or later)")

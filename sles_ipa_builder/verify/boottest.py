@@ -172,7 +172,7 @@ def boot_test(
 
     iso: boot that ISO as a CD instead (kernel and initramfs unused), through `firmware` (bios, uefi or
     secure-boot). The VM boots a copy whose boot menus add the agent's parameters (the fake API's URL),
-    every other byte kept: Ironic, too, writes its own grub.cfg. cdroms: more CDs (a config drive).
+    every other file kept: Ironic, too, writes its own grub.cfg. cdroms: more CDs (a config drive).
 
     addon: an add-on cpio given after the initramfs, as a boot loader passes a second initrd (the
     initramfs file itself is not changed). tls: the fake API serves HTTPS with this (certificate,
@@ -184,6 +184,10 @@ def boot_test(
             raise InputError(f"boot test: {what} {p} not found", "build first, or pass --output/--name")
     if firmware and firmware not in FIRMWARES:
         raise ConfigError(f"unknown firmware {firmware!r}", f"use one of {', '.join(FIRMWARES)}")
+    if firmware == "bios" and arch.boot_uefi:
+        raise ConfigError(f"an {arch} VM has no BIOS", "use --firmware uefi")
+    if firmware == "secure-boot" and arch.secure_boot_firmware is None:
+        raise ConfigError(f"no Secure Boot firmware is known for {arch}", "use --firmware uefi")
     if iso is not None and addon is not None:
         raise ConfigError("an add-on cpio cannot be given to an ISO boot", "boot the kernel and initramfs instead")
     qemu.require(arch)

@@ -161,6 +161,7 @@ class Console:
         self.secure_boot = False  # the kernel said Secure Boot was on
         self.lockdown = ""  # the kernel's lockdown line
         self.refused = ""  # the line where shim or the firmware refused an unsigned or untrusted loader
+        self.kernel = False  # the kernel has started: refusals are the boot loaders', before it
 
     def poll(self) -> None:
         try:
@@ -183,13 +184,14 @@ class Console:
                 self.secure_boot = True
             if not self.lockdown and "Kernel is locked down" in line:
                 self.lockdown = re.sub(r"^\[\s*[\d.]+\]\s*", "", line.strip())
-            if not self.refused and REFUSED.search(line):
+            self.kernel = self.kernel or "Linux version" in line
+            if not self.refused and not self.kernel and REFUSED.search(line):  # the firmware's, not the agent's
                 self.refused = _plain(line)[:200]
             tool = missing_tool(line)
             if tool and tool not in OPTIONAL_TOOLS:
                 self.missing.setdefault(tool, line.strip())
         # shim draws its refusal in a box with cursor moves and no newline: look at the unfinished line too
-        refusal = None if self.refused else REFUSED.search(self.partial)
+        refusal = None if self.refused or self.kernel else REFUSED.search(self.partial)
         if refusal is not None:
             self.refused = _plain(self.partial[refusal.start():])[:200]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import struct
 import subprocess
@@ -40,6 +41,8 @@ def test_grub_prefix_is_read_from_the_module_area() -> None:
     assert bootfiles.grub_prefix(image) == "/EFI/sles"
     assert bootfiles.grub_prefix(pe_with_mods([(2, b"configfile x\n")])) is None  # no prefix: next to grub
     assert bootfiles.grub_prefix(b"not a PE at all") is None
+    assert bootfiles.grub_prefix(pe_with_mods([(3, b"(,gpt2)/boot/grub2\0")])) == "/boot/grub2"  # our device
+    assert bootfiles.grub_prefix(image[:len(image) - 30]) is None  # truncated: no traceback
 
 
 def test_shim_names_its_second_stage_and_mokmanager() -> None:
@@ -71,11 +74,13 @@ def test_plain_kernel_args_pass() -> None:
     assert cfg.iso_kernel_args.endswith("ipa-debug=1") and cfg.boot_media == "auto"
 
 
-def fake_chain(tmp: Path, *, prefix: str | None = "/EFI/vendor", shim: bool = True,
-               bios: bool = True) -> bootfiles.BootFiles:
+def fake_chain(tmp: Path, *, prefix: str | None = "/EFI/vendor", shim: bool = True, bios: bool = True,
+               ldlinux: bool = True, reverse: bool = False) -> bootfiles.BootFiles:
     files = {}
-    for role, size in (("shim", 3000), ("grub", 5000), ("mokmanager", 2000), ("isolinux", 2048), ("ldlinux", 1000)):
-        if (role == "shim" and not shim) or (role in ("isolinux", "ldlinux") and not bios):
+    roles = [("shim", 3000), ("grub", 5000), ("mokmanager", 2000), ("isolinux", 2048), ("ldlinux", 1000)]
+    for role, size in reversed(roles) if reverse else roles:
+        if (role == "shim" and not shim) or (role in ("isolinux", "ldlinux") and not bios) or \
+                (role == "ldlinux" and not ldlinux):
             continue
         files[role] = tmp / f"{role}.bin"
         files[role].write_bytes(role.encode() * (size // len(role)))
@@ -120,8 +125,9 @@ def test_without_a_prefix_grub_cfg_sits_next_to_grub_and_without_shim_grub_is_th
     assert layout.grub_config_path == "EFI/BOOT/grub.cfg"
 
 
-def write_both(tmp: Path, epoch: int, *, bios: bool = True) -> tuple[Path, Path]:
-    layout = bootmedia.Layout(X86_64, fake_chain(tmp, bios=bios))
+def write_both(tmp: Path, epoch: int, *, bios: bool = True, ldlinux: bool = True,
+               reverse: bool = False) -> tuple[Path, Path]:
+    layout = bootmedia.Layout(X86_64, fake_chain(tmp, bios=bios, ldlinux=ldlinux, reverse=reverse))
     kernel, initrd = tmp / "k", tmp / "i"
     kernel.write_bytes(b"kernel" * 1000)
     initrd.write_bytes(b"initrd" * 5000)
@@ -137,15 +143,26 @@ def digest(path: Path) -> str:
 
 
 @needs_tools
-def test_esp_and_iso_are_reproducible(tmp_path: Path) -> None:
+def test_esp_and_iso_are_reproducible(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same bytes from another host: another time zone, umask and order of files on disk."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     first = write_both(tmp_path / "a", 1_700_000_000)
-    second = write_both(tmp_path / "b", 1_700_000_000)
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # FAT keeps local time
+    old = os.umask(0o002)
+    try:
+        second = write_both(tmp_path / "b", 1_700_000_000, reverse=True)
+    finally:
+        os.umask(old)
     assert [digest(p) for p in first] == [digest(p) for p in second]
     (tmp_path / "c").mkdir()
     later = write_both(tmp_path / "c", 1_800_000_000)
     assert digest(later[1]) != digest(first[1])  # the epoch is in there: it is not ignored
+
+
+def as_mkisofs(iso: Path) -> str:
+    return subprocess.run(["xorriso", "-indev", str(iso), "-report_el_torito", "as_mkisofs"], capture_output=True,
+                          text=True, check=True).stdout
 
 
 def el_torito(iso: Path) -> str:
@@ -166,7 +183,14 @@ def test_iso_boots_uefi_and_bios_and_its_menus_carry_the_args(tmp_path: Path) ->
     subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(copy), "-extract", "/EFI/vendor/grub.cfg", str(out)],
                    capture_output=True, check=True)
     assert "  linux /boot/x86_64/loader/linux console=ttyS0 a=b ipa-api-url=http://10.0.2.2:1234\n" in out.read_text()
-    assert el_torito(copy).count("BIOS") == report.count("BIOS")  # the boot records survive the copy
+    assert as_mkisofs(copy) == as_mkisofs(iso)  # the boot records survive the copy, boot-info-table and all
+
+
+@needs_tools
+def test_isolinux_without_ldlinux_still_boots_bios(tmp_path: Path) -> None:
+    """SLE 15's syslinux 4: isolinux.bin is whole, there is no ldlinux.c32."""
+    _, iso = write_both(tmp_path, 5, ldlinux=False)
+    assert "BIOS" in el_torito(iso) and "UEFI" in el_torito(iso)
 
 
 @needs_tools
