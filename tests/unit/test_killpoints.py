@@ -1,0 +1,127 @@
+"""A build SIGKILLed while it writes a cache entry leaves no usable half (issue 30): the next build
+does not use it, says it removed it, and makes the entry whole.
+
+Each test runs the real writing function in a forked child that stops when it reaches one point
+(the call that writes the next piece: a copy, a record, a rename) and tells the parent, which then
+kills it there. Layers and root trees are plain directories, as in test_cacheverify.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sles_ipa_builder.cache import layers as checkpoints
+from sles_ipa_builder.cache import roottree, trust
+from sles_ipa_builder.cache.entries import Layer
+from sles_ipa_builder.config import resolve as config
+from sles_ipa_builder.engine import plan
+from sles_ipa_builder.engine.state import Runtime
+
+
+def killed_at(obj: Any, name: str, when: Callable[..., bool], work: Callable[[], object]) -> None:
+    """Run `work` in a forked child until it calls `obj.<name>(...)` with `when(...)` true; SIGKILL it there."""
+    real = getattr(obj, name)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        os.close(r)
+
+        def stop(*args: Any, **kw: Any) -> Any:
+            if not when(*args, **kw):
+                return real(*args, **kw)
+            os.write(w, b"!")
+            while True:
+                time.sleep(60)
+
+        setattr(obj, name, stop)
+        try:
+            work()
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        reached = select.select([r], [], [], 120)[0] and os.read(r, 1) == b"!"  # EOF: it finished
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(r)
+    assert reached, f"the child never reached {name}"
+
+
+def _removed(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if "left half-written by an interrupted build" in r.getMessage()]
+
+
+def _leftovers(d: Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir() if ".tmp." in p.name)
+
+
+# --- (a) a layer's tree being copied, (b) its meta.json being written --------------------------------
+def _is_meta(path: Path, *args: object, **kw: object) -> bool:
+    return path.name == "meta.json"
+
+
+@pytest.mark.parametrize(("obj", "name", "when"), [
+    (checkpoints.run, "run", lambda argv, **kw: argv[0] == "cp"),  # (a) the copy of the upper directory
+    (checkpoints.contents, "write", lambda *a: True),  # (a) the copy made, its record being written
+    (Path, "write_text", _is_meta),  # (b) meta.json
+], ids=["copy", "record", "meta.json"])
+def test_a_layer_killed_while_kept_is_not_used_and_is_kept_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        obj: Any, name: str, when: Callable[..., bool]) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    made = plan.make(config.resolve({"workspace": str(tmp_path / "ws")}, environ={}))
+    rt = Runtime.start(made)
+    upper = tmp_path / "ws/build/.root-upper"
+    (upper / "etc").mkdir(parents=True)
+    (upper / "etc/motd").write_text("ipa\n")
+    layer = Layer("tree", 3, "1" * 64, {"below": "r"}, None)
+    killed_at(obj, name, when, lambda: checkpoints._save(made, rt, layer))
+    assert _leftovers(layer.path.parent) and not layer.path.exists()
+    assert checkpoints._look_up([layer], False) is None and layer.state.startswith("miss")
+    caplog.set_level(logging.INFO)
+    checkpoints._save(made, rt, layer)
+    assert len(_removed(caplog)) == 1 and _leftovers(layer.path.parent) == []
+    assert trust.problem(layer.path) is None and (layer.path / "tree/etc/motd").read_text() == "ipa\n"
+
+
+# --- (c) a root tree being extracted, recorded, renamed into place ----------------------------------
+@pytest.mark.parametrize(("obj", "name", "when"), [
+    (roottree.contents, "write", lambda *a: True),  # extracted, its record being written
+    (os, "replace", lambda src, dst: Path(dst).parent.name == "rootfs" and ".contents" not in str(dst)),
+], ids=["record", "rename"])
+def test_a_root_tree_killed_while_made_is_not_used_and_is_made_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        obj: Any, name: str, when: Callable[..., bool]) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "SLES15-SP7-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2").write_bytes(b"QFI\xfb" + bytes(508))
+    cfg = config.resolve({"workspace": str(tmp_path / "ws"), "images_dir": str(images)}, environ={})
+
+    def extract(img: Path, fmt: str, root: Path, **kw: object) -> dict[str, object]:  # libguestfs' stand-in
+        (root / "etc").mkdir()
+        (root / "etc/os-release").write_text("NAME=SLES\n")
+        return {}
+
+    monkeypatch.setattr(roottree.image, "extract", extract)
+    monkeypatch.setattr(roottree.image, "sniff", lambda img: "qcow2")
+    killed_at(obj, name, when, lambda: roottree.prepare_root(cfg, tmp_path / "root1"))
+    rootfs = tmp_path / "cache/sles-ipa-builder/rootfs"
+    half = _leftovers(rootfs)
+    assert half and not any(p.is_dir() and not p.name.startswith(".") for p in rootfs.iterdir())
+    caplog.set_level(logging.INFO)
+    facts = roottree.prepare_root(cfg, tmp_path / "root2")
+    assert facts["cache"] == "miss" and len(_removed(caplog)) == len(half)
+    entry = Path(str(facts["cache_file"]))
+    assert _leftovers(rootfs) == [] and roottree.problem(entry) is None
+    assert (tmp_path / "root2/etc/os-release").read_text() == "NAME=SLES\n"
