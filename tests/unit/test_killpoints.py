@@ -12,6 +12,7 @@ import logging
 import os
 import select
 import signal
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +26,7 @@ from sles_ipa_builder.cache.entries import Layer
 from sles_ipa_builder.config import resolve as config
 from sles_ipa_builder.engine import plan
 from sles_ipa_builder.engine.state import Runtime
+from sles_ipa_builder.steps import wheels
 
 
 def killed_at(obj: Any, name: str, when: Callable[..., bool], work: Callable[[], object]) -> None:
@@ -58,7 +60,7 @@ def killed_at(obj: Any, name: str, when: Callable[..., bool], work: Callable[[],
 
 
 def _removed(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if "left half-written by an interrupted build" in r.getMessage()]
+    return [r.getMessage() for r in caplog.records if "by an interrupted build" in r.getMessage()]
 
 
 def _leftovers(d: Path) -> list[str]:
@@ -125,3 +127,47 @@ def test_a_root_tree_killed_while_made_is_not_used_and_is_made_again(
     entry = Path(str(facts["cache_file"]))
     assert _leftovers(rootfs) == [] and roottree.problem(entry) is None
     assert (tmp_path / "root2/etc/os-release").read_text() == "NAME=SLES\n"
+
+
+# --- (d) the wheelhouse being filled ----------------------------------------------------------------
+def pip_writes(path: Path) -> None:
+    """Where the stand-in for pip is between the two halves of a wheel (the point the child is killed at)."""
+
+
+def fake_pip(house: Path) -> Callable[..., None]:
+    """`pip wheel` in the target: a wheel per requirement into --wheel-dir, written in two halves."""
+    def run_in_target(plan: object, rt: object, argv: list[str], **kw: object) -> None:
+        def here(p: str) -> Path:
+            return house / os.path.relpath(p, wheels.WHEELHOUSE)
+        if "-r" not in argv:
+            return
+        for pin in here(argv[argv.index("-r") + 1]).read_text().split():
+            wheel = here(argv[argv.index("--wheel-dir") + 1]) / f"{pin.replace('==', '-')}-py3-none-any.whl"
+            with wheel.open("wb") as f:
+                f.write(WHEEL[:10])
+                f.flush()
+                pip_writes(wheel)
+                f.write(WHEEL[10:])
+    return run_in_target
+
+
+WHEEL = b"PK\x03\x04" + bytes(60)
+
+
+def test_a_wheelhouse_killed_while_filled_shows_no_half_wheel_and_is_filled_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    made = plan.make(config.resolve({"workspace": str(tmp_path / "ws")}, environ={}))
+    rt = Runtime.start(made)
+    info = made.root / wheels.VENV / "lib/python3.11/site-packages/Werkzeug-3.0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: Werkzeug\nVersion: 3.0.1\n\n")
+    house = tmp_path / "cache/sles-ipa-builder/wheels"
+    monkeypatch.setattr(wheels, "run_in_target", fake_pip(house))
+    killed_at(sys.modules[__name__], "pip_writes", lambda *a: True, lambda: wheels.save_step(made, rt))
+    assert not list(house.glob("*.whl")) and not list(house.glob(".saved-*"))  # offline pip sees nothing
+    caplog.set_level(logging.INFO)
+    wheels.save_step(made, rt)
+    assert [m for m in _removed(caplog) if "wheelhouse" in m]
+    assert [(p.name, p.read_bytes()) for p in house.glob("*.whl")] == [("Werkzeug-3.0.1-py3-none-any.whl", WHEEL)]
+    assert list(house.glob(".saved-*")) and not list(house.glob(".fill-*"))
