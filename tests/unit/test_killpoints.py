@@ -26,6 +26,7 @@ from sles_ipa_builder.cache.entries import Layer
 from sles_ipa_builder.config import resolve as config
 from sles_ipa_builder.engine import plan
 from sles_ipa_builder.engine.state import Runtime
+from sles_ipa_builder.fixtures import testmedia
 from sles_ipa_builder.steps import wheels
 
 
@@ -171,3 +172,32 @@ def test_a_wheelhouse_killed_while_filled_shows_no_half_wheel_and_is_filled_agai
     assert [m for m in _removed(caplog) if "wheelhouse" in m]
     assert [(p.name, p.read_bytes()) for p in house.glob("*.whl")] == [("Werkzeug-3.0.1-py3-none-any.whl", WHEEL)]
     assert list(house.glob(".saved-*")) and not list(house.glob(".fill-*"))
+
+
+# --- (e) the test media being built -----------------------------------------------------------------
+@pytest.mark.parametrize(("name", "when"), [
+    ("write_text", lambda path, *a: path.name == testmedia.DONE),  # built, its marker being written
+    ("rename", lambda path, target: Path(target) == testmedia.media_dir()),  # renamed into place
+], ids=["marker", "rename"])
+def test_test_media_killed_while_built_are_not_used_and_are_built_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        name: str, when: Callable[..., bool]) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    def build(work: Path, final: Path, downloads: Path, arch: object) -> None:  # debootstrap's stand-in
+        (work / "images").mkdir()
+        (work / "images" / testmedia.ISO_NAME).write_bytes(b"iso")
+        (work / testmedia.DONE).write_text("{}\n")  # last, as _build writes it
+
+    monkeypatch.setattr(testmedia, "_build", build)
+    killed_at(Path, name, when, testmedia.ensure)
+    half = _leftovers_of(testmedia.cache_base())
+    assert half and not (testmedia.media_dir() / testmedia.DONE).exists()
+    caplog.set_level(logging.INFO)
+    media = testmedia.ensure()
+    assert len(_removed(caplog)) == len(half) and _leftovers_of(testmedia.cache_base()) == []
+    assert media.iso.read_bytes() == b"iso" and (testmedia.media_dir() / testmedia.DONE).is_file()
+
+
+def _leftovers_of(base: Path) -> list[str]:
+    return sorted(p.name for p in base.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
