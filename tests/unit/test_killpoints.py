@@ -175,13 +175,14 @@ def test_a_wheelhouse_killed_while_filled_shows_no_half_wheel_and_is_filled_agai
 
 
 # --- (e) the test media being built -----------------------------------------------------------------
-@pytest.mark.parametrize(("name", "when"), [
-    ("write_text", lambda path, *a: path.name == testmedia.DONE),  # built, its marker being written
-    ("rename", lambda path, target: Path(target) == testmedia.media_dir()),  # renamed into place
-], ids=["marker", "rename"])
+@pytest.mark.parametrize(("name", "when", "force"), [
+    ("write_text", lambda path, *a: path.name == testmedia.DONE, False),  # built, its marker being written
+    ("rename", lambda path, target: Path(target) == testmedia.media_dir(), False),  # renamed into place
+    ("rename", lambda path, target: Path(target) == testmedia.media_dir(), True),  # the old ones moved aside
+], ids=["marker", "rename", "forced-rename"])
 def test_test_media_killed_while_built_are_not_used_and_are_built_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-        name: str, when: Callable[..., bool]) -> None:
+        name: str, when: Callable[..., bool], force: bool) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
     def build(work: Path, final: Path, downloads: Path, arch: object) -> None:  # debootstrap's stand-in
@@ -190,7 +191,9 @@ def test_test_media_killed_while_built_are_not_used_and_are_built_again(
         (work / testmedia.DONE).write_text("{}\n")  # last, as _build writes it
 
     monkeypatch.setattr(testmedia, "_build", build)
-    killed_at(Path, name, when, testmedia.ensure)
+    if force:
+        testmedia.ensure()
+    killed_at(Path, name, when, lambda: testmedia.ensure(force=force))
     half = _leftovers_of(testmedia.cache_base())
     assert half and not (testmedia.media_dir() / testmedia.DONE).exists()
     caplog.set_level(logging.INFO)
