@@ -69,7 +69,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
     was killed while writing it: it is removed first, with one line that says so."""
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f".{final.name}.tmp.*"):
-        log.info("cache: removed %s, left half-written by an interrupted build", stale.name)
+        log.info("cache: removed %s, left by an interrupted build", stale.name)
         remove(stale)
     tmp = final.with_name(f".{final.name}.tmp.{os.getpid()}")
     try:

@@ -85,7 +85,7 @@ def save_step(plan: Plan, rt: Runtime) -> None:
             log.info("wheelhouse already holds this venv's %d packages (%s)", len(pins), key)
             return
         for stale in house.glob(".fill-*"):  # we hold the lock: left by a build that was killed
-            log.info("wheelhouse: removed %s, left half-written by an interrupted build", stale.name)
+            log.info("wheelhouse: removed %s, left by an interrupted build", stale.name)
             shutil.rmtree(stale)
         # pip writes into a directory of its own, not read by --find-links (it lists the top only);
         # each wheel is renamed into the house once pip is done, the marker last

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import select
+import shutil
 import signal
 import sys
 import time
@@ -65,7 +66,8 @@ def _removed(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def _leftovers(d: Path) -> list[str]:
-    return sorted(p.name for p in d.iterdir() if ".tmp." in p.name)
+    """What a writer left beside the entries (hidden names), but lock files."""
+    return sorted(p.name for p in d.iterdir() if p.name.startswith(".") and not p.name.endswith(".lock"))
 
 
 # --- (a) a layer's tree being copied, (b) its meta.json being written --------------------------------
@@ -98,13 +100,14 @@ def test_a_layer_killed_while_kept_is_not_used_and_is_kept_again(
 
 
 # --- (c) a root tree being extracted, recorded, renamed into place ----------------------------------
-@pytest.mark.parametrize(("obj", "name", "when"), [
-    (roottree.contents, "write", lambda *a: True),  # extracted, its record being written
-    (os, "replace", lambda src, dst: Path(dst).parent.name == "rootfs" and ".contents" not in str(dst)),
-], ids=["record", "rename"])
+@pytest.mark.parametrize(("obj", "name", "when", "force"), [
+    (roottree.contents, "write", lambda *a: True, False),  # extracted, its record being written
+    (os, "replace", lambda src, dst: Path(dst).parent.name == "rootfs" and ".contents" not in str(dst), False),
+    (shutil, "rmtree", lambda path, *a, **kw: Path(path).parent.name == "rootfs", True),  # --force: the old tree going
+], ids=["record", "rename", "forced-removal"])
 def test_a_root_tree_killed_while_made_is_not_used_and_is_made_again(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-        obj: Any, name: str, when: Callable[..., bool]) -> None:
+        obj: Any, name: str, when: Callable[..., bool], force: bool) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     images = tmp_path / "images"
     images.mkdir()
@@ -118,7 +121,9 @@ def test_a_root_tree_killed_while_made_is_not_used_and_is_made_again(
 
     monkeypatch.setattr(roottree.image, "extract", extract)
     monkeypatch.setattr(roottree.image, "sniff", lambda img: "qcow2")
-    killed_at(obj, name, when, lambda: roottree.prepare_root(cfg, tmp_path / "root1"))
+    if force:
+        roottree.prepare_root(cfg, tmp_path / "root0")
+    killed_at(obj, name, when, lambda: roottree.prepare_root(cfg, tmp_path / "root1", force=force))
     rootfs = tmp_path / "cache/sles-ipa-builder/rootfs"
     half = _leftovers(rootfs)
     assert half and not any(p.is_dir() and not p.name.startswith(".") for p in rootfs.iterdir())
@@ -194,13 +199,9 @@ def test_test_media_killed_while_built_are_not_used_and_are_built_again(
     if force:
         testmedia.ensure()
     killed_at(Path, name, when, lambda: testmedia.ensure(force=force))
-    half = _leftovers_of(testmedia.cache_base())
+    half = _leftovers(testmedia.cache_base())
     assert half and not (testmedia.media_dir() / testmedia.DONE).exists()
     caplog.set_level(logging.INFO)
     media = testmedia.ensure()
-    assert len(_removed(caplog)) == len(half) and _leftovers_of(testmedia.cache_base()) == []
+    assert len(_removed(caplog)) == len(half) and _leftovers(testmedia.cache_base()) == []
     assert media.iso.read_bytes() == b"iso" and (testmedia.media_dir() / testmedia.DONE).is_file()
-
-
-def _leftovers_of(base: Path) -> list[str]:
-    return sorted(p.name for p in base.iterdir() if ".tmp-" in p.name or ".old-" in p.name)
