@@ -123,8 +123,8 @@ def describe(cfg: Config) -> dict[str, str]:
 def _make_entry(img: Path, fmt: str, entry: Path, *, arch: Arch, accel: str, force: bool) -> dict[str, Any]:
     """The unpacked tree in `entry`, made atomically: from the qcow2 (libguestfs), or from the
     .tar.zst an earlier version of the builder cached for the same image (then removed)."""
-    if entry.exists():  # --force: the old tree goes
-        aside = entry.with_name(f".{entry.name}.old.{os.getpid()}")
+    if entry.exists():  # --force: the old tree goes (if killed meanwhile, with the next temp: atomic_path)
+        aside = entry.with_name(f".{entry.name}.tmp.old-{os.getpid()}")
         os.replace(entry, aside)
         shutil.rmtree(aside)
     archive = entry.with_name(f"{entry.name}.tar.zst")

@@ -63,17 +63,28 @@ def locked(path: Path | str, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
 
 @contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temp path next to `final`; rename it into place only if the block succeeds."""
+    """Yield a temp path next to `final`; rename it into place only if the block succeeds.
+
+    Every caller holds the lock of `final`, so a temp of it already there was left by a process that
+    was killed while writing it: it is removed first, with one line that says so."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".{final.name}.tmp.*"):
+        log.info("cache: removed %s, left by an interrupted build", stale.name)
+        remove(stale)
     tmp = final.with_name(f".{final.name}.tmp.{os.getpid()}")
     try:
         yield tmp
         os.replace(tmp, final)
     finally:
-        if tmp.is_dir() and not tmp.is_symlink():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
+        remove(tmp)
+
+
+def remove(path: Path) -> None:
+    """Remove a file or a directory tree, if there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -6,12 +6,18 @@ saves wheels of exactly what the IPA venv holds (plus the build backends of the 
 `<cache>/wheels`; it skips that when the same set was saved before. An `--offline` build points every
 pip call of every hook at that directory only (PIP_NO_INDEX, PIP_FIND_LINKS), so nothing is contacted
 and a package missing from it fails the hook by name.
+
+pip fills `.fill-<key>/` in the wheelhouse; the wheels are renamed into it when pip is done and the
+`.saved-<key>` marker comes last. A build killed meanwhile leaves only that directory, which
+--find-links does not read (it lists the wheelhouse's top) and the next online build removes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import shutil
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -78,11 +84,21 @@ def save_step(plan: Plan, rt: Runtime) -> None:
         if done.exists():
             log.info("wheelhouse already holds this venv's %d packages (%s)", len(pins), key)
             return
-        reqs = house / f".requirements-{key}.txt"
-        reqs.write_text("\n".join(pins) + "\n")
+        for stale in house.glob(".fill-*"):  # we hold the lock: left by a build that was killed
+            log.info("wheelhouse: removed %s, left by an interrupted build", stale.name)
+            shutil.rmtree(stale)
+        # pip writes into a directory of its own, not read by --find-links (it lists the top only);
+        # each wheel is renamed into the house once pip is done, the marker last
+        fill = house / f".fill-{key}"
+        fill.mkdir()
+        (fill / "requirements.txt").write_text("\n".join(pins) + "\n")
         pip = [f"/{VENV}/bin/python", "-m", "pip", "wheel", "--disable-pip-version-check",
-               "--wheel-dir", WHEELHOUSE, "--find-links", WHEELHOUSE]
-        run_in_target(plan, rt, [*pip, "--no-deps", "-r", f"{WHEELHOUSE}/{reqs.name}"], label="pip wheel")
+               "--wheel-dir", f"{WHEELHOUSE}/{fill.name}", "--find-links", WHEELHOUSE]
+        run_in_target(plan, rt, [*pip, "--no-deps", "-r", f"{WHEELHOUSE}/{fill.name}/requirements.txt"],
+                      label="pip wheel")
         run_in_target(plan, rt, [*pip, *backends], label="pip wheel")
+        for wheel in fill.glob("*.whl"):
+            os.replace(wheel, house / wheel.name)
         done.write_text("\n".join([*pins, "--", *backends]) + "\n")
+        shutil.rmtree(fill)
     log.info("saved wheels of %d packages and %d build requirements for --offline", len(pins), len(backends))
