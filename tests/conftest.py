@@ -376,3 +376,12 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"out": out, "tree": tree, "password": password, "work": work, "log": res.stdout + res.stderr}
 
 
+def static_network_data(mac: str, address: str) -> dict[str, Any]:
+    """OpenStack network_data.json for one link with a static IPv4 address in QEMU's user network."""
+    return {
+        "links": [{"id": "nic0", "type": "phy", "ethernet_mac_address": mac}],
+        "networks": [{"id": "net0", "link": "nic0", "type": "ipv4", "ip_address": address, "netmask": "255.255.255.0",
+                      "routes": [{"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": "10.0.2.2"}]}],
+        "services": [{"type": "dns", "address": "10.0.2.3"}],
+    }
+

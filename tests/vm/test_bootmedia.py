@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import static_network_data
 
 from sles_ipa_builder import run
 from sles_ipa_builder.delivery import bootmedia
@@ -101,13 +102,7 @@ def config_drive(tmp: Path, publisher: str) -> Path:
     publisher id it also gives the kernel as ir_pub_id, the node's static network_data.json."""
     tree = tmp / "config-drive"
     (tree / "openstack/latest").mkdir(parents=True)
-    (tree / "openstack/latest/network_data.json").write_text(json.dumps({
-        "links": [{"id": "port0", "type": "phy", "ethernet_mac_address": boottest.MAC}],
-        "networks": [{"id": "net0", "link": "port0", "type": "ipv4", "ip_address": STATIC_IP,
-                      "netmask": "255.255.255.0",
-                      "routes": [{"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": "10.0.2.2"}]}],
-        "services": [{"type": "dns", "address": "10.0.2.3"}],
-    }))  # fmt: skip
+    (tree / "openstack/latest/network_data.json").write_text(json.dumps(static_network_data(boottest.MAC, STATIC_IP)))
     out = tmp / "config-drive.iso"
     run.run(["xorriso", "-as", "mkisofs", "-quiet", "-o", out, "-V", "config-2", "-publisher", publisher, "-J", "-R",
              tree], capture=True)

@@ -14,6 +14,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import static_network_data
 
 from sles_ipa_builder import run
 from sles_ipa_builder.fixtures import testmedia
@@ -219,13 +220,7 @@ def check_addon_boot(kernel: Path, initramfs: Path, dev_user: str, work: Path) -
     ssh_key = work / "id_ed25519"
     run.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", ssh_key], capture=True)
     net = work / "network_data.json"
-    net.write_text(json.dumps({
-        "links": [{"id": "nic0", "type": "phy", "ethernet_mac_address": qemu.MAC}],
-        "networks": [{"id": "net0", "link": "nic0", "type": "ipv4", "ip_address": STATIC_IP,
-                      "netmask": "255.255.255.0",
-                      "routes": [{"network": "0.0.0.0", "netmask": "0.0.0.0", "gateway": "10.0.2.2"}]}],
-        "services": [{"type": "dns", "address": "10.0.2.3"}],
-    }))  # fmt: skip
+    net.write_text(json.dumps(static_network_data(qemu.MAC, STATIC_IP)))
     cpio = work / "addon.cpio"
     res = run.run([sys.executable, "-m", "sles_ipa_builder", "addon", "--ca-bundle", str(ca), "--ssh-key",
                    f"{ssh_key}.pub", "--network-data", str(net), "-o", str(cpio)], capture=True, check=False)
