@@ -219,8 +219,12 @@ def write_iso(st: Staging) -> None:
     args = " ".join(a for a in (f"console=tty0 console={st.arch.console},115200", st.iso_kernel_args) if a)
     bootmedia.write_iso(layout, st.staged("iso"), st.work, kernel=st.staged("kernel"),
                         initramfs=st.staged("initramfs"), esp=st.staged("esp.img"), args=args, epoch=_epoch(st))
-    st.manifest["boot_media"].update(iso_kernel_args=args, iso_boot=["uefi", *(["bios"] if layout.boot.bios else [])])
+    boots = ["uefi", *(["bios"] if layout.boot.bios else [])]
+    st.manifest["boot_media"].update(iso_kernel_args=args, iso_boot=boots)
     _hash_staged(st, "iso")
+    logger.info("%s boots %s; Secure Boot chain %s (%s); Ironic's grub_config_path: %s", st.final("iso").name,
+                " and ".join(b.upper() for b in boots), st.manifest["boot_media"]["secure_boot_chain"],
+                ", ".join(f"{p.name} {p.version}" for p in layout.boot.packages), layout.grub_config_path)
 
 
 def _hash_staged(st: Staging, suffix: str) -> None:
