@@ -153,8 +153,9 @@ def write_esp(layout: Layout, out: Path, work: Path, epoch: int) -> None:
         f.truncate(size)
     run.run(["mkfs.vfat", "--invariant", "-i", _serial(out.name), "-n", "ESP", out], capture=True,
             hint="mkfs.vfat (dosfstools) failed making the ESP")
-    # FAT keeps local time, and mcopy -s follows readdir order: UTC, and one file at a time in sorted order
-    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "TZ": "UTC"}
+    # FAT keeps local time, mmd stamps directories with the clock unless SOURCE_DATE_EPOCH says otherwise,
+    # and mcopy -s follows readdir order: UTC, the epoch, and one file at a time in sorted order
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "TZ": "UTC", "SOURCE_DATE_EPOCH": str(epoch)}
     entries = sorted(tree.rglob("*"))
     for d in (e for e in entries if e.is_dir()):
         run.run(["mmd", "-i", out, f"::/{d.relative_to(tree).as_posix()}"], env=env, capture=True,

@@ -155,6 +155,11 @@ def test_esp_and_iso_are_reproducible(tmp_path: Path, monkeypatch: pytest.Monkey
     finally:
         os.umask(old)
     assert [digest(p) for p in first] == [digest(p) for p in second]
+    # every entry, directories included, carries the epoch's date, not the clock's (FAT: local time, here UTC)
+    listing = subprocess.run(["mdir", "-i", str(first[0]), "::/EFI/BOOT"], capture_output=True, text=True,
+                             env={"MTOOLS_SKIP_CHECK": "1", "PATH": "/usr/bin:/bin", "TZ": "UTC"}, check=True).stdout
+    dated = [line for line in listing.splitlines() if "2023-11-14" in line]
+    assert len(dated) >= 5, listing  # ., .., BOOTX64.EFI, grubx64.efi, mmx64.efi
     (tmp_path / "c").mkdir()
     later = write_both(tmp_path / "c", 1_800_000_000)
     assert digest(later[1]) != digest(first[1])  # the epoch is in there: it is not ignored
