@@ -342,8 +342,8 @@ E2E_NAME = "ipa-e2e"
 
 @pytest.fixture(scope="session")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The one end-to-end build of the test media (tests/vm: test_bootmedia, test_end_to_end share it,
-    so CI pays for it once). Its boot test is the ISO's, under Secure Boot (test_bootmedia.py)."""
+    """The one end-to-end build of the test media (tests/vm: test_isoboot, test_end_to_end share it,
+    so CI pays for it once). Its boot test is the ISO's, under Secure Boot (test_isoboot.py)."""
     import secrets
     import sys
 
