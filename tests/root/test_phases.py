@@ -100,7 +100,8 @@ def test_default_plan_ends_with_the_outputs(tmp_path: Path) -> None:
     made = plan.make(config.resolve({"workspace": str(tmp_path)}, environ={}))
     tail = [(s.stage.value, s.name) for s in made.steps if s.stage.value == "outputs"]
     assert tail == [("outputs", f"ironic-python-agent.{x}") for x in
-                    ("kernel", "initramfs", "tar", "tar.gz", "packages", "cdx.json", "manifest.json", "sha256")
+                    ("kernel", "initramfs", "tar", "tar.gz", "esp.img", "iso", "packages", "cdx.json", "manifest.json",
+                     "sha256")
                     ] + [("outputs", "commit")]
     assert made.needs("10-sles-image") and made.needs("05-media-repositories")
 
