@@ -105,8 +105,8 @@ def accel_plan(accel: str, arch: Arch = HOST_DEFAULT) -> list[str]:
 
 
 def qemu_argv(
-    kernel: Path,
-    initramfs: Path,
+    kernel: Path | None,
+    initramfs: Path | None,
     *,
     accel: str,
     console: Path,
@@ -236,7 +236,7 @@ def _attempt(
     arch: Arch = HOST_DEFAULT, iso: Path | None = None, firmware: str = "", cdroms: Sequence[Path] = (),
 ) -> BootResult:  # fmt: skip
     argv = qemu_argv(
-        kernel or Path(), initramfs or Path(), accel=accel, console=console_path, port=api.port, memory_mb=memory_mb,
+        kernel, initramfs, accel=accel, console=console_path, port=api.port, memory_mb=memory_mb,
         append=append, nic_model=nic_model, disk=disk, scheme=api.scheme, hostfwd=hostfwd, arch=arch, iso=iso,
         firmware=firmware, cdroms=cdroms,
     )  # fmt: skip

@@ -179,11 +179,11 @@ class Console:
         for line in complete:
             self.lines.append(line)
             if not self.panic and "Kernel panic" in line:
-                self.panic = re.sub(r"^\[\s*[\d.]+\]\s*", "", line.strip())
+                self.panic = _untimed(line)
             if "Secure boot enabled" in line:
                 self.secure_boot = True
             if not self.lockdown and "Kernel is locked down" in line:
-                self.lockdown = re.sub(r"^\[\s*[\d.]+\]\s*", "", line.strip())
+                self.lockdown = _untimed(line)
             self.kernel = self.kernel or "Linux version" in line
             if not self.refused and not self.kernel and REFUSED.search(line):  # the firmware's, not the agent's
                 self.refused = _plain(line)[:200]
@@ -231,6 +231,11 @@ _MISSING = (
     re.compile(r"The (?P<tool>[\w.+-]+) tool may be missing"),
     re.compile(r"No such file or directory: '(?P<tool>[\w.+-]+)'"),
 )
+
+
+def _untimed(line: str) -> str:
+    """A kernel console line without its "[   12.345678]" time stamp."""
+    return re.sub(r"^\[\s*[\d.]+\]\s*", "", line.strip())
 
 
 def _plain(text: str) -> str:
