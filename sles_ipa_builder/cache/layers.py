@@ -44,7 +44,7 @@ from ..engine.stages import Phase
 from ..engine.state import TARGET_CA, ResolvSaved, Step
 from ..engine.target import IN_TARGET
 from ..errors import InputError
-from ..inputs import image, media, repos, sources
+from ..inputs import image, media, repokeys, repos, sources
 from . import contents, trust
 from . import roottree as layers
 from . import store as cache
@@ -168,8 +168,13 @@ def prepare(plan: Plan, rt: Runtime) -> None:
 def _repo_digests(cfg: Config, *, offline: bool) -> dict[str, str]:
     creds = repos.load_credentials(list(cfg.repo_credentials))
     zc = cache.cache_dir("zypper") if offline else None
-    return {r.alias: repos.metadata_digest(r, creds, cfg.ca_bundle, zypper_cache=zc)
-            for r in repos.parse(list(cfg.repos))}
+    user = repos.parse(list(cfg.repos))
+    out = {r.alias: repos.metadata_digest(r, creds, cfg.ca_bundle, zypper_cache=zc) for r in user}
+    # keys the user gives may be imported into the target's rpm database (repotrust.py)
+    given = [*cfg.repo_keys, *(r.key_file for r in user if r.key_file)]
+    if given:
+        out["keys given"] = " ".join(sorted({k.fingerprint for f in given for k in repokeys.read_file(f)}))
+    return out
 
 
 def _skipped(steps: list[Step], layer: Layer) -> set[tuple[str, str]]:

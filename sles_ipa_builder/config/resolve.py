@@ -19,6 +19,7 @@ from typing import Any
 from ..delivery import bootmedia, publish, sign
 from ..engine.stages import parse_break_points
 from ..errors import ConfigError
+from ..inputs import repokeys
 from ..inputs import repos as repositories
 from ..packing.compress import Compression
 from ..packing.cuts import PruneSettings
@@ -109,6 +110,7 @@ class Config:
     image_platform: str
     repos: list[str]
     repo_credentials: list[Path]
+    repo_keys: list[Path]
     elements: list[str]
     elements_path: list[Path]
     ipa_repo: str
@@ -404,5 +406,9 @@ def validate(cfg: Config) -> None:
     creds = repositories.load_credentials(cfg.repo_credentials)
     for repo in repositories.parse(cfg.repos):
         repositories.credentials_for(repo, creds)
+        if repo.key_file is not None:
+            repokeys.read_file(repo.key_file, f"gpgkey= of {repo.shown}")
+    for key_file in cfg.repo_keys:
+        repokeys.read_file(key_file)
     if not cfg.elements:
         raise ConfigError("the element list is empty", "give at least an operating-system element such as sles")

@@ -121,6 +121,9 @@ _ROWS: tuple[str | Setting, ...] = (
       "ISO is optional.", ("SIB_REPOS",), flag_name="repo", many=True),
     S("repo_credentials", [], "pathlist", "zypper credentials files (or credentials.d directories) for repository "
       "URLs that name them with ?credentials=NAME.", ("SIB_REPO_CREDENTIALS",), many=True),
+    S("repo_keys", [], "pathlist", "OpenPGP public keys trusted to sign the --repo repositories, besides the keys "
+      "in the base image's rpm database (zypper never imports a key itself; gpgkey=FILE in a --repo URL trusts a "
+      "key for that repository only).", ("SIB_REPO_KEYS",), flag_name="repo-key", many=True),
     "Elements",
     S("elements", DEFAULT_ELEMENTS, "list", "Element list (replaces the default list).", ("SIB_ELEMENTS",), many=True),
     S("elements_path", [], "pathlist", "Extra element directories, searched before the built-in elements/.",

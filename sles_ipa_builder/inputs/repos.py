@@ -9,6 +9,9 @@ A repository is a URL (`--repo`, `repos` in TOML). Credentials come in the two w
 - or in the URL itself: `https://user:password@host/...`, or an SCC-style token as its query
   (`https://updates.suse.com/...?<token>`).
 
+A repository's signing key is pinned (repokeys.py): the base image's keys, `--repo-key FILE`, or
+`gpgkey=FILE` in the URL for that repository only (a parameter for the builder, not sent to the server).
+
 Either way the secret parts are masked (`***`) wherever a URL is shown: summary, log, manifest,
 `.packages`. `check()` reads every repository's repomd.xml and primary metadata up front, so a URL
 that is unreachable, refuses the credentials or is not an rpm-md repository stops the build (exit 2)
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 CREDENTIALS_D = "etc/zypp/credentials.d"
 TIMEOUT = 30  # seconds for one metadata request
 MASK = "***"
+SHOWN_PARAMETERS = ("credentials", "gpgkey")  # URL parameters that name files: no secret in them
 
 
 @dataclass(frozen=True)
@@ -72,13 +76,25 @@ class Repo:
         return found[0] if found else None
 
     @property
+    def key_file(self) -> Path | None:
+        """`gpgkey=FILE` in the URL: the key this repository's metadata is signed with."""
+        found = [v for k, v in _query_items(self.parts.query) if k == "gpgkey"]
+        return Path(urllib.parse.unquote(found[0])) if found else None
+
+    @property
+    def zypper_url(self) -> str:
+        """The URL as zypper gets it: without the builder's own gpgkey= parameter."""
+        query = "&".join(f"{k}={v}" if k else v for k, v in _query_items(self.parts.query) if k != "gpgkey")
+        return urllib.parse.urlunsplit(self.parts._replace(query=query))
+
+    @property
     def shown(self) -> str:
         return mask(self.url)
 
     def secrets(self) -> list[str]:
         p = self.parts
         out = [p.password] if p.password else []
-        out += [v for k, v in _query_items(p.query) if k != "credentials" and v]
+        out += [v for k, v in _query_items(p.query) if k not in SHOWN_PARAMETERS and v]
         return out
 
     def is_loopback(self) -> bool:
@@ -95,12 +111,12 @@ def _query_items(query: str) -> list[tuple[str, str]]:
 
 
 def mask(url: str) -> str:
-    """The URL as it may be shown: password and query tokens (all but `credentials=`) replaced by ***."""
+    """The URL as it may be shown: password and query tokens (all but `credentials=`, `gpgkey=`) replaced by ***."""
     p = urllib.parse.urlsplit(url)
     netloc = p.netloc
     if p.password is not None:
         netloc = f"{p.username}:{MASK}@{p.hostname}" + (f":{p.port}" if p.port else "")
-    query = "&".join(f"{k}={v}" if k == "credentials" else (f"{k}={MASK}" if k else MASK)
+    query = "&".join(f"{k}={v}" if k in SHOWN_PARAMETERS else (f"{k}={MASK}" if k else MASK)
                      for k, v in _query_items(p.query))
     return urllib.parse.urlunsplit((p.scheme, netloc, p.path, query, p.fragment))
 
@@ -208,7 +224,7 @@ def _fetch(repo: Repo, rel: str, creds: Credentials | None, ca_bundle: Path | No
     host = p.hostname or ""
     netloc = f"[{host}]" if ":" in host else host
     netloc += f":{p.port}" if p.port else ""
-    query = "&".join(f"{k}={v}" if k else v for k, v in _query_items(p.query) if k != "credentials")
+    query = "&".join(f"{k}={v}" if k else v for k, v in _query_items(p.query) if k not in SHOWN_PARAMETERS)
     url = urllib.parse.urlunsplit((p.scheme, netloc, base + rel, query, ""))
     req = urllib.request.Request(url, headers={"User-Agent": "sles-ipa-builder"})
     user, password = (creds.username, creds.password) if creds else (p.username, p.password)
@@ -274,6 +290,32 @@ def metadata_digest(repo: Repo, creds: dict[str, Credentials], ca_bundle: Path |
     except (urllib.error.URLError, OSError) as e:
         raise ConfigError(f"repository {repo.shown} is unreachable: {getattr(e, 'reason', e)}",
                           "check the URL, the network and the proxy (https_proxy)") from None
+
+
+def signed_metadata(repo: Repo, creds: dict[str, Credentials], ca_bundle: Path | None, *,
+                    zypper_cache: Path | None = None) -> tuple[bytes, bytes | None]:
+    """The repository's repodata/repomd.xml and its detached signature (None: unsigned). With
+    `zypper_cache` (offline), the copies zypper kept when it last refreshed the repository."""
+    if zypper_cache is not None:
+        raw = zypper_cache / "raw" / repo.alias
+        if not (raw / "repodata/repomd.xml").is_file():
+            raise ConfigError(f"offline, and repository {repo.shown} has no cached metadata",
+                              "run one online build with this repository first, or drop --offline")
+        asc = raw / "repodata/repomd.xml.asc"
+        return (raw / "repodata/repomd.xml").read_bytes(), asc.read_bytes() if asc.is_file() else None
+    c = credentials_for(repo, creds)
+    try:
+        repomd = _fetch(repo, "repodata/repomd.xml", c, ca_bundle)
+        try:
+            signature: bytes | None = _fetch(repo, "repodata/repomd.xml.asc", c, ca_bundle)
+        except (urllib.error.HTTPError, FileNotFoundError) as e:
+            if isinstance(e, urllib.error.HTTPError) and e.code != 404:
+                raise
+            signature = None
+    except (urllib.error.URLError, OSError) as e:
+        raise ConfigError(f"repository {repo.shown} is unreachable: {getattr(e, 'reason', e)}",
+                          "check the URL, the network and the proxy (https_proxy)") from None
+    return repomd, signature
 
 
 def media_packages(media: Media) -> set[str]:

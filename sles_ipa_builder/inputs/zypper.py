@@ -4,14 +4,15 @@ Repository files are written directly (no `zypper addrepo` round trips, no depen
 zypper behaving). Two kinds of repositories:
 
 * the Media1 modules, served from the ISO on loopback (media.serve): `keeppackages=0` because the
-  packages already sit in the ISO on this host (kiwi#847: don't cache local repos), `gpgcheck=0`
-  because the media's integrity comes from the user's own file (its identity is recorded in the
-  manifest) and neither the test media nor a minimal image's rpm keyring carry the media signing keys;
-  `proxy=_none_` in the URL because zypper inside the chroot must never send loopback requests to a
-  proxy it inherited;
+  packages already sit in the ISO on this host (kiwi#847: don't cache local repos); `proxy=_none_` in
+  the URL because zypper inside the chroot must never send loopback requests to a proxy it inherited;
 * remote repositories the user adds (`repos`): `keeppackages=1`, so their packages land in the host
   cache bind-mounted at /var/cache/zypp (the seed's `modifyrepo --keep-packages`) and a rebuild does
-  not download them again; gpgcheck stays on.
+  not download them again.
+
+`gpgcheck=1` on both, and zypper never imports a key (no `--gpg-auto-import-keys`): the build has
+checked each repository's signature against pinned keys before (repokeys.py), and zypper checks it
+again, and each package against the signed metadata's checksums.
 
 `autorefresh=0` on both: the engine runs `refresh_argv()` once per build instead of zypper checking
 every repository on every call.
@@ -27,7 +28,7 @@ from ..cache.store import cache_dir
 
 REPOS_D = "etc/zypp/repos.d"
 ZYPP_CONF = "etc/zypp/zypp.conf"
-ZYPPER = ["zypper", "--non-interactive", "--gpg-auto-import-keys"]
+ZYPPER = ["zypper", "--non-interactive"]  # never --gpg-auto-import-keys: keys are pinned (repokeys.py)
 NO_PROXY_HOSTS = "127.0.0.1,localhost"
 USER_PRIORITY = 90  # zypper: lower wins; the media's repositories keep the default 99
 
@@ -60,7 +61,7 @@ def local_url(url: str) -> str:
     return url
 
 
-def repo_file(alias: str, url: str, *, keep_packages: bool, gpgcheck: bool, priority: int = 99) -> str:
+def repo_file(alias: str, url: str, *, keep_packages: bool, priority: int = 99) -> str:
     return "\n".join([
         f"[{_alias_ok(alias)}]",
         f"name={alias}",
@@ -69,7 +70,7 @@ def repo_file(alias: str, url: str, *, keep_packages: bool, gpgcheck: bool, prio
         f"baseurl={local_url(url)}",
         "type=rpm-md",
         f"priority={priority}",
-        f"gpgcheck={1 if gpgcheck else 0}",
+        "gpgcheck=1",
         f"keeppackages={1 if keep_packages else 0}",
         "",
     ])
@@ -78,8 +79,7 @@ def repo_file(alias: str, url: str, *, keep_packages: bool, gpgcheck: bool, prio
 def write_repos(root: Path, repos: list[tuple[str, str]], *, keep_packages: bool | None = None) -> list[Path]:
     """Write /etc/zypp/repos.d/<alias>.repo for each (alias, url) in `root`.
 
-    keep_packages=None picks per URL: off for local media, on for remote repositories. Local media get
-    gpgcheck=0 (see the module docstring), remote repositories keep gpgcheck=1.
+    keep_packages=None picks per URL: off for local media, on for remote repositories.
     """
     d = root / REPOS_D
     d.mkdir(parents=True, exist_ok=True)
@@ -90,7 +90,7 @@ def write_repos(root: Path, repos: list[tuple[str, str]], *, keep_packages: bool
         path = d / f"{_alias_ok(alias)}.repo"
         # the user's repositories (an update channel) win over the media's packages
         priority = USER_PRIORITY if alias.startswith("user-") else 99
-        path.write_text(repo_file(alias, url, keep_packages=keep, gpgcheck=not local, priority=priority))
+        path.write_text(repo_file(alias, url, keep_packages=keep, priority=priority))
         written.append(path)
     return written
 

@@ -16,7 +16,7 @@ from ..engine.target import run_in_target, run_zypper
 from ..errors import BuildError, ConfigError
 from ..inputs import media, repos, zypper
 from ..packing import cuts
-from . import agenttools, pkgdrop
+from . import agenttools, pkgdrop, repotrust
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ def media_step(plan: Plan, rt: Runtime) -> None:
         m = media.open_media(cfg.iso_path)
     local = media.repo_urls(m, media.serve(m, rt.stack)) if m is not None else []
     user = repos.parse(list(cfg.repos))
-    remote = [(r.alias, r.url) for r in user]
+    remote = [(r.alias, r.zypper_url) for r in user]
+    signed_by = repotrust.check(plan, rt, m, user)  # before the first zypper call: pinned keys only
     repos.write_credentials(plan.root, user, repos.load_credentials(list(cfg.repo_credentials)))
     zypper.write_repos(plan.root, local + remote)
     zypper.zypp_conf(plan.root)
@@ -55,6 +56,7 @@ def media_step(plan: Plan, rt: Runtime) -> None:
         "identity": m.identity if m is not None else None,
         "repositories": [alias for alias, _ in local + remote],
         "remote": {r.alias: r.shown for r in user},
+        "signed_by": signed_by,
     }
 
 

@@ -212,14 +212,14 @@ def test_every_phase_runs_in_order_in_its_place(tmp_path: Path) -> None:
         "root.d/20-record",
         "extra-data.d/20-record",
         "pre-install.d/05-check-bin",
-        "zypper --non-interactive --gpg-auto-import-keys refresh",  # first call of the build, under the cache lock
-        "zypper --non-interactive --gpg-auto-import-keys install --no-recommends bb-early",
+        "zypper --non-interactive refresh",  # first call of the build, under the cache lock
+        "zypper --non-interactive install --no-recommends bb-early",
         "pre-install.d/20-record",
-        "zypper --non-interactive --gpg-auto-import-keys install --no-recommends bb-pkg bb-build bb-when",
+        "zypper --non-interactive install --no-recommends bb-pkg bb-build bb-when",
         "install.d/15-check-static",
         "install.d/20-record",
         "install.d/30-from-source",
-        "zypper --non-interactive --gpg-auto-import-keys remove --clean-deps bb-build",
+        "zypper --non-interactive remove --clean-deps bb-build",
         "post-install.d/20-record",
         "post-root.d/20-record",
         "pre-finalise.d/20-record",

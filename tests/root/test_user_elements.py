@@ -124,7 +124,7 @@ def test_users_sles_makes_the_root_and_users_ipa_install_calls_install_packages(
     assert r.returncode == 0, r.stderr[-3000:]
     root = tmp_path / "ws/build/root"
     order = (root / "var/log/order").read_text().splitlines()
-    zypper = "zypper --non-interactive --gpg-auto-import-keys"
+    zypper = "zypper --non-interactive"
     assert order[0] == "root.d/10-sles-image (user's sles)"
     assert f"{zypper} install --no-recommends python311" in order, order  # sles-zypper-config, pre-install
     # install.d: their package-installs.yaml, and the python's build-only headers and pip

@@ -55,8 +55,8 @@ def test_install_packages_maps_then_calls_zypper(tmp_path: Path, bindir: Path) -
     run.run([BIN / "install-packages", "-m", "my-element", "gone"], env=env(bindir))  # nothing left to install
     log = (tmp_path / "zypper.log").read_text().splitlines()
     assert log == [
-        "--non-interactive --gpg-auto-import-keys install --no-recommends apache2 gdb-15 gdb-extra",
-        "--non-interactive --gpg-auto-import-keys remove nano",
+        "--non-interactive install --no-recommends apache2 gdb-15 gdb-extra",
+        "--non-interactive remove nano",
     ]
     bad = run.run([BIN / "install-packages", "-m", "my-element", "unknown"], env=env(bindir), check=False,
                   capture=True)

@@ -224,8 +224,8 @@ mount --bind "$cache" "$root/var/cache/zypp"
 in_root() { chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 \
     no_proxy=127.0.0.1,localhost NO_PROXY=127.0.0.1,localhost "$@"; }
 if in_root rpm -q "$pkg"; then echo "$pkg is already installed"; exit 3; fi
-in_root zypper --non-interactive --gpg-auto-import-keys refresh
-in_root zypper --non-interactive --gpg-auto-import-keys install --no-recommends "$pkg"
+in_root zypper --non-interactive refresh
+in_root zypper --non-interactive install --no-recommends "$pkg"
 in_root rpm -q "$pkg"
 """
 

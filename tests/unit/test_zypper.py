@@ -28,7 +28,7 @@ def test_repo_files_local_and_remote(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert local.splitlines() == [
         "[sle-Module-Basesystem]", "name=sle-Module-Basesystem", "enabled=1", "autorefresh=0",
         "baseurl=http://127.0.0.1:4242/Module-Basesystem?proxy=_none_", "type=rpm-md", "priority=99",
-        "gpgcheck=0", "keeppackages=0"]
+        "gpgcheck=1", "keeppackages=0"]
     remote = (tmp_path / f"etc/zypp/repos.d/{user}.repo").read_text()
     assert "baseurl=https://download.example.com/repo/oss\n" in remote
     assert "keeppackages=1" in remote and "gpgcheck=1" in remote
@@ -81,7 +81,7 @@ def test_zypp_conf_created_and_duplicates_dropped(tmp_path: Path) -> None:
 
 def test_argv() -> None:
     assert zypper.install_argv(["a", "b"]) == [
-        "zypper", "--non-interactive", "--gpg-auto-import-keys", "install", "--no-recommends", "a", "b"]
+        "zypper", "--non-interactive", "install", "--no-recommends", "a", "b"]
     assert zypper.install_argv(["a"], uninstall=True)[-3:] == ["remove", "--clean-deps", "a"]
     assert zypper.refresh_argv()[-1] == "refresh"
     assert zypper.refresh_argv(["sle-Module-Basesystem"])[-2:] == ["refresh", "sle-Module-Basesystem"]
@@ -125,7 +125,7 @@ def test_zypper_refreshes_when_another_build_did_and_runs_under_the_cache_lock(t
     assert [(argv[-2:], held) for argv, held in calls] == [
         (["refresh", "sle-Module-Basesystem"], True), (["--no-recommends", "lshw"], True),
         (["--no-recommends", "mdadm"], True),
-        (["--gpg-auto-import-keys", "refresh"], True),
+        (["--non-interactive", "refresh"], True),
         (["refresh", "sle-Module-Basesystem"], True), (["--no-recommends", "fio"], True)]
 
 

@@ -3,7 +3,12 @@ SP4's Media1 has python310). Built on the test media (Debian content, not SUSE s
 ISO: its RPMs are split into a "pool" repository without python311 and an "update" repository that
 carries python311, both real rpm-md repositories (createrepo_c) served from loopback HTTP with basic
 auth: the pool with the password in its URL, the update with a zypper credentials file, as RMT and
-SCC registrations give them. Then no secret may be found anywhere the build wrote."""
+SCC registrations give them. Then no secret may be found anywhere the build wrote.
+
+Signing keys are pinned: the pool is signed with the test media's key, which the test image trusts (as a
+SLES image trusts SUSE's); the update repository with a key of its own (an RMT's), which the image does
+not know. Without that key the build stops before any package is installed, naming the repository and
+the key; with it given (gpgkey= in the URL) the build goes through."""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from repohttp import make_repo, serve
 
 from sles_ipa_builder import run
 from sles_ipa_builder.cache.store import cache_dir
+from sles_ipa_builder.fixtures import signing
 from sles_ipa_builder.inputs import media as media_mod
 
 pytestmark = [pytest.mark.root, pytest.mark.guestfs, pytest.mark.media, pytest.mark.slow]
@@ -29,7 +35,7 @@ UPDATE_PASSWORD = "update-Pa55-" + "b81d42"
 NAME = "ipa-sp4"
 
 
-def split_media(iso: Path, dest: Path) -> tuple[Path, Path]:
+def split_media(iso: Path, dest: Path, media_keys: Path, rmt_keys: Path) -> tuple[Path, Path]:
     """Every RPM of the ISO into pool/ or (python311*) update/, each then made an rpm-md repository."""
     m = media_mod.open_media(iso)
     pool, update = dest / "pool", dest / "update"
@@ -44,7 +50,18 @@ def split_media(iso: Path, dest: Path) -> tuple[Path, Path]:
         out.write_bytes(m.read(path))
         rpms[kind].append(out)
     assert {p.name.split("-")[0] for p in rpms["update"]} == {"python311"} and len(rpms["update"]) == 3
-    return make_repo(pool, rpms["pool"]), make_repo(update, rpms["update"])
+    make_repo(pool, rpms["pool"])
+    make_repo(update, rpms["update"])
+    signing.sign_repos([pool], media_keys)
+    signing.sign_repos([update], rmt_keys)
+    return pool, update
+
+
+def env_for(profile_env: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIB_", "IPA_", "IRONIC_", "SIB_"))}
+    env.update(profile_env)
+    env.update(DIB_SLES_SERVICE_PACK="SP4", SIB_ACCEL=os.environ.get("SIB_ACCEL", "tcg"))
+    return env
 
 
 def scan(places: list[Path], secrets: list[str]) -> list[str]:
@@ -66,7 +83,9 @@ def test_sp4_with_an_update_repository_builds_current_ipa_with_python311(
         fixture_media: Any, tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root")
-    pool, update = split_media(fixture_media.iso, tmp_path / "srv")
+    rmt_keys = tmp_path / "rmt-key"
+    rmt_fpr = signing.make_key(rmt_keys)
+    pool, update = split_media(fixture_media.iso, tmp_path / "srv", fixture_media.signing, rmt_keys)
     images = tmp_path / "images"  # SP4 names, and no ISO
     images.mkdir()
     (images / "SLES15-SP4-Minimal-VM.x86_64-OpenStack-Cloud-GM.qcow2").symlink_to(fixture_media.base_ext4)
@@ -76,11 +95,19 @@ def test_sp4_with_an_update_repository_builds_current_ipa_with_python311(
     profile_env = tomllib.loads(fixture_media.profile.read_text())["env"]
     ws, out = tmp_path / "ws", tmp_path / "out"
     with serve(pool, USER, POOL_PASSWORD) as pool_url, serve(update, USER, UPDATE_PASSWORD) as update_url:
-        repos = [pool_url.replace("//", f"//{USER}:{POOL_PASSWORD}@") + "/",
-                 update_url + "/?credentials=SLES_Updates"]
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("DIB_", "IPA_", "IRONIC_", "SIB_"))}
-        env.update(profile_env)
-        env.update(DIB_SLES_SERVICE_PACK="SP4", SIB_ACCEL=os.environ.get("SIB_ACCEL", "tcg"))
+        pool_repo = pool_url.replace("//", f"//{USER}:{POOL_PASSWORD}@") + "/"
+        unpinned = run.run([sys.executable, "-m", "sles_ipa_builder", "build", "--images-dir", str(images),
+                            "--workspace", str(ws), "--repo-credentials", str(creds), "--output", str(out),
+                            "--repo", pool_repo, update_url + "/?credentials=SLES_Updates"],
+                           env=env_for(profile_env), check=False, capture=True)
+        errors = [line for line in unpinned.stderr.splitlines() if line.startswith("error: ")]
+        assert unpinned.returncode == 2, unpinned.stdout[-3000:] + unpinned.stderr[-3000:]
+        assert len(errors) == 1 and errors[0] == (
+            f"error: repository {update_url}/?credentials=SLES_Updates is signed by key {rmt_fpr[-16:]}, "
+            "which neither the base image nor --repo-key trusts")
+        assert not (out / f"{NAME}.initramfs").exists()
+        repos = [pool_repo, update_url + f"/?credentials=SLES_Updates&gpgkey={rmt_keys / signing.PUBLIC}"]
+        env = env_for(profile_env)
         common = ["--images-dir", str(images), "--workspace", str(ws), "--repo-credentials", str(creds),
                   "--repo", *repos]
         summary = run.run([sys.executable, "-m", "sles_ipa_builder", "summary", *common], env=env, capture=True)
