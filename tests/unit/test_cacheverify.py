@@ -250,3 +250,26 @@ def test_a_broken_layer_above_a_broken_one_goes_too(caplog: pytest.LogCaptureFix
     assert _warnings(caplog) == [f"cache layer packages {'p' * 12}…: discarded with the layers above it "
                                  "(venv, tree), its meta.json is missing or unreadable; rebuilding"]
     assert not any(x.path.exists() for x in found)
+
+
+def test_test_media_are_checked_against_their_digests(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The test media keep each image's sha256 in their manifest: a changed or missing one is rebuilt."""
+    from sles_ipa_builder.fixtures import testmedia
+
+    final = tmp_path / "0123456789abcdef"
+    (final / "images").mkdir(parents=True)
+    iso = final / "images/media.iso"
+    iso.write_bytes(b"CD001" * 4096)
+    (final / testmedia.DONE).write_text(json.dumps({"sha256": {"images/media.iso": testmedia._digest(iso)}}))
+    assert testmedia._damaged(final) is None and testmedia._whole(final)
+    testmedia._CHECKED.discard(final)
+    with iso.open("r+b") as f:  # one byte flipped, the size kept
+        f.seek(100)
+        f.write(b"X")
+    assert testmedia._damaged(final) == "images/media.iso changed since it was built"
+    assert not testmedia._whole(final)
+    assert f"test media {final}: images/media.iso changed since it was built; building them again" in caplog.text
+    iso.unlink()
+    assert testmedia._damaged(final) == "images/media.iso is missing"
+    (final / testmedia.DONE).write_text('{"sha256": ')
+    assert testmedia._damaged(final) == "the manifest is unreadable"

@@ -63,7 +63,8 @@ def test_list_flags_take_several_words():
     """A row's `many` makes its flag take several words; the other list settings take one (quoted) word."""
     from sles_ipa_builder.__main__ import cli_settings
 
-    assert [s.key for s in SETTINGS if s.many] == ["repos", "repo_credentials", "repo_keys", "elements", "elements_path"]
+    assert [s.key for s in SETTINGS if s.many] == ["repos", "repo_credentials", "repo_keys", "elements",
+                                                   "elements_path"]
     args = parser().parse_args(["summary", "--repo", "http://a", "http://b", "--repo-credentials", "/c", "/d",
                                 "--elements", "x", "y", "--elements-path", "/e", "/f", "--keep-paths", "g h"])
     assert cli_settings(args) == {"repos": ["http://a", "http://b"], "repo_credentials": "/c:/d",
