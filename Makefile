@@ -10,7 +10,7 @@ STAMP := $(VENV)/.setup-done
 APT_PACKAGES := python3 python3-venv python3-guestfs libguestfs-tools linux-image-amd64 qemu-system-x86 \
 	qemu-utils debootstrap rpm createrepo-c zypper cpio zstd git openssl shellcheck busybox-static \
 	gdisk dosfstools btrfs-progs e2fsprogs ca-certificates acl xz-utils fdisk iproute2 ovmf mtools \
-	skopeo docker-registry apache2-utils minisign openssh-client xorriso \
+	skopeo docker-registry apache2-utils minisign openssh-client xorriso gpgv gnupg \
 	qemu-user-static binfmt-support qemu-system-arm qemu-efi-aarch64
 # libguestfs and qemu guests hang under KVM on some hosts; the tool falls back by itself,
 # tests and demo go straight to TCG unless the caller says otherwise.

@@ -25,6 +25,7 @@ TOOLS = {
     "zstd": "reads root trees an earlier version cached as .tar.zst",
     "git": "GitPython drives git for the sources",
     "openssl": "sles-ipa-tls generates certificates",
+    "gpgv": "gpgv: checks each repository's signature against the pinned keys",
 }
 MODULES = {"guestfs": "python3-guestfs (venv needs --system-site-packages)", "pycdlib": "pip", "git": "GitPython",
            "zstandard": "pip"}
