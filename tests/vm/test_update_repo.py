@@ -27,6 +27,7 @@ from sles_ipa_builder import run
 from sles_ipa_builder.cache.store import cache_dir
 from sles_ipa_builder.fixtures import signing
 from sles_ipa_builder.inputs import media as media_mod
+from sles_ipa_builder.inputs import repokeys
 
 pytestmark = [pytest.mark.root, pytest.mark.guestfs, pytest.mark.media, pytest.mark.slow]
 USER = "rmt-user"
@@ -117,13 +118,17 @@ def test_sp4_with_an_update_repository_builds_current_ipa_with_python311(
     log = res.stdout + res.stderr
     (tmp_path / "build-output.txt").write_text(log)
     assert res.returncode == 0, log[-6000:]
-    assert "no Media1 ISO" in log and "IPA venv python: python3.11 (python311 in http://127.0.0.1:" in log
+    flat = " ".join(log.split())  # the log wraps long lines (the update URL names its key file)
+    assert "no Media1 ISO" in flat and "IPA venv python: python3.11 (python311 in http://127.0.0.1:" in flat
+    assert f"imported signing key {rmt_fpr} (gpgkey= of http://127.0.0.1:" in flat
     manifest = json.loads((out / f"{NAME}.manifest.json").read_text())
     assert manifest["settings"]["service_pack"] == "SP4" and manifest["settings"]["sles_python"] == "python3.11"
     assert manifest["inputs"]["media"]["iso"] is None
     remote = manifest["inputs"]["media"]["remote"]
     update_alias = next(a for a, url in remote.items() if "credentials=SLES_Updates" in url)
     pool_alias = next(a for a, url in remote.items() if ":***@" in url)
+    media_fpr = repokeys.read_file(fixture_media.signing / signing.PUBLIC)[0].fingerprint
+    assert manifest["inputs"]["media"]["signed_by"] == {update_alias: rmt_fpr, pool_alias: media_fpr}
     by_repo = manifest["package_repositories"]
     assert by_repo["python311"].startswith(update_alias)
     assert "python311-pip" not in by_repo  # from the update repository too, but build-only: gone again
