@@ -5,6 +5,10 @@ online build (the seed never refreshed its cache, so a long-lived host built a s
 with --offline. The ref is resolved to a commit in the mirror and cloned into the target at the
 element's destination as a real repository with tags, because pbr computes IPA's version from them.
 The commits go to the build manifest and, as DIB writes them, to /etc/dib-manifests in the image.
+
+A mirror is checked before a build reads it (cache/mirrorcheck.py: its packs and loose objects
+against their own hashes, then its refs' connectivity), so a damaged one never reaches `git clone`:
+online it is discarded with one warning and cloned again; --offline stops, naming it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 import git
 
 from .. import run
+from ..cache import mirrorcheck
 from ..cache import store as cache
 from ..engine.elements import SourceRepo, override_key
 from ..errors import BuildError, ConfigError, InputError
@@ -61,8 +66,26 @@ def _other_ref(ref: str) -> bool:
     return ref.startswith("refs/") and not ref.startswith(("refs/heads/", "refs/tags/"))
 
 
+def _check(path: Path, name: str, *, offline: bool) -> None:
+    """A damaged mirror is removed (online: the caller clones it again) or stops an offline build."""
+    if not path.is_dir():
+        return
+    wrong = mirrorcheck.damage(path)
+    if wrong is None:
+        return
+    if offline:
+        raise InputError(f"source {name}: the cached git mirror {path} is damaged: {wrong} (--offline)",
+                         "run once online: the mirror is then cloned again")
+    log.warning("source %s: git mirror %s is damaged: %s; discarded, cloning it again", name, path, wrong)
+    cache.remove(path)
+    if path.exists():
+        raise BuildError(f"source {name}: cannot remove the damaged git mirror {path}",
+                         f"remove it by hand, or run `sles-ipa-builder clean -ff` ({wrong})")
+
+
 def update_mirror(path: Path, name: str, location: str, ref: str, *, offline: bool) -> tuple[Path, str]:
     """Make sure the mirror at `path` holds `ref`; return (path, commit sha). The caller holds its lock."""
+    _check(path, name, offline=offline)
     if offline:
         if not path.is_dir():
             raise InputError(f"source {name}: {location} is not in the cache and --offline is set",
