@@ -6,12 +6,18 @@ Two parts, each reading what git itself wrote to make it checkable:
   bytes before it: each is hashed and compared, and each index must name its pack's checksum. Every
   loose object is inflated and hashed against its name. This catches a truncated, emptied or changed
   pack or loose object, reading each byte once (sha1 at ~1 GB/s).
-- **Connectivity.** `git fsck --connectivity-only --no-dangling`: every ref points at an object and
-  every object reachable from the refs is there (a deleted loose object, a pack gone with its index,
-  a ref file holding garbage). It reads commits and trees, not blobs: their bytes are the first part's.
+- **What the build reads is there.** Content alone misses what is gone (a deleted loose object, a
+  pack deleted with its index, a ref file holding garbage). damage() walks the commits and tags of
+  every ref (`git rev-list --all`: pbr reads history and tags; `git clone` copies every ref);
+  missing(), once the ref is resolved, the commit's whole tree (`git rev-list --objects --no-walk`:
+  what the checkout reads), both reading the commits themselves, not a commit-graph.
+  `git fsck --connectivity-only` would walk every tree of the history as well, for objects no build
+  reads: on a 7 MiB ironic-python-agent mirror (3,631 commits) 72-99 ms, where this whole check
+  takes 36-46 ms (2-core host, warm page cache).
 
-Not checked: `.keep` and `.promisor` files (text, no checksum), the config, hooks and the reflogs of
-the mirror, objects reached only through FETCH_HEAD, and a pack git does not read (one without its
+Not checked: trees and blobs of other commits being there (their bytes, when there, are checked),
+`.keep` and `.promisor` files (text, no checksum), the mirror's config, hooks and reflogs, the history
+of a commit fetched by its id alone (no ref names it), and a pack git does not read (one without its
 index, as a killed fetch may leave).
 """
 
@@ -27,6 +33,9 @@ import git
 from .. import run
 
 CHUNK = 1 << 20
+# with a commit-graph (git gc writes one), rev-list takes parents from it without reading the commits:
+# a commit object gone would pass, while pbr's `git log` fails on it
+NO_GRAPH = "core.commitGraph=false"
 TRAILED = (".pack", ".idx", ".rev", ".bitmap", ".mtimes", ".graph")
 TRAILED_NAMES = ("multi-pack-index", "commit-graph")
 FANOUT = re.compile(r"[0-9a-f]{2}")
@@ -44,7 +53,7 @@ def damage(path: Path) -> str | None:
         return f"not a readable git repository ({e})"[:200]
     if algo not in ("sha1", "sha256"):
         return f"unknown object format {algo}"
-    return _files(path / "objects", algo) or _loose(path / "objects", algo) or _connectivity(repo)
+    return _files(path / "objects", algo) or _loose(path / "objects", algo) or _refs(repo)
 
 
 def _trailer_ok(file: Path, algo: str) -> tuple[str | None, bytes]:
@@ -116,17 +125,30 @@ def _loose(objects: Path, algo: str) -> str | None:
     return None
 
 
-def _connectivity(repo: git.Repo) -> str | None:
+def _git_says(e: git.GitCommandError) -> str:
+    """git's reason: its first error/fatal line, whitespace folded."""
+    text = f"{e.stdout or ''}\n{e.stderr or ''}".replace("stdout: '", "").replace("stderr: '", "")
+    lines = [" ".join(line.strip("'").split()) for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    found = [line for line in lines if line.startswith(("error", "fatal", "missing", "bad"))]
+    return (found or lines or [str(e)])[0][:160]
+
+
+def _refs(repo: git.Repo) -> str | None:
+    """Every ref names an object that is there, and every commit and tag reachable from them is there
+    (what pbr reads: history and tags). Trees and blobs are not walked: see missing()."""
     try:
-        repo.git.fsck("--connectivity-only", "--no-dangling", "--no-progress")
+        repo.git(c=NO_GRAPH).rev_list("--all", "--quiet")
     except git.GitCommandError as e:
-        text = f"{e.stdout or ''}\n{e.stderr or ''}".replace("stdout: '", "").replace("stderr: '", "")
-        lines = [" ".join(line.strip("'").split()) for line in text.splitlines()]
-        lines = [line for line in lines if line]
-        for i, line in enumerate(lines):
-            if line.startswith("broken link") and i + 1 < len(lines):  # fsck says where to on the next line
-                return f"git fsck: {line} {lines[i + 1]}"[:200]
-            if line.startswith(("error", "missing", "fatal", "bad")):
-                return f"git fsck: {line}"[:200]
-        return f"git fsck: {(lines or [str(e)])[0]}"[:200]
+        return f"a ref or its history is broken: {_git_says(e)}"
+    return None
+
+
+def missing(path: Path, sha: str) -> str | None:
+    """Whether commit `sha` and every tree and blob of it are there: what the checkout reads (git
+    checks out what it can read, exits 0 and leaves the rest out). None when all are."""
+    try:
+        run.git_repo(path).git(c=NO_GRAPH).rev_list("--objects", "--quiet", "--no-walk", sha)
+    except git.GitCommandError as e:
+        return f"objects of {sha[:12]} are missing: {_git_says(e)}"
     return None

@@ -66,26 +66,32 @@ def _other_ref(ref: str) -> bool:
     return ref.startswith("refs/") and not ref.startswith(("refs/heads/", "refs/tags/"))
 
 
-def _check(path: Path, name: str, *, offline: bool) -> None:
+def _discard(path: Path, name: str, wrong: str, *, offline: bool) -> None:
     """A damaged mirror is removed (online: the caller clones it again) or stops an offline build."""
-    if not path.is_dir():
-        return
-    wrong = mirrorcheck.damage(path)
-    if wrong is None:
-        return
     if offline:
         raise InputError(f"source {name}: the cached git mirror {path} is damaged: {wrong} (--offline)",
                          "run once online: the mirror is then cloned again")
     log.warning("source %s: git mirror %s is damaged: %s; discarded, cloning it again", name, path, wrong)
     cache.remove(path)
-    if path.exists():
-        raise BuildError(f"source {name}: cannot remove the damaged git mirror {path}",
-                         f"remove it by hand, or run `sles-ipa-builder clean -ff` ({wrong})")
 
 
 def update_mirror(path: Path, name: str, location: str, ref: str, *, offline: bool) -> tuple[Path, str]:
-    """Make sure the mirror at `path` holds `ref`; return (path, commit sha). The caller holds its lock."""
-    _check(path, name, offline=offline)
+    """Make sure the mirror at `path` holds `ref`, whole; return (path, commit sha). The caller holds
+    its lock. Checked before it is fetched into or read (its bytes, refs and history), and once the
+    ref is resolved, the commit's tree: what the checkout reads."""
+    wrong = mirrorcheck.damage(path) if path.is_dir() else None
+    if wrong:
+        _discard(path, name, wrong, offline=offline)
+    path, sha = _update(path, name, location, ref, offline=offline)
+    wrong = mirrorcheck.missing(path, sha)
+    if wrong is None:
+        return path, sha
+    _discard(path, name, wrong, offline=offline)
+    return _update(path, name, location, ref, offline=offline)  # a fresh fetch checks its own connectivity
+
+
+def _update(path: Path, name: str, location: str, ref: str, *, offline: bool) -> tuple[Path, str]:
+    """Fetch (online) and resolve `ref` in the mirror at `path`, cloning it when it is not there."""
     if offline:
         if not path.is_dir():
             raise InputError(f"source {name}: {location} is not in the cache and --offline is set",

@@ -107,6 +107,10 @@ def delete_a_loose_object(path: Path, up: git.Repo) -> None:
     loose_of(path, up.head.commit.tree["new.py"].hexsha).unlink()
 
 
+def delete_the_loose_head_commit(path: Path, up: git.Repo) -> None:
+    loose_of(path, up.head.commit.hexsha).unlink()
+
+
 def garbage_in_a_ref(path: Path, up: git.Repo) -> None:
     (path / "refs/heads/master").write_text("not a commit\n")
 
@@ -119,17 +123,24 @@ DAMAGE: dict[Callable[[Path, git.Repo], None], str] = {
     truncate_pack: r"objects/pack/pack-\w+\.pack is truncated or changed",
     empty_pack: r"objects/pack/pack-\w+\.pack is empty",
     flip_a_byte_in_the_pack: r"objects/pack/pack-\w+\.pack is truncated or changed",
-    drop_the_index: r"git fsck: (error|missing|broken)",
+    drop_the_index: r"a ref or its history is broken: fatal: bad object refs/",
     empty_a_loose_object: r"loose object \w+ is damaged",
-    delete_a_loose_object: r"git fsck: (broken link|missing)",
-    garbage_in_a_ref: r"git fsck: error: refs/heads/master",
-    a_ref_to_a_missing_commit: r"git fsck: error: refs/heads/master: invalid sha1 pointer 1234567890",
+    # a blob of the commit checked out: no ref's history shows it, the walk of that commit's tree does
+    delete_a_loose_object: r"objects of \w{12} are missing: fatal: missing blob object",
+    delete_the_loose_head_commit: r"a ref or its history is broken: fatal: bad object refs/heads/master",
+    garbage_in_a_ref: r"a ref or its history is broken: fatal: bad object refs/heads/master",
+    a_ref_to_a_missing_commit: r"a ref or its history is broken: fatal: bad object refs/heads/master",
 }
 
 
+def found(path: Path, up: git.Repo) -> str | None:
+    """What the two checks say, in the order a build runs them."""
+    return mirrorcheck.damage(path) or mirrorcheck.missing(path, up.head.commit.hexsha)
+
+
 def test_a_whole_mirror_passes(mirror: tuple[Path, git.Repo]) -> None:
-    path, _ = mirror
-    assert mirrorcheck.damage(path) is None
+    path, up = mirror
+    assert found(path, up) is None
     # what git gc and later git versions add beside the packs carries checksums too
     repo = git.Repo(path)
     repo.git.execute(["git", "-C", str(path), "-c", "pack.writeReverseIndex=true", "repack", "-a", "-d", "-b",
@@ -154,6 +165,20 @@ def test_a_damaged_commit_graph_is_found(mirror: tuple[Path, git.Repo]) -> None:
                                         "(its checksum does not match its bytes)")
 
 
+def test_a_history_commit_gone_is_found_past_the_commit_graph(mirror: tuple[Path, git.Repo],
+                                                               tmp_path: Path) -> None:
+    """git gc writes a commit-graph, from which rev-list takes parents without reading the commits;
+    pbr's `git log` reads them. A commit object gone from the history must still be found."""
+    path, up = mirror
+    two = up.head.commit.hexsha  # fetched loose by the second build
+    commit(up, {"new.py": "x = 3\n"}, "three")
+    sources.fetch_sources([ipa(tmp_path / "up")], tmp_path / "third", offline=False)
+    git.Repo(path).git.commit_graph("write", "--reachable")
+    loose_of(path, two).unlink()
+    assert git.Repo(path).git.rev_list("--all", "--quiet") == ""  # what the graph lets through
+    assert mirrorcheck.damage(path) == f"a ref or its history is broken: error: Could not read {two}"
+
+
 def test_not_a_repository(tmp_path: Path) -> None:
     (tmp_path / "m.git").mkdir()
     assert mirrorcheck.damage(tmp_path / "m.git") == "not a git repository (no HEAD or objects)"
@@ -165,7 +190,7 @@ def test_damage_is_found_and_the_mirror_cloned_again(
         caplog: pytest.LogCaptureFixture) -> None:
     path, up = mirror
     damage(path, up)
-    wrong = mirrorcheck.damage(path)
+    wrong = found(path, up)
     assert wrong is not None
     assert re.match(DAMAGE[damage], wrong), wrong
 
@@ -177,7 +202,7 @@ def test_damage_is_found_and_the_mirror_cloned_again(
     out = git.Repo(tmp_path / "root/tmp/ipa")
     assert out.head.commit.hexsha == up.head.commit.hexsha and "1.0.0" in [t.name for t in out.tags]
     assert (tmp_path / "root/tmp/ipa/new.py").read_text() == "x = 2\n"
-    assert mirrorcheck.damage(path) is None  # cloned again, whole
+    assert found(path, up) is None  # cloned again, whole
 
 
 @pytest.mark.parametrize("damage", [truncate_pack, garbage_in_a_ref, delete_a_loose_object],
@@ -212,6 +237,16 @@ def test_offline_a_damaged_mirror_stops_the_build(mirror: tuple[Path, git.Repo],
     sources.fetch_sources([ipa(tmp_path / "up")], tmp_path / "online", offline=False)
     rows = sources.fetch_sources([ipa(tmp_path / "up")], tmp_path / "offline", offline=True)
     assert rows[0]["commit"] == up.head.commit.hexsha
+
+
+def test_offline_missing_objects_of_the_commit_stop_the_build(mirror: tuple[Path, git.Repo],
+                                                              tmp_path: Path) -> None:
+    path, up = mirror
+    delete_a_loose_object(path, up)
+    with pytest.raises(InputError, match=rf"source ipa: the cached git mirror {re.escape(str(path))} is damaged: "
+                                         rf"objects of {up.head.commit.hexsha[:12]} are missing: fatal: missing blob"):
+        sources.fetch_sources([ipa(tmp_path / "up")], tmp_path / "root", offline=True)
+    assert not (tmp_path / "root/tmp/ipa").exists()
 
 
 def test_resolve_checks_too(mirror: tuple[Path, git.Repo], tmp_path: Path,
