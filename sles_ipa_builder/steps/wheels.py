@@ -76,8 +76,9 @@ def verify(house: Path) -> list[wheelrecord.Bad]:
 
 def check_offline(plan: Plan) -> None:
     """An offline build of the IPA venv with nothing saved, or with a damaged wheel, would fail deep in
-    a hook (or install what the damage left): say so first. Checks every wheel (a few hundred ms for
-    hundreds of MB); one pip on this build's arch would read stops the build."""
+    a hook (or install what the damage left): say so first. Checks every wheel (about 30 ms for the
+    62 wheels, 22 MiB, of the test media's two arches); a damaged one pip on this build's arch would
+    read stops the build, one of another arch is only removed."""
     needs_pip = any(e.name == "sles-ipa-install" for e in plan.elements)
     if not (plan.cfg.offline and needs_pip):
         return
