@@ -66,9 +66,9 @@ def check(house: Path) -> list[Bad]:
         digest = sha256_uncached(wheel)
         want = recorded.get(wheel.name)
         if want is None and not _zip_reads(wheel):
-            why = f"not a readable wheel ({wheel.stat().st_size} bytes) and not recorded"
+            why = f"{wheel.stat().st_size} bytes, not a readable zip, and not recorded"
         elif want is not None and digest != want:
-            why = f"its sha256 differs from the one recorded when it was saved (now {wheel.stat().st_size} bytes)"
+            why = f"{wheel.stat().st_size} bytes, not the sha256 recorded when it was saved"
         else:
             sums[wheel.name] = digest
             continue

@@ -7,8 +7,9 @@ element's destination as a real repository with tags, because pbr computes IPA's
 The commits go to the build manifest and, as DIB writes them, to /etc/dib-manifests in the image.
 
 A mirror is checked before a build reads it (cache/mirrorcheck.py: its packs and loose objects
-against their own hashes, then its refs' connectivity), so a damaged one never reaches `git clone`:
-online it is discarded with one warning and cloned again; --offline stops, naming it.
+against their own hashes, its refs' history, the resolved commit's tree), so a damaged one never
+reaches `git clone`: online it is discarded with one warning and cloned again; --offline stops,
+naming it.
 """
 
 from __future__ import annotations

@@ -64,14 +64,17 @@ def for_arch(wheel: str, arch: str) -> bool:
 
 def verify(house: Path) -> list[wheelrecord.Bad]:
     """Check the wheelhouse's wheels against their record (the caller holds `.house`'s lock): a bad
-    one is removed, and the `.saved-*` markers with it (they no longer say true), with one warning."""
+    one is removed, and the `.saved-*` markers with it (they no longer say true). The caller says so."""
     bad = wheelrecord.check(house)
-    for b in bad:
-        log.warning("wheelhouse: removed %s: %s", b.name, b.why)
     if bad:
         for marker in house.glob(".saved-*"):
             marker.unlink(missing_ok=True)
     return bad
+
+
+def _warn(bad: Iterable[wheelrecord.Bad]) -> None:
+    for b in bad:
+        log.warning("wheelhouse: removed %s: %s", b.name, b.why)
 
 
 def check_offline(plan: Plan) -> None:
@@ -84,8 +87,10 @@ def check_offline(plan: Plan) -> None:
         return
     house = cache_dir("wheels")
     with locked(house / ".house"):
-        bad = [b for b in verify(house) if for_arch(b.name, plan.cfg.arch.suse)]
-    if bad:
+        removed = verify(house)
+    _warn(b for b in removed if not for_arch(b.name, plan.cfg.arch.suse))
+    bad = [b for b in removed if for_arch(b.name, plan.cfg.arch.suse)]
+    if bad:  # the error names it: no warning besides
         raise InputError(f"--offline: wheel {bad[0].name} in the pip wheelhouse is damaged ({bad[0].why}), "
                          "so it was removed",
                          f"run one build online: it fetches the wheel again into {house}")
@@ -120,7 +125,7 @@ def save_step(plan: Plan, rt: Runtime) -> None:
     key = hashlib.sha256("\n".join([plan.cfg.arch.suse, *pins, "--", *backends]).encode()).hexdigest()[:16]
     done = house / f".saved-{key}"
     with locked(house / ".house"):
-        verify(house)  # pip below reads the wheelhouse (--find-links); a wheel removed here is fetched again
+        _warn(verify(house))  # pip below reads the wheelhouse (--find-links): a wheel removed is fetched again
         if done.exists():
             log.info("wheelhouse already holds this venv's %d packages (%s)", len(pins), key)
             return
