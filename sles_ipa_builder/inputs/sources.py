@@ -5,6 +5,11 @@ online build (the seed never refreshed its cache, so a long-lived host built a s
 with --offline. The ref is resolved to a commit in the mirror and cloned into the target at the
 element's destination as a real repository with tags, because pbr computes IPA's version from them.
 The commits go to the build manifest and, as DIB writes them, to /etc/dib-manifests in the image.
+
+A mirror is checked before a build reads it (cache/mirrorcheck.py: its packs and loose objects
+against their own hashes, its refs' history, the resolved commit's tree), so a damaged one never
+reaches `git clone`: online it is discarded with one warning and cloned again; --offline stops,
+naming it.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 import git
 
 from .. import run
+from ..cache import mirrorcheck
 from ..cache import store as cache
 from ..engine.elements import SourceRepo, override_key
 from ..errors import BuildError, ConfigError, InputError
@@ -61,8 +67,32 @@ def _other_ref(ref: str) -> bool:
     return ref.startswith("refs/") and not ref.startswith(("refs/heads/", "refs/tags/"))
 
 
+def _discard(path: Path, name: str, wrong: str, *, offline: bool) -> None:
+    """A damaged mirror is removed (online: the caller clones it again) or stops an offline build."""
+    if offline:
+        raise InputError(f"source {name}: the cached git mirror {path} is damaged: {wrong} (--offline)",
+                         "run once online: the mirror is then cloned again")
+    log.warning("source %s: git mirror %s is damaged: %s; discarded, cloning it again", name, path, wrong)
+    cache.remove(path)
+
+
 def update_mirror(path: Path, name: str, location: str, ref: str, *, offline: bool) -> tuple[Path, str]:
-    """Make sure the mirror at `path` holds `ref`; return (path, commit sha). The caller holds its lock."""
+    """Make sure the mirror at `path` holds `ref`, whole; return (path, commit sha). The caller holds
+    its lock. Checked before it is fetched into or read (its bytes, refs and history), and once the
+    ref is resolved, the commit's tree: what the checkout reads."""
+    wrong = mirrorcheck.damage(path) if path.is_dir() else None
+    if wrong:
+        _discard(path, name, wrong, offline=offline)
+    path, sha = _update(path, name, location, ref, offline=offline)
+    wrong = mirrorcheck.missing(path, sha)
+    if wrong is None:
+        return path, sha
+    _discard(path, name, wrong, offline=offline)
+    return _update(path, name, location, ref, offline=offline)  # a fresh fetch checks its own connectivity
+
+
+def _update(path: Path, name: str, location: str, ref: str, *, offline: bool) -> tuple[Path, str]:
+    """Fetch (online) and resolve `ref` in the mirror at `path`, cloning it when it is not there."""
     if offline:
         if not path.is_dir():
             raise InputError(f"source {name}: {location} is not in the cache and --offline is set",

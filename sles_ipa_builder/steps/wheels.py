@@ -10,6 +10,14 @@ and a package missing from it fails the hook by name.
 pip fills `.fill-<key>/` in the wheelhouse; the wheels are renamed into it when pip is done and the
 `.saved-<key>` marker comes last. A build killed meanwhile leaves only that directory, which
 --find-links does not read (it lists the wheelhouse's top) and the next online build removes.
+
+The wheels are checked by content before a build reads them (cache/wheelrecord.py): each is recorded
+in `SHA256SUMS` before it is renamed in, and hashed against that line when the wheelhouse is used
+(before any work of an --offline build, and online before save_step's pip reads it). Wheels present
+without a record (put there by an older builder) are recorded on first use, not rejected. A wheel
+that differs from its record is removed with one warning, and with it every `.saved-*` marker, so
+the next online build fills the wheelhouse again; an --offline build that would read it stops,
+naming it.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import tomllib
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..cache import wheelrecord
 from ..cache.store import cache_dir, locked
 from ..config.resolve import Config
 from ..engine.state import Plan, Runtime
@@ -47,12 +56,47 @@ def configure(cfg: Config) -> tuple[list[tuple[Path, str]], dict[str, str]]:
     return [(cache_dir("wheels"), WHEELHOUSE)], env
 
 
+def for_arch(wheel: str, arch: str) -> bool:
+    """Whether pip on `arch` (x86_64, aarch64) may read the wheel: its platform tag is `any` or names it."""
+    platforms = wheel.removesuffix(".whl").rsplit("-", 1)[-1].split(".")
+    return platforms == ["any"] or any(p.endswith(arch) for p in platforms)
+
+
+def verify(house: Path) -> list[wheelrecord.Bad]:
+    """Check the wheelhouse's wheels against their record (the caller holds `.house`'s lock): a bad
+    one is removed, and the `.saved-*` markers with it (they no longer say true). The caller says so."""
+    bad = wheelrecord.check(house)
+    if bad:
+        for marker in house.glob(".saved-*"):
+            marker.unlink(missing_ok=True)
+    return bad
+
+
+def _warn(bad: Iterable[wheelrecord.Bad]) -> None:
+    for b in bad:
+        log.warning("wheelhouse: removed %s: %s", b.name, b.why)
+
+
 def check_offline(plan: Plan) -> None:
-    """An offline build of the IPA venv with nothing saved would fail deep in a hook: say so first."""
+    """An offline build of the IPA venv with nothing saved, or with a damaged wheel, would fail deep in
+    a hook (or install what the damage left): say so first. Checks every wheel (about 30 ms for the
+    62 wheels, 22 MiB, of the test media's two arches); a damaged one pip on this build's arch would
+    read stops the build, one of another arch is only removed."""
     needs_pip = any(e.name == "sles-ipa-install" for e in plan.elements)
-    if plan.cfg.offline and needs_pip and not any(cache_dir("wheels").glob("*.whl")):
+    if not (plan.cfg.offline and needs_pip):
+        return
+    house = cache_dir("wheels")
+    with locked(house / ".house"):
+        removed = verify(house)
+    _warn(b for b in removed if not for_arch(b.name, plan.cfg.arch.suse))
+    bad = [b for b in removed if for_arch(b.name, plan.cfg.arch.suse)]
+    if bad:  # the error names it: no warning besides
+        raise InputError(f"--offline: wheel {bad[0].name} in the pip wheelhouse is damaged ({bad[0].why}), "
+                         "so it was removed",
+                         f"run one build online: it fetches the wheel again into {house}")
+    if not any(house.glob("*.whl")):
         raise InputError("--offline: the pip wheelhouse is empty, so the IPA venv cannot be built",
-                         f"run one build online first (it saves the wheels in {cache_dir('wheels')})")
+                         f"run one build online first (it saves the wheels in {house})")
 
 
 def requirements(root: Path) -> list[str]:
@@ -81,6 +125,7 @@ def save_step(plan: Plan, rt: Runtime) -> None:
     key = hashlib.sha256("\n".join([plan.cfg.arch.suse, *pins, "--", *backends]).encode()).hexdigest()[:16]
     done = house / f".saved-{key}"
     with locked(house / ".house"):
+        _warn(verify(house))  # pip below reads the wheelhouse (--find-links): a wheel removed is fetched again
         if done.exists():
             log.info("wheelhouse already holds this venv's %d packages (%s)", len(pins), key)
             return
@@ -97,7 +142,9 @@ def save_step(plan: Plan, rt: Runtime) -> None:
         run_in_target(plan, rt, [*pip, "--no-deps", "-r", f"{WHEELHOUSE}/{fill.name}/requirements.txt"],
                       label="pip wheel")
         run_in_target(plan, rt, [*pip, *backends], label="pip wheel")
-        for wheel in fill.glob("*.whl"):
+        made = sorted(fill.glob("*.whl"))
+        wheelrecord.add(house, made)  # recorded before they are in: no wheel there without its line
+        for wheel in made:
             os.replace(wheel, house / wheel.name)
         done.write_text("\n".join([*pins, "--", *backends]) + "\n")
         shutil.rmtree(fill)
