@@ -19,7 +19,7 @@ from typing import Any
 from ..delivery import bootmedia, publish, sign
 from ..engine.stages import parse_break_points
 from ..errors import ConfigError
-from ..inputs import repokeys
+from ..inputs import media, repokeys
 from ..inputs import repos as repositories
 from ..packing.compress import Compression
 from ..packing.cuts import PruneSettings
@@ -432,6 +432,7 @@ def validate(cfg: Config) -> None:
         if cfg.value(key) <= 0:
             raise ConfigError(f"{key} must be positive, not {cfg.value(key)}", f"set {key} to a number above 0")
     cfg.compression  # noqa: B018 - compress.py is the one judge of compressors and their levels
+    _check_media_release(cfg)
     for key in ("ipa_cert", "tls_cert_file", "tls_key_file", "tls_ca_file", "dev_user_authorized_keys"):
         p = cfg.value(key)
         if p is not None and not Path(p).is_file():
@@ -461,3 +462,25 @@ def validate(cfg: Config) -> None:
     if not cfg.elements:
         raise ConfigError("the element list is empty", "give at least an operating-system element such as sles")
 
+
+def _check_media_release(cfg: Config) -> None:
+    """A 16 install.iso with a 15 release, or a Media1 ISO with a 16 one, is refused before any work.
+    The ISO's top directories say which it is (cheap: pycdlib's directory records, cached for the
+    build); a file that is no ISO is judged by its name, and open_media() refuses it later."""
+    iso, sles, arch = cfg.iso_path, cfg.sles, cfg.arch.suse
+    if not iso.is_file():
+        return
+    by_name = list(detect.media([iso.name], arch, cfg.install_type))
+    layout = media.layout_of(iso) or (by_name[0].layout if by_name else None)
+    if layout is None or layout == sles.layout:
+        return
+    why = cfg.release_source
+    if layout == releases.INSTALL:
+        other = by_name[0].prefix if by_name and by_name[0].major == 16 else "SLES-16.<n>"
+        raise ConfigError(f"{iso.name} is a SLES 16 install ISO, but the build is for {sles.shown} ({why})",
+                          f"set DIB_SLES_RELEASE={other} (--sles-release) and unset DIB_SLES_SERVICE_PACK, "
+                          f"or give the {sles.iso_name(arch)}")
+    sp = by_name[0].service_pack if by_name and by_name[0].major == 15 else "SP<n>"
+    raise ConfigError(f"{iso.name} is a SLE 15 Media1 ISO, but the build is for {sles.shown} ({why})",
+                      f"set DIB_SLES_RELEASE=SLE-15 and DIB_SLES_SERVICE_PACK={sp} (--sles-release SLE-15 "
+                      f"--service-pack {sp}), or give the {sles.iso_name(arch)}")

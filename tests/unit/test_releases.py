@@ -1,4 +1,5 @@
-"""config/releases.py and detect.py: the release table, naming a release, finding it in images_dir."""
+"""config/releases.py and detect.py: the release table, naming a release, finding it in images_dir,
+SLES 16's install.iso layout, and the mismatches refused before any work."""
 
 from __future__ import annotations
 
@@ -6,15 +7,20 @@ import dataclasses
 import json
 import os
 import sys
+import urllib.request
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from repohttp import build_rpm, make_repo
+from test_media import make_iso, repo_tree
 
 from sles_ipa_builder import run
 from sles_ipa_builder.config import releases
 from sles_ipa_builder.config import resolve as config
 from sles_ipa_builder.engine.hookenv import hook_env
-from sles_ipa_builder.errors import ConfigError
+from sles_ipa_builder.errors import ConfigError, InputError
+from sles_ipa_builder.inputs import media, repos
 
 SLES16_IMAGE = "SLES-16.0-Minimal-VM.x86_64-Cloud-GM.qcow2"
 SLES16_ISO = "SLES-16.0-Full-x86_64-GM.install.iso"
@@ -187,6 +193,77 @@ def test_refreshes_are_found_newest_first(tmp_path: Path) -> None:
     assert sp7.iso_file_name == "SLE-15-SP7-Full-x86_64-QU1-Media1.iso"
 
 
+# --- SLES 16's install.iso -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def install_iso(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The install.iso layout: one rpm-md repository in /install (here with one package, python313),
+    next to boot/ and LiveOS/; no media.1."""
+    work = tmp_path_factory.mktemp("install")
+    rpm = build_rpm(work, "python313", {"/usr/share/doc/sib-test/python313-metadata-only": "layout test\n"})
+    repo = make_repo(work / "install", [rpm])
+    tree = {f"install/{f.relative_to(repo)}": f.read_bytes() for f in repo.rglob("*") if f.is_file()}
+    tree |= {"boot/x86_64/loader/linux": b"kernel", "LiveOS/squashfs.img": b"live"}
+    return make_iso(work / SLES16_ISO, tree, joliet=False)  # createrepo_c's names pass Joliet's 64
+
+
+def test_install_layout_is_one_repository(install_iso: Path) -> None:
+    m = media.open_media(install_iso)
+    assert m.layout == releases.INSTALL and media.layout_of(install_iso) == releases.INSTALL
+    assert [(r.alias, r.dir, r.name) for r in m.repos] == [("sle-install", "install", "SLES")]
+    assert repos.media_packages(m) == {"python313"}
+    with ExitStack() as stack:
+        base = media.serve(m, stack)
+        assert media.repo_urls(m, base) == [("sle-install", f"{base}/install")]
+        with urllib.request.urlopen(f"{base}/install/repodata/repomd.xml") as answer:
+            assert b"<repomd" in answer.read()
+
+
+def test_media1_layout_is_told_apart(tmp_path: Path) -> None:
+    iso = make_iso(tmp_path / SP7_ISO, repo_tree(tmp_path, ["Module-Basesystem"]))
+    assert media.layout_of(iso) == releases.MEDIA1
+    assert media.layout_of(tmp_path / "absent.iso") is None
+    (tmp_path / "not.iso").write_bytes(b"x" * 4096)
+    assert media.layout_of(tmp_path / "not.iso") is None
+
+
+def test_install_iso_without_its_repository_names_the_iso(tmp_path: Path) -> None:
+    online = make_iso(tmp_path / "SLES-16.0-Online-x86_64-GM.install.iso",
+                      {"boot/x86_64/loader/linux": b"kernel", "LiveOS/squashfs.img": b"live"})
+    with pytest.raises(InputError, match=r"^SLES-16.0-Online-x86_64-GM.install.iso has no "
+                                         r"install/repodata/repomd.xml") as e:
+        media.open_media(online)
+    assert "Full" in e.value.hint
+
+
+# --- bad input: the release and the ISO disagree ---------------------------------------------------
+def test_sixteen_iso_with_fifteen_settings(install_iso: Path) -> None:
+    with pytest.raises(ConfigError, match=rf"^{SLES16_ISO} is a SLES 16 install ISO, but the build is for "
+                                          r"SLE 15 SP7 \(env DIB_SLES_SERVICE_PACK\)$") as e:
+        resolve({"iso": str(install_iso)}, DIB_SLES_SERVICE_PACK="SP7")
+    assert e.value.hint.startswith("set DIB_SLES_RELEASE=SLES-16.0 (--sles-release)")
+
+
+def test_media1_iso_with_a_sixteen_release(tmp_path: Path) -> None:
+    iso = make_iso(tmp_path / SP7_ISO, repo_tree(tmp_path, ["Module-Basesystem"]))
+    with pytest.raises(ConfigError, match=rf"^{SP7_ISO} is a SLE 15 Media1 ISO, but the build is for "
+                                          r"SLES 16.1 \(flag --sles-release\)$") as e:
+        resolve({"iso": str(iso), "sles_release": "16.1"})
+    assert "DIB_SLES_SERVICE_PACK=SP7" in e.value.hint and SLES16_ISO.replace("16.0", "16.1") in e.value.hint
+
+
+def test_a_renamed_iso_is_judged_by_its_layout(install_iso: Path, tmp_path: Path) -> None:
+    renamed = tmp_path / SP7_ISO
+    os.link(install_iso, renamed)
+    with pytest.raises(ConfigError, match="is a SLES 16 install ISO, but the build is for SLE 15 SP7"):
+        resolve({"sles_release": "SLE-15"}, DIB_SLES_OFFLINE_TARGET_DIR=str(tmp_path))
+
+
+def test_an_empty_file_is_judged_by_its_name(tmp_path: Path) -> None:
+    d = images(tmp_path, SLES16_ISO)
+    with pytest.raises(ConfigError, match="is a SLES 16 install ISO"):
+        resolve({"iso": str(d / SLES16_ISO)}, DIB_SLES_RELEASE="SLE-15")
+
+
 # --- the command line ------------------------------------------------------------------------------
 def sib(tmp_path: Path, *argv: str | Path) -> run.Result:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DIB_", "IPA_", "IRONIC_", "SIB_"))}
@@ -209,3 +286,11 @@ def test_summary_says_which_release_and_why(tmp_path: Path) -> None:
     row = text[text.index("# Release") + 2]
     assert row.split()[:3] == ["SLE", "15", "SP7"] and row.endswith("flag --sles-release")
 
+
+def test_mismatch_is_one_error_line_and_exit_2(install_iso: Path, tmp_path: Path) -> None:
+    res = sib(tmp_path, "summary", "--iso", install_iso, "--service-pack", "SP6")
+    assert res.returncode == 2 and res.stdout == ""
+    lines = res.stderr.splitlines()
+    assert lines[0] == (f"error: {SLES16_ISO} is a SLES 16 install ISO, but the build is for SLE 15 SP6 "
+                        "(flag --service-pack)")
+    assert lines[1].startswith("hint: set DIB_SLES_RELEASE=SLES-16.0") and len(lines) == 2
