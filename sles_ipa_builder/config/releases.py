@@ -121,16 +121,6 @@ class Release:
         return re.compile("|".join(re.escape(n).replace("@", f"{re.escape(self.platform)}-{REFRESH}")
                                    for n in names))
 
-    def refreshes(self, directory: Path, pattern: re.Pattern[str]) -> list[str]:
-        """The quarterly refreshes (QUn) in `directory` that `pattern` matches, the newest first."""
-        try:
-            names = [p.name for p in directory.iterdir() if p.is_file()]
-        except OSError:
-            return []
-        found = [(m, n) for n in names if (m := pattern.fullmatch(n)) is not None]
-        refreshes = [(int(tag[2:]), n) for m, n in found for tag in m.groups() if tag and tag.startswith("QU")]
-        return [n for _, n in sorted(refreshes, key=lambda t: (-t[0], t[1]))]
-
 
 # mkinitrd left the default install with SP5: its compatibility wrapper is a package of its own.
 _NEWER = (("mkinitrd", "dracut-mkinitrd-deprecated"),)
@@ -210,6 +200,23 @@ def name_patterns(arch: str, install_type: str) -> list[tuple[re.Pattern[str], i
         for kind, name in named:
             out.append((re.compile(re.escape(name).replace(token, group, 1).replace("@", REFRESH)), major, kind))
     return out
+
+
+def refreshes(directory: Path, pattern: re.Pattern[str]) -> list[str]:
+    """The quarterly refreshes (QUn) in `directory` that `pattern` (iso_pattern, image_pattern)
+    matches, the newest first."""
+    try:
+        names = [p.name for p in directory.iterdir() if p.is_file()]
+    except OSError:
+        return []
+    found = [(m, n) for n in names if (m := pattern.fullmatch(n)) is not None]
+    tags = [(int(tag[2:]), n) for m, n in found for tag in m.groups() if tag and tag.startswith("QU")]
+    return [n for _, n in sorted(tags, key=lambda t: (-t[0], t[1]))]
+
+
+def pythons(major: int) -> list[str]:
+    """The IPA venv interpreters the releases of a major version offer."""
+    return list(dict.fromkeys(p for r in TABLE if r.major == major for p in (r.python, r.python_if_found) if p))
 
 
 def python_package(python_exe: str) -> str:

@@ -240,7 +240,7 @@ class Config:
         """iso_name, else the release's newest refresh in images_dir, else its GM name."""
         if self.iso_name:
             return self.iso_name
-        newest = self.sles.refreshes(self.images_dir, self.sles.iso_pattern(self.arch.suse))
+        newest = releases.refreshes(self.images_dir, self.sles.iso_pattern(self.arch.suse))
         return newest[0] if newest else self.sles.iso_name(self.arch.suse)
 
     @property
@@ -259,7 +259,7 @@ class Config:
         sles, arch = self.sles, self.arch.suse
         names = sles.image_names(self.install_type, arch, self.image_platform)
         if self.sources.get("image_platform", "default").startswith("default"):
-            names = sles.refreshes(self.images_dir, sles.image_pattern(self.install_type, arch)) + names
+            names = releases.refreshes(self.images_dir, sles.image_pattern(self.install_type, arch)) + names
         return [self.images_dir / n for n in names]
 
     def source_env(self) -> dict[str, str]:
@@ -433,6 +433,10 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key} must be positive, not {cfg.value(key)}", f"set {key} to a number above 0")
     cfg.compression  # noqa: B018 - compress.py is the one judge of compressors and their levels
     _check_media_release(cfg)
+    offered = releases.pythons(cfg.sles.major)
+    if cfg.sles_python is not None and cfg.sles_python not in offered:
+        raise ConfigError(f"{cfg.sles_python} ({cfg.sources['sles_python']}) is no interpreter of {cfg.sles.shown}",
+                          f"set DIB_SLES_PYTHON to {' or '.join(offered)}, or leave it unset")
     for key in ("ipa_cert", "tls_cert_file", "tls_key_file", "tls_ca_file", "dev_user_authorized_keys"):
         p = cfg.value(key)
         if p is not None and not Path(p).is_file():

@@ -294,3 +294,27 @@ def test_mismatch_is_one_error_line_and_exit_2(install_iso: Path, tmp_path: Path
     assert lines[0] == (f"error: {SLES16_ISO} is a SLES 16 install ISO, but the build is for SLE 15 SP6 "
                         "(flag --service-pack)")
     assert lines[1].startswith("hint: set DIB_SLES_RELEASE=SLES-16.0") and len(lines) == 2
+
+
+def test_the_python_must_be_the_releases() -> None:
+    assert resolve({"sles_release": "16.0"}, DIB_SLES_PYTHON="python3.13").python == "python3.13"
+    with pytest.raises(ConfigError, match=r"python3.11 \(env DIB_SLES_PYTHON\) is no interpreter of SLES 16.0"):
+        resolve({"sles_release": "16.0"}, DIB_SLES_PYTHON="python3.11")
+    with pytest.raises(ConfigError, match="python3.13 .* is no interpreter of SLE 15 SP7") as e:
+        resolve(DIB_SLES_PYTHON="python3.13")
+    assert e.value.hint == "set DIB_SLES_PYTHON to python3.10 or python3.11, or leave it unset"
+
+
+def test_an_ipa_beyond_the_releases_python_is_named_with_the_release(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from sles_ipa_builder.steps import sles as slessteps
+
+    src = tmp_path / "tmp/ironic-python-agent"
+    src.mkdir(parents=True)
+    (src / "pyproject.toml").write_text('[project]\nrequires-python = ">=3.14"\n')
+    cfg = resolve({"sles_release": "16.0"})
+    ctx = SimpleNamespace(root=tmp_path, cfg=cfg, env={"DIB_SLES_PYTHON": cfg.python})
+    with pytest.raises(ConfigError, match=r"requires Python >=3.14, but SLES 16.0 gives the IPA venv python3.13") as e:
+        slessteps.python_check_step(ctx, ctx)  # type: ignore[arg-type]
+    assert e.value.hint.startswith("no SLES 16 python313 satisfies it")
