@@ -61,6 +61,11 @@ def summary(args: argparse.Namespace, cli: dict[str, Any]) -> int:
     for key, row in settings.items():
         t.add_row(key, _text(row["value"]), row["source"])
     tables.append(t)
+    r = Table(title="Release")
+    for col in info["release"]:
+        r.add_column(col)
+    r.add_row(*info["release"].values())
+    tables.append(r)
     e = Table(title="Elements")
     e.add_column("element")
     e.add_column("pulled in by")

@@ -19,12 +19,13 @@ from typing import Any
 from ..delivery import bootmedia, publish, sign
 from ..engine.stages import parse_break_points
 from ..errors import ConfigError
-from ..inputs import repokeys
+from ..inputs import media, repokeys
 from ..inputs import repos as repositories
 from ..packing.compress import Compression
 from ..packing.cuts import PruneSettings
-from . import servicepack
+from . import detect, releases
 from .arch import Arch
+from .releases import Release
 from .settings import BY_KEY, SETTINGS, Setting
 
 TRUE = {"1", "true", "yes", "y", "on"}
@@ -211,9 +212,20 @@ class Config:
         return names
 
     @property
+    def sles(self) -> Release:
+        """The release being built, its row of config/releases.py (resolve() settled its name)."""
+        return releases.find(self.sles_release, self.service_pack)
+
+    @property
+    def release_source(self) -> str:
+        """Why this release: the setting that named it, or what detect.py found in images_dir."""
+        return next((self.sources[k] for k in ("sles_release", "service_pack") if self.sources[k] != "default"),
+                    "the default")
+
+    @property
     def python(self) -> str:
-        """Interpreter for the IPA venv: sles_python, else the service pack's (servicepack.py)."""
-        return self.sles_python or servicepack.python(self.service_pack)
+        """Interpreter for the IPA venv: sles_python, else the release's (config/releases.py)."""
+        return self.sles_python or self.sles.python_for()
 
     @property
     def prune(self) -> PruneSettings:
@@ -225,11 +237,15 @@ class Config:
 
     @property
     def iso_file_name(self) -> str:
-        return self.iso_name or servicepack.iso_name(self.sles_release, self.service_pack, self.arch.suse)
+        """iso_name, else the release's newest refresh in images_dir, else its GM name."""
+        if self.iso_name:
+            return self.iso_name
+        newest = releases.refreshes(self.images_dir, self.sles.iso_pattern(self.arch.suse))
+        return newest[0] if newest else self.sles.iso_name(self.arch.suse)
 
     @property
     def iso_path(self) -> Path:
-        """The Media1 ISO: --iso, else images_dir/<iso_file_name>."""
+        """The Full ISO: --iso, else images_dir/<iso_file_name>."""
         return self.iso or self.images_dir / self.iso_file_name
 
     @property
@@ -238,9 +254,12 @@ class Config:
         return bool(self.repos) and self.iso is None and not self.iso_path.is_file()
 
     def base_image_candidates(self) -> list[Path]:
-        """Names the base image may have in images_dir: SUSE's download name and the seed's name."""
-        names = servicepack.base_image_names(self.sles_release, self.service_pack, self.install_type,
-                                             self.arch.suse, self.image_platform)
+        """Names the base image may have in images_dir: SUSE's download name and the seed's; with the
+        platform left at its default, the newest -QU<n> refresh there first."""
+        sles, arch = self.sles, self.arch.suse
+        names = sles.image_names(self.install_type, arch, self.image_platform)
+        if self.sources.get("image_platform", "default").startswith("default"):
+            names = releases.refreshes(self.images_dir, sles.image_pattern(self.install_type, arch)) + names
         return [self.images_dir / n for n in names]
 
     def source_env(self) -> dict[str, str]:
@@ -344,6 +363,7 @@ def resolve(
             overrides[m.group(2)] = (v, ref) if m.group(1) == "LOCATION" else (loc, v)
     _apply_seed_switches(values, sources)
     _required(values, sources)
+    _settle_release(values, sources)
     if sources["name"] == "default" and values["arch"].metal3_suffix:
         # metal3's ironic-ipa-downloader names: ironic-python-agent${IPA_ARCH:+_${IPA_ARCH}}
         values["name"] += values["arch"].metal3_suffix
@@ -359,6 +379,35 @@ def _required(values: dict[str, Any], sources: dict[str, str]) -> None:
     for s in SETTINGS:
         if s.kind == "path" and s.default is not None and values[s.key] is None and not s.empty_ok:
             raise ConfigError(f"{s.key} is empty ({sources[s.key]})", f"give {s.key} a path, or leave it unset")
+
+
+def _settle_release(values: dict[str, Any], sources: dict[str, str]) -> None:
+    """Name the release in its canonical spelling: the one the user named (DIB_SLES_RELEASE, or a 15
+    service pack), else the one whose media are in images_dir (detect.py), else SLE 15 SP7."""
+    named = sources["sles_release"] != "default"
+    sp_named = sources["service_pack"] != "default" and values["service_pack"] != ""
+    if named or sp_named:
+        release = releases.find(values["sles_release"], values["service_pack"])
+        if release.major != 15 and sp_named:
+            raise ConfigError(f"service pack {values['service_pack']} ({sources['service_pack']}) is SLE 15's, "
+                              f"but the release is {release.shown} ({sources['sles_release']})",
+                              "unset DIB_SLES_SERVICE_PACK for SLES 16, or set DIB_SLES_RELEASE=SLE-15")
+    else:
+        given = [p for p in (values["iso"], values["base_image"]) if p is not None]
+        found = detect.detect(values["images_dir"], values["arch"].suse, values["install_type"], given)
+        release = found.release if found else releases.DEFAULT
+        why = found.why if found else f"default (no SLES media by name in {values['images_dir']})"
+        sources["sles_release"] = why
+        if release.major == 15:
+            sources["service_pack"] = why
+    values["sles_release"] = release.prefix
+    if not sp_named:  # a named one stays as the user spelt it (sp4): the hooks see what they were given
+        values["service_pack"] = release.service_pack
+    if release.major != 15 and sources["service_pack"] == "default":
+        sources["service_pack"] = f"{release.shown} has none"
+    if sources["image_platform"] == "default" and release.platform != releases.DEFAULT.platform:
+        values["image_platform"] = f"{release.platform}-GM"
+        sources["image_platform"] = f"default for {release.shown}"
 
 
 def _apply_seed_switches(values: dict[str, Any], sources: dict[str, str]) -> None:
@@ -383,7 +432,11 @@ def validate(cfg: Config) -> None:
         if cfg.value(key) <= 0:
             raise ConfigError(f"{key} must be positive, not {cfg.value(key)}", f"set {key} to a number above 0")
     cfg.compression  # noqa: B018 - compress.py is the one judge of compressors and their levels
-    servicepack.normalise(cfg.service_pack)
+    _check_media_release(cfg)
+    offered = releases.pythons(cfg.sles.major)
+    if cfg.sles_python is not None and cfg.sles_python not in offered:
+        raise ConfigError(f"{cfg.sles_python} ({cfg.sources['sles_python']}) is no interpreter of {cfg.sles.shown}",
+                          f"set DIB_SLES_PYTHON to {' or '.join(offered)}, or leave it unset")
     for key in ("ipa_cert", "tls_cert_file", "tls_key_file", "tls_ca_file", "dev_user_authorized_keys"):
         p = cfg.value(key)
         if p is not None and not Path(p).is_file():
@@ -412,3 +465,26 @@ def validate(cfg: Config) -> None:
         repokeys.read_file(key_file)
     if not cfg.elements:
         raise ConfigError("the element list is empty", "give at least an operating-system element such as sles")
+
+
+def _check_media_release(cfg: Config) -> None:
+    """A 16 install.iso with a 15 release, or a Media1 ISO with a 16 one, is refused before any work.
+    The ISO's top directories say which it is (cheap: pycdlib's directory records, cached for the
+    build); a file that is no ISO is judged by its name, and open_media() refuses it later."""
+    iso, sles, arch = cfg.iso_path, cfg.sles, cfg.arch.suse
+    if not iso.is_file():
+        return
+    by_name = list(detect.media([iso.name], arch, cfg.install_type))
+    layout = media.layout_of(iso) or (by_name[0].layout if by_name else None)
+    if layout is None or layout == sles.layout:
+        return
+    why = cfg.release_source
+    if layout == releases.INSTALL:
+        other = by_name[0].prefix if by_name and by_name[0].major == 16 else "SLES-16.<n>"
+        raise ConfigError(f"{iso.name} is a SLES 16 install ISO, but the build is for {sles.shown} ({why})",
+                          f"set DIB_SLES_RELEASE={other} (--sles-release) and unset DIB_SLES_SERVICE_PACK, "
+                          f"or give the {sles.iso_name(arch)}")
+    sp = by_name[0].service_pack if by_name and by_name[0].major == 15 else "SP<n>"
+    raise ConfigError(f"{iso.name} is a SLE 15 Media1 ISO, but the build is for {sles.shown} ({why})",
+                      f"set DIB_SLES_RELEASE=SLE-15 and DIB_SLES_SERVICE_PACK={sp} (--sles-release SLE-15 "
+                      f"--service-pack {sp}), or give the {sles.iso_name(arch)}")

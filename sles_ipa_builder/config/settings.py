@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ..packing.cuts import DEFAULT_CUT, DROP_GROUPS, MODULE_CLASSES
-from . import servicepack
+from . import releases
 from .arch import ARCHES, HOST_DEFAULT
 
 DEFAULT_ELEMENTS = (
@@ -99,24 +99,33 @@ _ROWS: tuple[str | Setting, ...] = (
     S("base_os", "sles", "str", "Operating-system element put in the element list.", ("IPA_BASE_OS",)),
     S("arch", HOST_DEFAULT.suse, "arch", "Target architecture (SUSE's name; DIB's is accepted too: ARCH=arm64).",
       ("SIB_ARCH", "ARCH"), choices=tuple(a.suse for a in ARCHES), default_doc="the host's architecture"),
-    S("images_dir", "~/sles_images", "path", "Directory searched for the base qcow2 and the Media1 ISO.",
-      ("DIB_SLES_OFFLINE_TARGET_DIR",), export="DIB_SLES_OFFLINE_TARGET_DIR"),
+    S("images_dir", "~/sles_images", "path", "Directory searched for the base qcow2 and the Full ISO; when no "
+      "release is named, their names say which release to build.", ("DIB_SLES_OFFLINE_TARGET_DIR",),
+      export="DIB_SLES_OFFLINE_TARGET_DIR"),
     S("base_image", None, "path", "The SLES Minimal-VM qcow2 (default: found in images_dir by name)."),
     S("base_tree", None, "path", "Start from an already extracted root tree instead of a qcow2."),
-    S("iso", None, "path", "The SLE Full Media1 ISO (default: images_dir/<iso_name>)."),
-    S("iso_name", None, "str", "Media1 ISO file name in images_dir (default SLE-15-<SP>-Full-<arch>-GM-Media1.iso).",
-      ("DIB_SLES_ISO_REPO_FILE",), flag=False, export="DIB_SLES_ISO_REPO_FILE", export_from="iso_file_name"),
-    S("sles_release", "SLE-15", "str", "SLES release used in the image names.", ("DIB_SLES_RELEASE",), flag=False,
-      export="DIB_SLES_RELEASE"),
-    S("service_pack", servicepack.DEFAULT, "str", "SLES service pack, SP4 to SP7 (see servicepack.py).",
-      ("DIB_SLES_SERVICE_PACK",), export="DIB_SLES_SERVICE_PACK"),
-    S("sles_python", None, "choice", "Interpreter of the IPA venv (default: python3.11; on SP4 python3.11 when "
-      "a repository provides python311, else python3.10).", ("DIB_SLES_PYTHON",), choices=(servicepack.PY310,
-      servicepack.PY311), flag_name="python", export="DIB_SLES_PYTHON", export_from="python"),
+    S("iso", None, "path", "The SLES Full ISO: SLE 15's Media1 ISO or SLES 16's install.iso (default: "
+      "images_dir/<iso_name>)."),
+    S("iso_name", None, "str", "Full ISO file name in images_dir (default: SUSE's name for the release, "
+      "SLE-15-<SP>-Full-<arch>-GM-Media1.iso or SLES-16.<n>-Full-<arch>-GM.install.iso, or its newest "
+      "-QU<n> refresh there).", ("DIB_SLES_ISO_REPO_FILE",), flag=False, export="DIB_SLES_ISO_REPO_FILE",
+      export_from="iso_file_name"),
+    S("sles_release", releases.DEFAULT.prefix, "str", "SLES release as its file names spell it: SLE-15 (the "
+      "service pack apart) or SLES-16.0, SLES-16.1 (15 and 16.0 are understood too; see config/releases.py).",
+      ("DIB_SLES_RELEASE",), export="DIB_SLES_RELEASE",
+      default_doc="the release whose media are in images_dir (the newest, when several), else SLE-15"),
+    S("service_pack", releases.DEFAULT.service_pack, "str", "SLE 15 service pack, SP4 to SP7; SLES 16 has none "
+      "(exported empty).", ("DIB_SLES_SERVICE_PACK",), export="DIB_SLES_SERVICE_PACK",
+      default_doc="SP7, or the one whose media are in images_dir"),
+    S("sles_python", None, "choice", "Interpreter of the IPA venv (default: the release's, python3.11 on 15 and "
+      "python3.13 on 16; on SP4 python3.11 when a repository provides python311, else python3.10).",
+      ("DIB_SLES_PYTHON",), choices=releases.PYTHONS, flag_name="python", export="DIB_SLES_PYTHON",
+      export_from="python"),
     S("install_type", "Minimal-VM", "str", "Image type in the base image name.", ("DIB_SLES_INSTALL_TYPE",),
       flag=False, export="DIB_SLES_INSTALL_TYPE"),
-    S("image_platform", "OpenStack-Cloud-GM", "str", "Platform in the base image name.",
-      ("DIB_SLES_IMAGE_TARGET_PLATFORM",), flag=False, export="DIB_SLES_IMAGE_TARGET_PLATFORM"),
+    S("image_platform", f"{releases.DEFAULT.platform}-GM", "str", "Platform in the base image name (by default "
+      "the release's GM one, or its newest -QU<n> refresh in images_dir).", ("DIB_SLES_IMAGE_TARGET_PLATFORM",),
+      flag=False, export="DIB_SLES_IMAGE_TARGET_PLATFORM", default_doc="OpenStack-Cloud-GM on 15, Cloud-GM on 16"),
     S("repos", [], "list", "Extra zypper repositories (URLs) added next to the Media1 modules; with them the "
       "ISO is optional.", ("SIB_REPOS",), flag_name="repo", many=True),
     S("repo_credentials", [], "pathlist", "zypper credentials files (or credentials.d directories) for repository "

@@ -3,11 +3,11 @@ environment), on the host and in the target.
 
 Later wins:
 
-1. DIB's defaults, and DIB_RELEASE from the service pack;
+1. DIB's defaults, and DIB_RELEASE from the release;
 2. the source repositories (`Config.source_env()`: DIB_REPOLOCATION_<name>, DIB_REPOREF_<name>);
 3. the user's DIB_* variables that no setting claims: passed through, so they win over 1 and 2;
 4. every setting's export, as its row in config/settings.py says (`export`, `render`, `export_from`);
-5. the service pack's package names (config/servicepack.py);
+5. the release's facts and package names (config/releases.py);
 6. the build's places and its element list.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from ..cache.store import cache_root
-from ..config import servicepack
+from ..config import releases
 from ..config.resolve import Config
 from ..config.settings import SETTINGS
 from .elements import Element
@@ -35,22 +35,34 @@ DIB_DEFAULTS = {
 }
 
 
+def release_env(release: releases.Release, python: str) -> dict[str, str]:
+    """What the hooks need of the release that no setting says: the python package, the network stack,
+    /usr/etc, SELinux, and each package some release names differently (DIB_SLES_PKG_<GENERIC>)."""
+    env = {
+        "DIB_SLES_PYTHON_PACKAGE": releases.python_package(python),
+        "DIB_SLES_NETWORK_STACK": release.network,
+        "DIB_SLES_USR_ETC": "true" if release.usr_etc else "false",
+        "DIB_SLES_SELINUX": release.selinux or "none",
+    }
+    env.update({f"DIB_SLES_PKG_{generic.upper().replace('-', '_')}": package
+                for generic, package in releases.renamed_packages(release).items()})
+    return env
+
+
 def hook_env(cfg: Config, search_path: list[Path], resolved_elements: list[Element]) -> dict[str, str]:
     """The variables every hook sees; touches nothing on disk."""
     build_dir = cfg.build_dir
     env = {**DIB_DEFAULTS, "DIB_IMAGE_CACHE": str(cache_root() / "image-create")}
     env.update(cfg.source_env())
     # DIB_RELEASE is DIB's own variable: a user's value passes through and wins
-    env["DIB_RELEASE"] = servicepack.dib_release(cfg.sles_release, cfg.service_pack)
+    env["DIB_RELEASE"] = cfg.sles.dib_release
     env.update(cfg.passthrough)
     for s in SETTINGS:
         if s.export:
             text = s.renderer(getattr(cfg, s.export_from) if s.export_from else cfg.value(s.key))
             if text is not None:
                 env[s.export] = text
-    env["DIB_SLES_PYTHON_PACKAGE"] = servicepack.python_package(cfg.python)
-    env.update({f"DIB_SLES_PKG_{generic.upper().replace('-', '_')}": package
-                for generic, package in servicepack.renamed_packages(cfg.service_pack).items()})
+    env.update(release_env(cfg.sles, cfg.python))
     root = build_dir / "root"
     env.update(
         {

@@ -29,7 +29,6 @@ from .. import __version__, run
 from ..cache import layers as checkpoints
 from ..cache import roottree as layers
 from ..cache.store import cache_dir
-from ..config import servicepack
 from ..config.resolve import Config
 from ..delivery.artifacts import OUTPUTS, Output, Staging, close, commit, open_staging
 from ..errors import CommandError, ConfigError
@@ -263,7 +262,7 @@ def _caches(cfg: Config) -> tuple[list[tuple[Path, str]], dict[str, str]]:
 
 
 def settle(cfg: Config) -> Config:
-    """Every --repo must answer with rpm-md metadata (else exit 2, naming it), and a service pack
+    """Every --repo must answer with rpm-md metadata (else exit 2, naming it), and a release
     whose python depends on the repositories (SP4: python311 from the update channel) gets it decided."""
     user = repos.parse(list(cfg.repos))
     creds = repos.load_credentials(list(cfg.repo_credentials))
@@ -273,14 +272,15 @@ def settle(cfg: Config) -> Config:
         provided[r.shown] = (repos.cached_packages(r, cache_dir("zypper")) if cfg.offline and remote
                              else repos.probe(r, creds, cfg.ca_bundle))
         log.info("repository %s: %d packages", r.shown, len(provided[r.shown]))
-    sp = servicepack.facts(cfg.service_pack)
-    if cfg.sles_python is not None or not sp.may_change_python:
+    release = cfg.sles
+    if cfg.sles_python is not None or not release.may_change_python:
         return cfg
     if not cfg.iso_optional and cfg.iso_path.is_file():
         provided[f"the Media1 ISO {cfg.iso_path.name}"] = repos.media_packages(media.open_media(cfg.iso_path))
-    where = next((name for name, names in provided.items() if sp.python_if in names), None)
-    python = sp.python_for(lambda pkg: where is not None)
-    source = f"{sp.python_if} in {where}" if where else f"{sp.name}: no repository provides {sp.python_if}"
+    where = next((name for name, names in provided.items() if release.python_if in names), None)
+    python = release.python_for(lambda pkg: where is not None)
+    source = (f"{release.python_if} in {where}" if where
+              else f"{release.service_pack}: no repository provides {release.python_if}")
     log.info("IPA venv python: %s (%s)", python, source)
     return replace(cfg, sles_python=python, sources={**cfg.sources, "sles_python": source})
 
@@ -318,7 +318,9 @@ def steps(plan: Plan, replaced: list[str]) -> list[Step]:
 
 def describe(plan: Plan) -> dict[str, Any]:
     """What `summary` prints: elements and who pulled them in, every step in run order, the sources."""
+    cfg = plan.cfg
     return {
+        "release": {**cfg.sles.facts(), "python": cfg.python, "why": cfg.release_source},
         "elements": [
             {"name": e.name, "by": e.pulled_by or "requested", "path": str(e.path) if e.path else "(native)",
              "builtin": _builtin(e), "replaces_builtin": _shadows_builtin(e)}

@@ -1,10 +1,12 @@
-"""The SLE Full Media1 ISO as zypper repositories, read with pycdlib and never mounted.
+"""The SLES Full ISO as zypper repositories, read with pycdlib and never mounted.
 
 `open_media()` indexes the ISO once (path -> byte extent, Rock Ridge names, else Joliet, else plain
-ISO 9660), reads `media.1/products` to find every repository directory and checks each has
-`repodata/repomd.xml`. `serve()` answers HTTP GET/HEAD (with Range) on loopback straight from those
-extents with os.pread, so zypper in the chroot reads packages out of the ISO file itself: no loop
-device, no host mount, nothing left behind after a crash.
+ISO 9660) and finds its repositories by its layout (config/releases.py): SLE 15's Media1 ISO lists
+them in `media.1/products` (one per Module-* directory); SLES 16's install.iso holds one rpm-md
+repository in /install, next to boot/ and LiveOS/. Each must have `repodata/repomd.xml`.
+`serve()` answers HTTP GET/HEAD (with Range) on loopback straight from those extents with os.pread,
+so zypper in the chroot reads packages out of the ISO file itself: no loop device, no host mount,
+nothing left behind after a crash.
 """
 
 from __future__ import annotations
@@ -29,13 +31,17 @@ import zstandard
 from pycdlib.pycdlibexception import PyCdlibException
 
 from ..config.arch import Arch
+from ..config.releases import INSTALL, MEDIA1
 from ..errors import InputError
 
 log = logging.getLogger(__name__)
 
 BLOCK = 2048
 CHUNK = 1 << 20
-HINT_ISO = "give the SLE-15-SPx-Full-<arch>-GM-Media1.iso downloaded from SUSE (--iso)"
+HINT_ISO = ("give the Full ISO downloaded from SUSE (--iso): SLE-15-SPx-Full-<arch>-GM-Media1.iso, "
+            "or SLES-16.x-Full-<arch>-GM.install.iso")
+HINT_INSTALL = ("use SLES-16.x-Full-<arch>-GM.install.iso: the Full ISO carries the packages in /install, "
+                "the Online one none")
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class Media:
     identity: str
     index: dict[str, tuple[int, int]] = field(repr=False, default_factory=dict)  # path -> (offset, size)
     links: dict[str, str] = field(repr=False, default_factory=dict)  # Rock Ridge symlinks: path -> target
+    layout: str = MEDIA1  # config/releases.py: MEDIA1 (media.1/products) or INSTALL (/install)
 
     def resolve(self, path: str) -> tuple[int, int] | None:
         path = "/" + path.strip("/")
@@ -125,16 +132,37 @@ def _index(iso: pycdlib.PyCdlib) -> tuple[dict[str, tuple[int, int]], dict[str, 
 
 
 def open_media(iso_path: Path) -> Media:
-    """Index the ISO and discover its repositories from media.1/products. An ISO indexed before (the
-    plan's python check, then the input checks) is indexed again only when its file changed."""
+    """Index the ISO and discover its repositories by its layout. An ISO indexed before (the plan's
+    python check, then the input checks) is indexed again only when its file changed."""
     if not iso_path.is_file():
-        raise InputError(f"Media1 ISO {iso_path} not found", HINT_ISO)
+        raise InputError(f"Full ISO {iso_path} not found", HINT_ISO)
     st = iso_path.stat()
     return _open(iso_path, st.st_size, st.st_mtime_ns, st.st_ino)
 
 
+def layout_of(iso_path: Path) -> str | None:
+    """MEDIA1 or INSTALL by the ISO's top directories; None when it is no ISO (open_media says why)."""
+    try:
+        st = iso_path.stat()
+        _, index, _ = _indexed(iso_path, st.st_size, st.st_mtime_ns, st.st_ino)
+    except (OSError, InputError):
+        return None
+    return _layout(index)
+
+
+def _layout(index: dict[str, tuple[int, int]]) -> str | None:
+    tops = {path.split("/")[1] for path in index}
+    if "media.1" in tops:
+        return MEDIA1
+    if "install" in tops or {"boot", "LiveOS"} <= tops:  # the Online install.iso has no /install
+        return INSTALL
+    return None
+
+
 @functools.lru_cache(maxsize=4)
-def _open(iso_path: Path, size: int, mtime_ns: int, inode: int) -> Media:
+def _indexed(iso_path: Path, size: int, mtime_ns: int, inode: int
+             ) -> tuple[str, dict[str, tuple[int, int]], dict[str, str]]:
+    """(volume id, path -> extent, symlinks) of an ISO file, as it was when it had that size and mtime."""
     iso = pycdlib.PyCdlib()
     try:
         iso.open(os.fspath(iso_path))
@@ -145,21 +173,40 @@ def _open(iso_path: Path, size: int, mtime_ns: int, inode: int) -> Media:
         index, links = _index(iso)
     finally:
         iso.close()
+    return volume_id, index, links
+
+
+@functools.lru_cache(maxsize=4)
+def _open(iso_path: Path, size: int, mtime_ns: int, inode: int) -> Media:
+    volume_id, index, links = _indexed(iso_path, size, mtime_ns, inode)
     size = iso_path.stat().st_size
     cut = sorted(path for path, (offset, length) in index.items() if length < 0 or offset + length > size)
     if cut:  # a partial download: pycdlib reads the directories, the files are past the end
         raise InputError(f"{iso_path} is truncated or damaged: {len(cut)} file(s) lie past its end "
                          f"({cut[0]}...)", "download the ISO again and compare its checksum with SUSE's")
-    media = Media(iso_path, volume_id, [], [], "", index, links)
+    media = Media(iso_path, volume_id, [], [], "", index, links, layout=_layout(index) or MEDIA1)
     media.info = _text(media, "/media.1/media").splitlines() if media.resolve("/media.1/media") else []
-    if media.resolve("/media.1/products") is None:
-        raise InputError(f"{iso_path} has no media.1/products: not a SUSE product medium",
-                         "use the Full (Media1) ISO, which lists its modules in media.1/products")
-    media.repos = _products(media)
+    if media.layout == INSTALL:
+        media.repos = [_install_repo(media)]
+    elif media.resolve("/media.1/products") is None:
+        raise InputError(f"{iso_path} has no media.1/products and no /install: not a SUSE product medium",
+                         "use the Full ISO: SLE 15's Media1 lists its modules in media.1/products, "
+                         "SLES 16's install.iso has its repository in /install")
+    else:
+        media.repos = _products(media)
     media.identity = _identity(media)
-    log.debug("media %s: %d files, %d repositories, identity %s", iso_path, len(index), len(media.repos),
-              media.identity[:12])
+    log.debug("media %s (%s): %d files, %d repositories, identity %s", iso_path, media.layout, len(index),
+              len(media.repos), media.identity[:12])
     return media
+
+
+def _install_repo(media: Media) -> Repo:
+    """SLES 16's one repository, /install; named SLES and the version the volume id carries (16.0)."""
+    if media.resolve("/install/repodata/repomd.xml") is None:
+        raise InputError(f"{media.iso.name} has no install/repodata/repomd.xml: a SLES 16 install ISO "
+                         "without its package repository", HINT_INSTALL)
+    version = re.search(r"16\.\d+", media.volume_id)
+    return Repo(alias_for("install"), "install", "SLES", version.group(0) if version else "")
 
 
 def _text(media: Media, path: str) -> str:
@@ -209,7 +256,7 @@ def check_arch(media: Media, arch: Arch) -> None:
     found = package_arches(media)
     if found and arch.suse not in found:
         raise InputError(f"{media.iso} holds {', '.join(sorted(found))} packages, not {arch}",
-                         f"use the SLE-15-SPx-Full-{arch}-GM-Media1.iso, or build for --arch {sorted(found)[0]}")
+                         f"use the Full ISO for {arch} (its name says {arch}), or build for --arch {sorted(found)[0]}")
 
 
 def _tops(media: Media, directory: str) -> list[str]:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ..cache import layers as checkpoints
 from ..cache import roottree as layers
+from ..config import releases
 from ..engine.state import Plan, Runtime
 from ..engine.target import run_in_target, run_zypper
 from ..errors import BuildError, ConfigError
@@ -83,13 +84,15 @@ def python_check_step(plan: Plan, rt: Runtime) -> None:
     found = python_floor(src)
     have = re.fullmatch(r"python(\d+)\.(\d+)", rt.env.get("DIB_SLES_PYTHON", ""))
     if found and have and (int(have.group(1)), int(have.group(2))) < found[0]:
+        release = plan.cfg.sles
         older_ipa = "pick an IPA release that supports it (IPA_REF and OPENSTACK_REQUIREMENTS_REF"
+        offered = "/".join(releases.python_package(p) for p in releases.pythons(release.major))
         hint = ("add a repository that provides python311 (SP4's update channel, --repo URL), build from "
                 f"SP5 or later media (DIB_SLES_SERVICE_PACK), or {older_ipa}, e.g. stable/2026.1 for IPA 11.x)"
                 if found[0] <= (3, 11) else
-                f"no SLES 15 python310/python311 satisfies it: {older_ipa} of an older OpenStack release)")
-        raise ConfigError(f"this ironic-python-agent requires Python {found[1]}, but service pack "
-                          f"{plan.cfg.service_pack} gives the IPA venv {have.group(0)}", hint)
+                f"no SLES {release.major} {offered} satisfies it: {older_ipa} of an older OpenStack release)")
+        raise ConfigError(f"this ironic-python-agent requires Python {found[1]}, but {release.shown} "
+                          f"gives the IPA venv {have.group(0)}", hint)
 
 
 def unconfigure_step(plan: Plan, rt: Runtime) -> None:

@@ -195,7 +195,7 @@ def test_ipa_python_requirement_checked_before_the_package_installs(tmp_path):
         cfg = config.resolve({"service_pack": sp}, environ={})
         ctx = SimpleNamespace(root=tmp_path, cfg=cfg, env={"DIB_SLES_PYTHON": cfg.python})
         if fails:
-            with pytest.raises(ConfigError, match=r"requires Python >=3.11, but service pack SP4 gives .*python3.10"):
+            with pytest.raises(ConfigError, match=r"requires Python >=3.11, but SLE 15 SP4 gives .*python3.10"):
                 slessteps.python_check_step(ctx, ctx)  # type: ignore[arg-type]
         else:
             slessteps.python_check_step(ctx, ctx)  # type: ignore[arg-type]

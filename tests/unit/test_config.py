@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from sles_ipa_builder.config import releases
 from sles_ipa_builder.config import resolve as config
-from sles_ipa_builder.config import servicepack
 from sles_ipa_builder.config.settings import SETTINGS
 from sles_ipa_builder.engine.hookenv import hook_env
 from sles_ipa_builder.errors import ConfigError
@@ -112,10 +112,10 @@ def test_python_per_service_pack():
     assert resolve(env={"DIB_SLES_SERVICE_PACK": "SP5"}).python == "python3.11"
     assert resolve(env={"DIB_SLES_SERVICE_PACK": "SP9"}).python == "python3.11"  # newer than the table
     # SP4 takes python311 when a repository provides it (the update channel), else python310
-    sp4 = servicepack.facts("SP4")
+    sp4 = releases.find("SLE-15", "SP4")
     assert sp4.python_for(lambda name: name == "python311") == "python3.11"
     assert sp4.python_for(lambda name: False) == "python3.10"
-    assert servicepack.facts("SP7").python_for(lambda name: False) == "python3.11"
+    assert releases.find("SLE-15", "SP7").python_for(lambda name: False) == "python3.11"
     # an explicit choice wins, and a wrong one is refused
     cfg = resolve(env={"DIB_SLES_SERVICE_PACK": "SP4", "DIB_SLES_PYTHON": "python3.11"})
     assert cfg.python == "python3.11" and _hook_env(cfg)["DIB_SLES_PYTHON_PACKAGE"] == "python311"

@@ -141,7 +141,7 @@ def test_environment_defaults() -> None:
     assert env["DISTRO_NAME"] == "opensuse"
     assert env["DIB_INIT_SYSTEM"] == "systemd"
     assert env["DIB_SLES_OFFLINE_TARGET_DIR"] == "/root/sles_images"  # seed: //root/sles_images, forced
-    for builders in ("DIB_RELEASE", "DIB_SLES_PYTHON", "DIB_SLES_ISO_REPO_FILE"):  # servicepack.py's facts
+    for builders in ("DIB_RELEASE", "DIB_SLES_PYTHON", "DIB_SLES_ISO_REPO_FILE"):  # releases.py's facts
         assert builders not in env
     assert "DIB_OFFLINE" not in env  # the seed forced it on, freezing the source cache
     assert env["IPA_REMOVE_FIRMWARE"].split(",")[0] == "amdgpu"
@@ -158,7 +158,7 @@ def test_environment_honours_user_values() -> None:
 
 
 def test_service_pack_facts_come_from_the_builder() -> None:
-    """servicepack.py is the one table: the builder exports its facts, the hooks read them."""
+    """config/releases.py is the one table: the builder exports its facts, the hooks read them."""
     from sles_ipa_builder.config import resolve as config
     from sles_ipa_builder.engine.hookenv import hook_env
 
