@@ -8,9 +8,9 @@ export DISTRO_NAME=opensuse
 export DIB_INIT_SYSTEM=systemd
 
 export DIB_SLES_RELEASE=${DIB_SLES_RELEASE:-SLE-15}
-export DIB_SLES_SERVICE_PACK=${DIB_SLES_SERVICE_PACK:-SP7}
+export DIB_SLES_SERVICE_PACK=${DIB_SLES_SERVICE_PACK-SP7}  # set but empty: a SLES 16 release, which has none
 export DIB_SLES_INSTALL_TYPE=${DIB_SLES_INSTALL_TYPE:-Minimal-VM}
 export DIB_SLES_IMAGE_TARGET_PLATFORM=${DIB_SLES_IMAGE_TARGET_PLATFORM:-OpenStack-Cloud-GM}
 export DIB_SLES_OFFLINE_TARGET_DIR=${DIB_SLES_OFFLINE_TARGET_DIR:-${HOME:-/root}/sles_images}
-# The service-pack facts (the ISO's name, DIB_RELEASE, the IPA venv's python: DIB_SLES_PYTHON) come
-# from the builder, which exports them from its one table (sles_ipa_builder/servicepack.py).
+# The release's facts (the ISO's name, DIB_RELEASE, the IPA venv's python: DIB_SLES_PYTHON, the network
+# stack...) come from the builder, which exports them from its one table (sles_ipa_builder/config/releases.py).
