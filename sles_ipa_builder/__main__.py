@@ -123,7 +123,11 @@ def parser() -> argparse.ArgumentParser:
     _common(pb, settings=False)
     pb.add_argument("destination", metavar="DEST", help="oci://REGISTRY[:PORT]/REPO:TAG or oci-layout:DIR[:TAG]")
     pb.add_argument("--output", type=Path, metavar="DIR", help="directory of the artifacts")
-    pb.add_argument("--name", help="artifact base name")
+    pb.add_argument("--name", nargs="+", metavar="NAME",
+                    help="artifact base name; several (e.g. ironic-python-agent ironic-python-agent_aarch64): one "
+                         "manifest per architecture in one index")
+    pb.add_argument("--replace", action="store_true",
+                    help="drop the tag's manifests of other architectures (default: keep them)")
     pb.add_argument("--insecure", action="store_true", help="plain HTTP, or skip TLS verification")
     pb.add_argument("--authfile", type=Path, metavar="FILE",
                     help="container auth file (default: skopeo's: $REGISTRY_AUTH_FILE, "

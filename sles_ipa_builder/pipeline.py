@@ -77,8 +77,8 @@ def build(cfg: Config) -> Artifacts | None:
     report_artifacts(rt.artifacts)
     if cfg.publish:
         with logmod.step(f"publish to {cfg.publish}"):
-            done = publish.publish(plan.outputs, cfg.name, cfg.arch, cfg.publish,
-                                   insecure=cfg.publish_insecure)
+            done = publish.publish([publish.Platform(plan.outputs, cfg.name, cfg.arch)], cfg.publish,
+                                   insecure=cfg.publish_insecure, replace=cfg.publish_replace)
         show(publish.result_line(done))
     if cfg.boot_test:
         boot(cfg, rt.artifacts)

@@ -254,9 +254,10 @@ def publish(args: argparse.Namespace, cli: dict[str, Any]) -> int:
 
     cfg = resolve(args, {})
     out = Path(args.output or cfg.output_dir)
-    name = args.name or cfg.name
-    done = publish_mod.publish(out, name, _built_arch(out / f"{name}.manifest.json", cfg.arch), args.destination,
-                               insecure=args.insecure or cfg.publish_insecure, authfile=args.authfile)
+    sets = [publish_mod.Platform(out, name, _built_arch(out / f"{name}.manifest.json", cfg.arch))
+            for name in args.name or [cfg.name]]
+    done = publish_mod.publish(sets, args.destination, insecure=args.insecure or cfg.publish_insecure,
+                               authfile=args.authfile, replace=args.replace or cfg.publish_replace)
     show(publish_mod.result_line(done))
     return 0
 
@@ -277,10 +278,11 @@ def addon(args: argparse.Namespace, cli: dict[str, Any]) -> int:
 
 
 def _built_arch(manifest: Path, default: Arch) -> Arch:
-    """The architecture the artifacts were built for (their manifest's settings), else the configured one."""
+    """The architecture the artifacts were built for (their manifest says), else the configured one."""
     try:
-        return Arch.parse(str(json.loads(manifest.read_text())["settings"]["arch"]))
-    except (OSError, ValueError, KeyError, TypeError, ConfigError):
+        doc = json.loads(manifest.read_text())
+        return Arch.parse(str(doc.get("ramdisk", {}).get("arch") or doc["settings"]["arch"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ConfigError):
         return default
 
 

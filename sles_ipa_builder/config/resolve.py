@@ -165,6 +165,7 @@ class Config:
     sign_key: Path | None
     publish: str | None
     publish_insecure: bool
+    publish_replace: bool
     boot_test: bool
     boot_timeout: int
     boot_memory: int

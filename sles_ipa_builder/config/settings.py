@@ -241,6 +241,8 @@ _ROWS: tuple[str | Setting, ...] = (
     S("publish", None, "str", "After the build, publish the artifacts: oci://REGISTRY/REPO:TAG or "
       "oci-layout:DIR[:TAG] (see `publish`)."),
     S("publish_insecure", False, "bool", "The publish registry speaks plain HTTP or has an untrusted certificate."),
+    S("publish_replace", False, "bool", "Publishing replaces the tag's whole index; by default the manifests of "
+      "other architectures in it are kept."),
     S("boot_test", False, "bool", "Boot the result in QEMU at the end of the build.", ("ENABLE_BOOTSTRAP_TEST",)),
     S("boot_timeout", 600, "int", "Seconds the boot test waits for the agent."),
     S("boot_memory", 2048, "int", "Boot test VM memory (MiB)."),

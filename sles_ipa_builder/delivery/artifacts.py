@@ -250,6 +250,7 @@ def write_manifest(st: Staging) -> None:
     sizes = {s: st.staged(s).stat().st_size for s in st.sha256}
     doc = dict(st.manifest)
     doc["ramdisk"] = {
+        "arch": st.arch.suse,
         "compression": st.compression.as_dict(),
         "kernel": {"version": st.kernel.version, "source": str(st.kernel.path.relative_to(st.tree))},
         "prune": st.prune.as_dict(),

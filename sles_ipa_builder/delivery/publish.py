@@ -4,15 +4,21 @@ OCI image layout directory (`oci-layout:DIR[:TAG]`) for air-gapped transfer.
 What is published, one tag:
 
     image index (application/vnd.oci.image.index.v1+json)
-      └─ manifest, platform {architecture: amd64, os: linux}, artifactType ARTIFACT_TYPE
+      ├─ manifest, platform {architecture: amd64, os: linux}, artifactType ARTIFACT_TYPE
+      └─ manifest, platform {architecture: arm64, os: linux}, ... (one per architecture)
            config: the empty descriptor ({}), as OCI 1.1 says for artifacts
            layers: <name>.kernel, <name>.initramfs, <name>.manifest.json, <name>.cdx.json (SBOM),
                    <name>.esp.img and <name>.iso (when built), <name>.sha256 (and
                    <name>.sha256.minisig when signed),
                    each with its own media type and org.opencontainers.image.title = its file name
 
-so `oras pull` or `skopeo copy` brings back the files under their names, a client picks the
-kernel and initramfs by media type, and another architecture can later join the same index.
+so `oras pull` or `skopeo copy` brings back the files under their names, a client picks its
+platform's manifest (`skopeo --override-arch arm64`), and the kernel and initramfs by media type.
+
+One publish writes one manifest per artifact set it is given (`--name` several times: the x86_64
+and aarch64 builds in one output directory, each named as metal3 names it). The tag's manifests of
+other platforms are kept: a later publish of one architecture replaces that architecture's manifest
+only, unless `replace` says to drop the others.
 
 The layout is written here (it is a directory of JSON and content-addressed files, OCI image-layout
 1.0); the registry transport is skopeo's (`skopeo copy --all --preserve-digests oci:... docker://...`):
@@ -118,12 +124,22 @@ def parse_destination(text: str) -> Destination:
 
 
 # --- the layout ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Platform:
+    """One architecture's artifacts: <output_dir>/<name>.*, built for `arch`."""
+
+    output_dir: Path
+    name: str
+    arch: Arch
+
+
 @dataclass
 class Published:
     destination: Destination
     digest: str  # of the tagged image index
-    manifest_digest: str
+    manifests: dict[str, str]  # OCI architecture -> digest of the manifest this publish wrote
     layers: dict[str, str]  # file name -> digest
+    kept: list[str]  # OCI architectures kept from the tag's earlier index
 
 
 def collect(output_dir: Path, name: str) -> list[tuple[Path, str]]:
@@ -192,31 +208,76 @@ def _canonical(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
 
-def write_layout(output_dir: Path, name: str, arch: Arch, layout_dir: Path, tag: str) -> Published:
-    """Add the artifacts to an OCI image layout under `tag` (the directory is made if missing)."""
-    files = collect(output_dir, name)
-    digests = {p.name: sha256_uncached(p) for p, _ in files}
-    _check_sums(output_dir, name, digests)
+def _platform_of(descriptor: dict[str, Any]) -> str:
+    return str((descriptor.get("platform") or {}).get("architecture", ""))
+
+
+def others(index: dict[str, Any] | None, arches: set[str]) -> list[dict[str, Any]]:
+    """The manifests of an existing index for platforms other than `arches` (none when it is no index)."""
+    if index is None or index.get("mediaType", INDEX) != INDEX:
+        return []
+    return [m for m in index.get("manifests", []) if _platform_of(m) and _platform_of(m) not in arches]
+
+
+def _check_platforms(sets: list[Platform]) -> None:
+    if not sets:
+        raise ConfigError("nothing to publish", "name the artifacts with --name")
+    seen: dict[str, str] = {}
+    for s in sets:
+        if s.arch.oci in seen:
+            raise ConfigError(f"two artifact sets for {s.arch.suse}: {seen[s.arch.oci]} and {s.name}",
+                              "publish one build per architecture into a tag")
+        seen[s.arch.oci] = s.name
+
+
+def write_layout(sets: list[Platform], layout_dir: Path, tag: str,
+                 keep: list[dict[str, Any]] | None = None) -> Published:
+    """Add one manifest per artifact set to an OCI image layout, in one index under `tag` (the
+    directory is made if missing). `keep`: descriptors of other platforms' manifests whose blobs are
+    already in the layout, listed in the index too."""
+    _check_platforms(sets)
+    staged = [(s, collect(s.output_dir, s.name)) for s in sets]
+    digests = {p.name: sha256_uncached(p) for _, files in staged for p, _ in files}
+    for s, _ in staged:
+        _check_sums(s.output_dir, s.name, digests)
     if layout_dir.exists() and not layout_dir.is_dir():
         raise InputError(f"{layout_dir} is not a directory", "give a directory for the OCI layout")
     if layout_dir.is_dir() and any(layout_dir.iterdir()) and not (layout_dir / "oci-layout").is_file():
         raise InputError(f"{layout_dir} is neither empty nor an OCI layout", "give an empty or new directory")
     lay = _Layout(layout_dir)
-    layers = [{**lay.blob_file(p, digests[p.name], mt), "annotations": {TITLE: p.name}} for p, mt in files]
-    manifest = {
-        "schemaVersion": 2, "mediaType": MANIFEST, "artifactType": ARTIFACT_TYPE,
-        "config": lay.blob_bytes(b"{}", EMPTY), "layers": layers,
-        "annotations": {TITLE: name},
-    }  # fmt: skip
-    platform = {"architecture": arch.oci, "os": "linux"}
-    # no artifactType in the index's descriptor (OCI 1.1 allows it): skopeo 1.9 would have to rewrite such an
-    # index, which --preserve-digests forbids; the manifest itself carries it
-    m_desc = {**lay.blob_bytes(_canonical(manifest), MANIFEST), "platform": platform}
-    index = {"schemaVersion": 2, "mediaType": INDEX, "manifests": [m_desc]}
+    written = []
+    for s, files in staged:
+        layers = [{**lay.blob_file(p, digests[p.name], mt), "annotations": {TITLE: p.name}} for p, mt in files]
+        manifest = {
+            "schemaVersion": 2, "mediaType": MANIFEST, "artifactType": ARTIFACT_TYPE,
+            "config": lay.blob_bytes(b"{}", EMPTY), "layers": layers,
+            "annotations": {TITLE: s.name},
+        }  # fmt: skip
+        # no artifactType in the index's descriptor (OCI 1.1 allows it): skopeo 1.9 would have to rewrite such
+        # an index, which --preserve-digests forbids; the manifest itself carries it
+        platform = {"architecture": s.arch.oci, "os": "linux"}
+        written.append({**lay.blob_bytes(_canonical(manifest), MANIFEST), "platform": platform})
+    kept = list(keep or [])
+    # sorted by platform: the same artifacts give the same index, whichever order they were named in
+    index = {"schemaVersion": 2, "mediaType": INDEX, "manifests": sorted(kept + written, key=_platform_of)}
     i_desc = lay.blob_bytes(_canonical(index), INDEX)
     lay.tag(i_desc, tag)
-    return Published(Destination(tag=tag, layout=layout_dir), i_desc["digest"], m_desc["digest"],
-                     {p.name: f"sha256:{digests[p.name]}" for p, _ in files})
+    return Published(Destination(tag=tag, layout=layout_dir), i_desc["digest"],
+                     {_platform_of(m): m["digest"] for m in written},
+                     {name: f"sha256:{d}" for name, d in digests.items()}, sorted(_platform_of(m) for m in kept))
+
+
+def layout_index(layout_dir: Path, tag: str) -> dict[str, Any] | None:
+    """The index an OCI layout holds under `tag`, if any."""
+    try:
+        top = json.loads((layout_dir / "index.json").read_text())
+        found = [m for m in top.get("manifests", []) if (m.get("annotations") or {}).get(REF_NAME) == tag]
+        if not found:
+            return None
+        blob = layout_dir / "blobs/sha256" / str(found[-1]["digest"]).removeprefix("sha256:")
+        return dict(json.loads(blob.read_text()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 # --- the registry ----------------------------------------------------------------------------------
@@ -249,15 +310,49 @@ def _push_error(dest: Destination, stderr: str, insecure: bool) -> BuildError:
     return BuildError(f"pushing to {dest} failed: {reason}", "see the message above; --debug shows skopeo's output")
 
 
-def push(output_dir: Path, name: str, arch: Arch, dest: Destination, *, insecure: bool = False,
-         authfile: Path | None = None) -> Published:  # fmt: skip
-    """A temporary layout of the artifacts, copied by skopeo to the registry with its digests."""
+def _remote_index(dest: Destination, insecure: bool, authfile: Path | None) -> dict[str, Any] | None:
+    """The tag's manifest (an index, or a single manifest) as the registry holds it; None when the tag is new."""
+    argv = ["skopeo", "inspect", "--raw", *(["--tls-verify=false"] if insecure else []),
+            *(["--authfile", str(authfile)] if authfile is not None else []), dest.skopeo_ref]
+    out = run.run(argv, capture=True, check=False)
+    if out.returncode != 0:
+        if re.search(r"manifest unknown|not found|name unknown", out.stderr, re.I):
+            return None
+        raise _push_error(dest, out.stderr, insecure)
+    try:
+        return dict(json.loads(out.stdout))
+    except ValueError:
+        return None
+
+
+def _fetch_kept(dest: Destination, keep: list[dict[str, Any]], layout: Path, insecure: bool,
+                authfile: Path | None) -> None:
+    """The kept platforms' manifests and blobs, by digest, into the staging layout (the push then finds
+    them at the registry already and skips them)."""
+    for n, m in enumerate(keep):
+        src = f"docker://{dest.registry}/{dest.repository}@{m['digest']}"
+        argv = ["skopeo", "copy", "--preserve-digests", *(["--src-tls-verify=false"] if insecure else []),
+                *(["--src-authfile", str(authfile)] if authfile is not None else []), src, f"oci:{layout}:kept-{n}"]
+        out = run.run(argv, capture=True, check=False)
+        if out.returncode != 0:
+            raise _push_error(dest, out.stderr, insecure)
+
+
+def push(sets: list[Platform], dest: Destination, *, insecure: bool = False, authfile: Path | None = None,
+         replace: bool = False) -> Published:
+    """A temporary layout of the artifacts (and of the tag's other platforms, unless `replace`), copied
+    by skopeo to the registry with its digests."""
     if run.which("skopeo") is None:
         raise ConfigError("skopeo is not installed", "apt-get install skopeo (or zypper in skopeo)")
     if authfile is not None and not authfile.is_file():
         raise ConfigError(f"auth file {authfile} not found", "give an existing auth file, or leave --authfile out")
+    _check_platforms(sets)
+    for s in sets:  # the local files first: a missing one is the user's to fix before the registry is asked
+        collect(s.output_dir, s.name)
+    keep = [] if replace else others(_remote_index(dest, insecure, authfile), {s.arch.oci for s in sets})
     with tempfile.TemporaryDirectory(prefix="sib-oci-") as tmp:
-        staged = write_layout(output_dir, name, arch, Path(tmp) / "layout", dest.tag)
+        _fetch_kept(dest, keep, Path(tmp) / "layout", insecure, authfile)
+        staged = write_layout(sets, Path(tmp) / "layout", dest.tag, keep)
         digestfile = Path(tmp) / "digest"
         argv = ["skopeo", "copy", "--all", "--preserve-digests", "--digestfile", str(digestfile)]
         if insecure:
@@ -265,7 +360,7 @@ def push(output_dir: Path, name: str, arch: Arch, dest: Destination, *, insecure
         if authfile is not None:
             argv += ["--dest-authfile", str(authfile)]
         argv += [f"oci:{Path(tmp) / 'layout'}:{dest.tag}", dest.skopeo_ref]
-        log.info("pushing %s (%s) to %s", name, staged.digest[:19], dest)
+        log.info("pushing %s (%s) to %s", ", ".join(s.name for s in sets), staged.digest[:19], dest)
         out = run.run(argv, capture=True, check=False)
         if out.returncode != 0:
             log.debug("skopeo: %s", out.stderr.strip())
@@ -274,18 +369,21 @@ def push(output_dir: Path, name: str, arch: Arch, dest: Destination, *, insecure
     if pushed and pushed != staged.digest:
         raise BuildError(f"the registry stored {pushed}, not the index {staged.digest}",
                          "the registry rewrote the index; it may not support OCI image indexes")
-    return Published(dest, staged.digest, staged.manifest_digest, staged.layers)
+    return Published(dest, staged.digest, staged.manifests, staged.layers, staged.kept)
 
 
-def publish(output_dir: Path, name: str, arch: Arch, destination: str, *, insecure: bool = False,
-            authfile: Path | None = None) -> Published:  # fmt: skip
+def publish(sets: list[Platform], destination: str, *, insecure: bool = False, authfile: Path | None = None,
+            replace: bool = False) -> Published:
     dest = parse_destination(destination)
     if dest.layout is not None:
-        done = write_layout(output_dir, name, arch, dest.layout, dest.tag)
-        log.info("wrote %s into the OCI layout %s as %s", name, dest.layout, dest.tag)
+        keep = [] if replace else others(layout_index(dest.layout, dest.tag), {s.arch.oci for s in sets})
+        done = write_layout(sets, dest.layout, dest.tag, keep)
+        log.info("wrote %s into the OCI layout %s as %s", ", ".join(s.name for s in sets), dest.layout, dest.tag)
         return done
-    return push(output_dir, name, arch, dest, insecure=insecure, authfile=authfile)
+    return push(sets, dest, insecure=insecure, authfile=authfile, replace=replace)
 
 
 def result_line(p: Published) -> str:
-    return f"{p.destination}@{p.digest}  ({len(p.layers)} files, manifest {p.manifest_digest})"
+    wrote = ", ".join(f"{arch} manifest {digest}" for arch, digest in sorted(p.manifests.items()))
+    kept = f"; kept {', '.join(p.kept)}" if p.kept else ""
+    return f"{p.destination}@{p.digest}  ({len(p.layers)} files; {wrote}{kept})"

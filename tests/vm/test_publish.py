@@ -24,7 +24,7 @@ import pytest
 from conftest import write_artifacts
 
 from sles_ipa_builder import run
-from sles_ipa_builder.config.arch import ARCHES
+from sles_ipa_builder.config.arch import AARCH64, ARCHES, X86_64
 from sles_ipa_builder.delivery import publish
 from sles_ipa_builder.errors import ConfigError
 from sles_ipa_builder.packing.compress import Compression
@@ -56,8 +56,8 @@ def test_bad_destinations(bad: str) -> None:
 
 
 # --- artifacts and a registry ----------------------------------------------------------------------
-def make_tree(base: Path) -> Path:
-    for rel, data in {f"boot/vmlinuz-{KVER}": os.urandom(64 << 10), f"boot/config-{KVER}": b"CONFIG_RD_GZIP=y\n",
+def make_tree(base: Path, kernel: str = "vmlinuz") -> Path:
+    for rel, data in {f"boot/{kernel}-{KVER}": os.urandom(64 << 10), f"boot/config-{KVER}": b"CONFIG_RD_GZIP=y\n",
                       "usr/bin/agent": os.urandom(32 << 10)}.items():  # fmt: skip
         (base / rel).parent.mkdir(parents=True, exist_ok=True)
         (base / rel).write_bytes(data)
@@ -75,7 +75,7 @@ def artifacts(tmp_path: Path) -> Path:
 def test_the_layout_names_the_platform_as_oci_does(artifacts: Path, tmp_path: Path) -> None:
     layout = tmp_path / "layout"
     for arch in ARCHES:
-        publish.write_layout(artifacts, NAME, arch, layout, arch.suse)
+        publish.write_layout([publish.Platform(artifacts, NAME, arch)], layout, arch.suse)
     top = json.loads((layout / "index.json").read_text())
     digests = {m["annotations"][publish.REF_NAME]: m["digest"] for m in top["manifests"]}
     for arch in ARCHES:
@@ -288,3 +288,88 @@ def test_a_digest_holding_401_is_no_authorisation_error() -> None:
     assert "cannot reach registry" in publish._push_error(dest, stderr, insecure=True).message
     denied = "level=fatal msg=\"reading manifest: received unexpected HTTP status: 401 Unauthorized\""
     assert "(unauthorized)" in publish._push_error(dest, denied, insecure=True).message
+
+
+# --- several architectures in one index ----------------------------------------------------------
+ARM = f"{NAME}_aarch64"
+
+
+@pytest.fixture
+def two_arches(tmp_path: Path) -> Path:
+    """Artifacts of two architectures in one output directory, each under its metal3 name."""
+    out = tmp_path / "out2"
+    write_artifacts(make_tree(tmp_path / "root-x86"), out, NAME, Compression.parse("gzip"), size_limit_mb=None,
+                    arch=X86_64, source_date_epoch=1_700_000_000, progress=False)
+    write_artifacts(make_tree(tmp_path / "root-arm", "Image"), out, ARM, Compression.parse("gzip"), size_limit_mb=None,
+                    arch=AARCH64, source_date_epoch=1_700_000_000, progress=False)
+    return out
+
+
+def index_of(reg: Registry, repo: str, tag: str) -> dict[str, str]:
+    """OCI architecture -> manifest digest, as the registry serves the tag's index."""
+    body, _ = reg.get(f"/v2/{repo}/manifests/{tag}", publish.INDEX)
+    index = json.loads(body)
+    assert index["mediaType"] == publish.INDEX
+    return {m["platform"]["architecture"]: m["digest"] for m in index["manifests"]}
+
+
+def pulled_by_platform(reg: Registry, repo: str, tag: str, arch: str, dest: Path) -> str:
+    """skopeo picks the platform's manifest from the index; returns the digest of what it pulled."""
+    run.run(["skopeo", "--override-arch", arch, "--override-os", "linux", "copy", "--src-tls-verify=false",
+             f"docker://{reg.host}/{repo}:{tag}", f"oci:{dest}:{arch}"], capture=True)
+    top = json.loads((dest / "index.json").read_text())  # (skopeo inspect refuses artifacts: read the layout)
+    return next(str(m["digest"]) for m in top["manifests"] if m["annotations"][publish.REF_NAME] == arch)
+
+
+@pytest.mark.registry
+@needs_tools
+def test_two_architectures_in_one_index_each_pulled_by_platform(two_arches: Path, registry: Registry,
+                                                                  tmp_path: Path) -> None:
+    res = cli(f"oci://{registry.host}/metal3/ipa:multi", "--output", str(two_arches), "--name", NAME, ARM,
+              "--insecure")
+    assert res.returncode == 0, res.stderr
+    manifests = index_of(registry, "metal3/ipa", "multi")
+    assert sorted(manifests) == ["amd64", "arm64"]
+    assert f"amd64 manifest {manifests['amd64']}" in res.stdout and f"arm64 manifest {manifests['arm64']}" in res.stdout
+    for arch, name in (("amd64", NAME), ("arm64", ARM)):
+        assert pulled_by_platform(registry, "metal3/ipa", "multi", arch, tmp_path / "pulled") == manifests[arch]
+        body, _ = registry.get(f"/v2/metal3/ipa/manifests/{manifests[arch]}", publish.MANIFEST)
+        titles = {layer["annotations"][publish.TITLE]: layer["digest"] for layer in json.loads(body)["layers"]}
+        initramfs = (two_arches / f"{name}.initramfs").read_bytes()
+        assert titles[f"{name}.initramfs"] == "sha256:" + hashlib.sha256(initramfs).hexdigest()
+
+
+@pytest.mark.registry
+@needs_tools
+def test_adding_an_architecture_keeps_the_other_unless_replaced(two_arches: Path, registry: Registry) -> None:
+    ref = f"oci://{registry.host}/metal3/ipa:grow"
+    first = cli(ref, "--output", str(two_arches), "--name", NAME, "--insecure")
+    assert first.returncode == 0, first.stderr
+    amd64 = index_of(registry, "metal3/ipa", "grow")
+    assert list(amd64) == ["amd64"]
+    second = cli(ref, "--output", str(two_arches), "--name", ARM, "--insecure")
+    assert second.returncode == 0, second.stderr
+    both = index_of(registry, "metal3/ipa", "grow")
+    assert both["amd64"] == amd64["amd64"] and sorted(both) == ["amd64", "arm64"]
+    assert "; kept amd64)" in second.stdout
+    # the same two published at once give the same index: its order does not depend on history
+    at_once = cli(f"oci://{registry.host}/metal3/ipa:once", "--output", str(two_arches), "--name", ARM, NAME,
+                  "--insecure")
+    assert at_once.stdout.split("@")[1].split()[0] == second.stdout.split("@")[1].split()[0]
+    replaced = cli(ref, "--output", str(two_arches), "--name", ARM, "--insecure", "--replace")
+    assert replaced.returncode == 0, replaced.stderr
+    assert list(index_of(registry, "metal3/ipa", "grow")) == ["arm64"]
+
+
+def test_two_artifact_sets_of_one_architecture_are_refused(two_arches: Path, tmp_path: Path) -> None:
+    res = cli(f"oci-layout:{tmp_path / 'layout'}:v1", "--output", str(two_arches), "--name", NAME, NAME)
+    assert res.returncode == 2
+    assert f"error: two artifact sets for x86_64: {NAME} and {NAME}" in res.stderr
+
+
+def test_a_layout_keeps_the_other_architecture_too(two_arches: Path, tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    for name in (NAME, ARM):
+        assert cli(f"oci-layout:{layout}:v1", "--output", str(two_arches), "--name", name).returncode == 0
+    index = publish.layout_index(layout, "v1")
+    assert index is not None and sorted(m["platform"]["architecture"] for m in index["manifests"]) == ["amd64", "arm64"]
