@@ -338,6 +338,8 @@ def write_artifacts(tree: Path, output_dir: Path, name: str, compression: Compre
 
 # --- the shared end-to-end build -------------------------------------------------------------------
 E2E_NAME = "ipa-e2e"
+DATA = Path(__file__).resolve().parent / "data"
+PLUGIN = "sib-test-hardware-manager"  # tests/data/ipa-plugins/<PLUGIN>: a hardware manager (ipa_plugins)
 
 
 @pytest.fixture(scope="session")
@@ -358,6 +360,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "ENABLE_DEV_USER_PASS": "true",
         "DIB_DEV_USER_PASSWORD": password,
         "DIB_IPA_INSTALL_SSH": "true",  # the add-on test logs in with SSH (off by default, as upstream)
+        # a custom hardware manager, as the Nordix builder's users give them (test_end_to_end checks it)
+        "DIB_IPA_PLUGINS": PLUGIN, "DIB_CUSTOM_HW_MANAGER_DIR": str(DATA / "ipa-plugins"),
         "SIB_ACCEL": os.environ.get("SIB_ACCEL", "tcg"),
     })
     argv = [sys.executable, "-m", "sles_ipa_builder", "build", "--config", str(media.profile),

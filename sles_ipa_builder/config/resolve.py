@@ -128,6 +128,8 @@ class Config:
     install_debug_tools: bool
     keep_units: str
     remove_firmware: str
+    ipa_plugins: str
+    ipa_plugin_dir: Path | None
     hardware_package: str | None
     hardware_version: str | None
     tls_cert_file: Path | None
@@ -464,6 +466,9 @@ def validate(cfg: Config) -> None:
             repokeys.read_file(repo.key_file, f"gpgkey= of {repo.shown}")
     for key_file in cfg.repo_keys:
         repokeys.read_file(key_file)
+    from ..steps import plugins  # here: the steps import the engine, which imports this module
+
+    plugins.paths(cfg)
     if not cfg.elements:
         raise ConfigError("the element list is empty", "give at least an operating-system element such as sles")
 

@@ -166,6 +166,12 @@ _ROWS: tuple[str | Setting, ...] = (
       ("DIB_IPA_KEEP_UNITS",), export="DIB_IPA_KEEP_UNITS"),
     S("remove_firmware", DEFAULT_REMOVE_FIRMWARE, "str", "Firmware directories removed (comma separated).",
       ("IPA_REMOVE_FIRMWARE",), export="IPA_REMOVE_FIRMWARE"),
+    S("ipa_plugins", "", "str", "IPA plugins (custom hardware managers) pip-installed into the agent's venv, "
+      "comma or space separated: each a directory under ipa_plugin_dir (as the Nordix builder's "
+      "ipa-plugin-installer), or the path of a project directory, wheel or sdist.", ("DIB_IPA_PLUGINS",),
+      export="DIB_IPA_PLUGINS"),
+    S("ipa_plugin_dir", "/tmp/hardware_managers", "path", "Where ipa_plugins names are looked up.",
+      ("DIB_CUSTOM_HW_MANAGER_DIR",), export="DIB_CUSTOM_HW_MANAGER_DIR", render=optional),
     S("hardware_package", None, "str", "pip requirement for the hardware package.", ("DIB_IPA_HARDWARE_PACKAGE",),
       export="DIB_IPA_HARDWARE_PACKAGE", render=optional),
     S("hardware_version", None, "str", "Version of hardware when hardware_package is unset.",

@@ -34,8 +34,8 @@ from ..delivery.artifacts import OUTPUTS, Output, Staging, close, commit, open_s
 from ..errors import CommandError, ConfigError
 from ..inputs import media, repos, zypper
 from ..steps import dib as dibsteps
+from ..steps import plugins, slim, wheels
 from ..steps import sles as slessteps
-from ..steps import slim, wheels
 from . import elements, packages
 from .elements import sort_key
 from .hookenv import hook_env
@@ -106,6 +106,9 @@ NATIVES: tuple[Native, ...] = (
     Native(Phase.INSTALL, "10-install-static-files", "install-static", dibsteps.install_static,
            Reads("the elements' static/", lambda plan: _files(plan, "static")),
            lambda plan: bool(plan.tree.subtree("static"))),
+    Native(Phase.INSTALL, "65-ipa-plugins", "sles-ipa-install", plugins.install_step,
+           Reads("the IPA plugins' files (ipa_plugins)", lambda plan: plugins.digest(plan.cfg)), plugins.wanted,
+           owned="present"),
     Native(Phase.INSTALL, "70-strip-agent-venv", "sles-ipa-install", slim.strip_step,
            Reads("the venv's ELF files; strip in the target (binutils, build-only)",
                  _prune("keep_paths").value), owned="present"),

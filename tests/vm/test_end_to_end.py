@@ -90,6 +90,12 @@ def test_tree_holds_what_the_elements_promise(built):
     assert "megaraid_sas" in (t / "etc/modules-load.d/load.conf").read_text()
     assert (t / "etc/systemd/journald.conf.d/log-to-console.conf").is_file()
     assert (t / "etc/machine-id").read_text() == ""  # a new ID at each boot, no first-boot mode
+    # the ipa_plugins hardware manager: in the venv, registered under the agent's entry point group
+    venv = next((t / "opt/ironic-python-agent/lib").glob("python3.*/site-packages"))
+    assert (venv / "sib_test_hwm/__init__.py").is_file()
+    entry_points = next(venv.glob("sib_test_hardware_manager-1.0.dist-info")) / "entry_points.txt"
+    assert "[ironic_python_agent.hardware_managers]" in entry_points.read_text()
+    assert not (t / "tmp/ipa-plugins").exists()
     assert not list((t / "etc/ssh").glob("ssh_host_*"))
     assert (t / "etc/ironic-python-agent.d/agent.key").stat().st_mode & 0o077 == 0
     assert (t / "buildinfo.txt").is_file()
@@ -249,6 +255,8 @@ def check_addon_boot(kernel: Path, initramfs: Path, dev_user: str, work: Path) -
     console = (work / "console.log").read_text(errors="replace")
     # trust: lookup and heartbeat went over TLS that the agent verified with the add-on's CA
     assert result.heartbeat_seconds > 0 and "sles-ipa-addon: trusted 1 CA certificate(s)" in console
+    # the ipa_plugins hardware manager was loaded by the agent
+    assert "Hardware manager found: sib_test_hwm:SibTestHardwareManager" in console
     # SSH: the add-on's key opens the dev user's account
     assert seen.get("rc") == "0", seen
     assert seen["out"].splitlines()[0] == dev_user
