@@ -129,7 +129,7 @@ class Config:
     keep_units: str
     remove_firmware: str
     ipa_plugins: str
-    ipa_plugin_dir: Path | None
+    ipa_plugin_dir: Path
     hardware_package: str | None
     hardware_version: str | None
     tls_cert_file: Path | None

@@ -171,7 +171,7 @@ _ROWS: tuple[str | Setting, ...] = (
       "ipa-plugin-installer), or the path of a project directory, wheel or sdist.", ("DIB_IPA_PLUGINS",),
       export="DIB_IPA_PLUGINS"),
     S("ipa_plugin_dir", "/tmp/hardware_managers", "path", "Where ipa_plugins names are looked up.",
-      ("DIB_CUSTOM_HW_MANAGER_DIR",), export="DIB_CUSTOM_HW_MANAGER_DIR", render=optional),
+      ("DIB_CUSTOM_HW_MANAGER_DIR",), export="DIB_CUSTOM_HW_MANAGER_DIR"),
     S("hardware_package", None, "str", "pip requirement for the hardware package.", ("DIB_IPA_HARDWARE_PACKAGE",),
       export="DIB_IPA_HARDWARE_PACKAGE", render=optional),
     S("hardware_version", None, "str", "Version of hardware when hardware_package is unset.",

@@ -49,7 +49,7 @@ def paths(cfg: Config) -> list[Path]:
     out = []
     for name in names(cfg):
         given = Path(name).expanduser()
-        path = given if given.is_absolute() or cfg.ipa_plugin_dir is None else cfg.ipa_plugin_dir / name
+        path = given if given.is_absolute() else cfg.ipa_plugin_dir / name
         if path.is_dir() and not any((path / f).is_file() for f in PROJECT):
             raise ConfigError(f"IPA plugin {name}: {path} has no pyproject.toml, setup.py or setup.cfg",
                               "give a Python project directory, a wheel or an sdist")
