@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable
 from itertools import groupby
@@ -27,18 +29,42 @@ def resolve(args: argparse.Namespace, cli: dict[str, Any]) -> config_mod.Config:
 
 
 # --- build -----------------------------------------------------------------------------------------
+def per_arch(args: argparse.Namespace, cli: dict[str, Any]) -> list[config_mod.Config]:
+    """One configuration per architecture of `--arch x86_64,aarch64` (one when a single one is named).
+    Each arch keeps its own metal3 name: a name given explicitly gets the arch's suffix, as the default
+    does (ironic-python-agent_aarch64), and a report file gets the arch before its extension."""
+    words = [w for w in re.split(r"[,\s]+", str(cli.get("arch") or "")) if w]
+    if len(words) < 2:
+        return [resolve(args, cli)]
+    arches = [Arch.parse(w) for w in words]
+    if len({a.suse for a in arches}) < len(arches):
+        raise ConfigError(f"--arch names an architecture twice: {cli['arch']}", "name each once")
+    out = []
+    for arch in arches:
+        cfg = resolve(args, {**cli, "arch": arch.suse})
+        if cfg.sources["name"] != "default" and not cfg.name.endswith(arch.metal3_suffix):
+            cfg = dataclasses.replace(cfg, name=cfg.name + arch.metal3_suffix)
+        if cfg.report is not None:
+            cfg = dataclasses.replace(cfg, report=cfg.report.with_name(f"{cfg.report.stem}.{arch.suse}"
+                                                                          f"{cfg.report.suffix}"))
+        out.append(cfg)
+    return out
+
+
 def build(args: argparse.Namespace, cli: dict[str, Any]) -> int:
-    cfg = resolve(args, cli)  # every bad value stops here, before any work
+    cfgs = per_arch(args, cli)  # every bad value stops here, before any work
     if os.geteuid() != 0:
         raise ConfigError("build needs root (chroot, mounts, device nodes)", "run it as root or with sudo")
     from .. import pipeline
     from ..config import foreign
     from ..engine import namespace
 
-    foreign.require(cfg.arch)  # an aarch64 target on an x86_64 host: qemu-user, checked before any work
+    for cfg in cfgs:
+        foreign.require(cfg.arch)  # an aarch64 target on an x86_64 host: qemu-user, checked before any work
 
     namespace.enter()
-    pipeline.build(cfg)
+    for cfg in cfgs:  # one after the other: the caches the arches share (git, pip's downloads) are warm
+        pipeline.build(cfg)
     return 0
 
 

@@ -97,7 +97,8 @@ _ROWS: tuple[str | Setting, ...] = (
     S("name", "ironic-python-agent", "str", "Artifact base name: <name>.kernel, .initramfs, .tar ...",
       ("IPA_IMAGE_NAME",), export="IMAGE_NAME"),
     S("base_os", "sles", "str", "Operating-system element put in the element list.", ("IPA_BASE_OS",)),
-    S("arch", HOST_DEFAULT.suse, "arch", "Target architecture (SUSE's name; DIB's is accepted too: ARCH=arm64).",
+    S("arch", HOST_DEFAULT.suse, "arch", "Target architecture (SUSE's name; DIB's is accepted too: ARCH=arm64). "
+      "`build --arch x86_64,aarch64` builds each in turn, each under its metal3 name.",
       ("SIB_ARCH", "ARCH"), choices=tuple(a.suse for a in ARCHES), default_doc="the host's architecture"),
     S("images_dir", "~/sles_images", "path", "Directory searched for the base qcow2 and the Full ISO; when no "
       "release is named, their names say which release to build.", ("DIB_SLES_OFFLINE_TARGET_DIR",),

@@ -11,6 +11,7 @@ import pytest
 from sles_ipa_builder import run
 from sles_ipa_builder.__main__ import main, parser
 from sles_ipa_builder.config.settings import SETTINGS
+from sles_ipa_builder.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 VERBS = ["build", "summary", "doctor", "repos", "pack", "boot-test", "size-report", "clean", "fixtures"]
@@ -205,3 +206,25 @@ def test_ipa_python_requirement_checked_before_the_package_installs(tmp_path):
         ns = SimpleNamespace(root=tmp_path, cfg=cfg, env={"DIB_SLES_PYTHON": cfg.python})
         slessteps.python_check_step(ns, ns)  # type: ignore[arg-type]
     assert "no SLES 15 python310/python311 satisfies it" in exc.value.hint
+
+
+def test_build_takes_several_arches_each_with_its_metal3_name(tmp_path):
+    from sles_ipa_builder.__main__ import cli_settings
+    from sles_ipa_builder.cli import commands
+
+    def configs(*flags):
+        args = parser().parse_args(["build", "--workspace", str(tmp_path), *flags])
+        return commands.per_arch(args, cli_settings(args))
+
+    [one] = configs("--arch", "aarch64")
+    assert one.arch.suse == "aarch64" and one.name == "ironic-python-agent_aarch64"
+    both = configs("--arch", "x86_64,arm64", "--report", str(tmp_path / "r.json"))
+    assert [(c.arch.suse, c.name) for c in both] == [("x86_64", "ironic-python-agent"),
+                                                     ("aarch64", "ironic-python-agent_aarch64")]
+    assert [c.report for c in both] == [tmp_path / "r.x86_64.json", tmp_path / "r.aarch64.json"]
+    named = configs("--arch", "x86_64,aarch64", "--name", "ipa-sles")
+    assert [c.name for c in named] == ["ipa-sles", "ipa-sles_aarch64"]  # one output directory, two names
+    with pytest.raises(ConfigError, match="names an architecture twice"):
+        configs("--arch", "x86_64,amd64")
+    with pytest.raises(ConfigError, match="unknown architecture 'sparc'"):
+        configs("--arch", "x86_64,sparc")
