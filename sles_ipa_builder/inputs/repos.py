@@ -84,8 +84,7 @@ class Repo:
     @property
     def zypper_url(self) -> str:
         """The URL as zypper gets it: without the builder's own gpgkey= parameter."""
-        query = "&".join(f"{k}={v}" if k else v for k, v in _query_items(self.parts.query) if k != "gpgkey")
-        return urllib.parse.urlunsplit(self.parts._replace(query=query))
+        return urllib.parse.urlunsplit(self.parts._replace(query=_query_without(self.parts.query, ("gpgkey",))))
 
     @property
     def shown(self) -> str:
@@ -108,6 +107,16 @@ def _query_items(query: str) -> list[tuple[str, str]]:
         key, eq, value = piece.partition("=")
         items.append((key, value) if eq else ("", key))
     return items
+
+
+def _query_without(query: str, keys: tuple[str, ...]) -> str:
+    """The query with the parameters named `keys` left out (a bare token stays)."""
+    return "&".join(f"{k}={v}" if k else v for k, v in _query_items(query) if k not in keys)
+
+
+def _unreachable(repo: Repo, e: OSError) -> ConfigError:
+    return ConfigError(f"repository {repo.shown} is unreachable: {getattr(e, 'reason', e)}",
+                       "check the URL, the network and the proxy (https_proxy)")
 
 
 def mask(url: str) -> str:
@@ -224,7 +233,7 @@ def _fetch(repo: Repo, rel: str, creds: Credentials | None, ca_bundle: Path | No
     host = p.hostname or ""
     netloc = f"[{host}]" if ":" in host else host
     netloc += f":{p.port}" if p.port else ""
-    query = "&".join(f"{k}={v}" if k else v for k, v in _query_items(p.query) if k not in SHOWN_PARAMETERS)
+    query = _query_without(p.query, SHOWN_PARAMETERS)
     url = urllib.parse.urlunsplit((p.scheme, netloc, base + rel, query, ""))
     req = urllib.request.Request(url, headers={"User-Agent": "sles-ipa-builder"})
     user, password = (creds.username, creds.password) if creds else (p.username, p.password)
@@ -262,20 +271,23 @@ def probe(repo: Repo, creds: dict[str, Credentials], ca_bundle: Path | None = No
     except FileNotFoundError:
         raise ConfigError(f"repository {repo.shown} has no repodata/repomd.xml", hint) from None
     except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise ConfigError(f"repository {repo.shown} is unreachable: {reason}",
-                          "check the URL, the network and the proxy (https_proxy)") from None
+        raise _unreachable(repo, e) from None
     except (EOFError, zlib.error, lzma.LZMAError, zstandard.ZstdError, gzip.BadGzipFile) as e:
         raise ConfigError(f"repository {repo.shown}: damaged primary metadata ({e})", hint) from None
 
 
-def cached_packages(repo: Repo, zypper_cache: Path) -> set[str]:
-    """Offline: the package names in the metadata zypper kept for the repository (raw/<alias>)."""
+def _cached(repo: Repo, zypper_cache: Path) -> Path:
+    """Offline: the copy of the repository's metadata zypper kept (raw/<alias>); a ConfigError when none."""
     raw = zypper_cache / "raw" / repo.alias
     if not (raw / "repodata/repomd.xml").is_file():
         raise ConfigError(f"offline, and repository {repo.shown} has no cached metadata",
                           "run one online build with this repository first, or drop --offline")
-    return probe(Repo(raw.as_uri()), {})
+    return raw
+
+
+def cached_packages(repo: Repo, zypper_cache: Path) -> set[str]:
+    """Offline: the package names in the metadata zypper kept for the repository (raw/<alias>)."""
+    return probe(Repo(_cached(repo, zypper_cache).as_uri()), {})
 
 
 def metadata_digest(repo: Repo, creds: dict[str, Credentials], ca_bundle: Path | None, *,
@@ -288,8 +300,7 @@ def metadata_digest(repo: Repo, creds: dict[str, Credentials], ca_bundle: Path |
     try:
         return hashlib.sha256(_fetch(repo, "repodata/repomd.xml", credentials_for(repo, creds), ca_bundle)).hexdigest()
     except (urllib.error.URLError, OSError) as e:
-        raise ConfigError(f"repository {repo.shown} is unreachable: {getattr(e, 'reason', e)}",
-                          "check the URL, the network and the proxy (https_proxy)") from None
+        raise _unreachable(repo, e) from None
 
 
 def signed_metadata(repo: Repo, creds: dict[str, Credentials], ca_bundle: Path | None, *,
@@ -297,24 +308,22 @@ def signed_metadata(repo: Repo, creds: dict[str, Credentials], ca_bundle: Path |
     """The repository's repodata/repomd.xml and its detached signature (None: unsigned). With
     `zypper_cache` (offline), the copies zypper kept when it last refreshed the repository."""
     if zypper_cache is not None:
-        raw = zypper_cache / "raw" / repo.alias
-        if not (raw / "repodata/repomd.xml").is_file():
-            raise ConfigError(f"offline, and repository {repo.shown} has no cached metadata",
-                              "run one online build with this repository first, or drop --offline")
+        raw = _cached(repo, zypper_cache)
         asc = raw / "repodata/repomd.xml.asc"
         return (raw / "repodata/repomd.xml").read_bytes(), asc.read_bytes() if asc.is_file() else None
     c = credentials_for(repo, creds)
     try:
         repomd = _fetch(repo, "repodata/repomd.xml", c, ca_bundle)
+        signature: bytes | None = None
         try:
-            signature: bytes | None = _fetch(repo, "repodata/repomd.xml.asc", c, ca_bundle)
-        except (urllib.error.HTTPError, FileNotFoundError) as e:
-            if isinstance(e, urllib.error.HTTPError) and e.code != 404:
+            signature = _fetch(repo, "repodata/repomd.xml.asc", c, ca_bundle)
+        except FileNotFoundError:
+            pass  # unsigned: repokeys.verify says so
+        except urllib.error.HTTPError as e:
+            if e.code != 404:
                 raise
-            signature = None
     except (urllib.error.URLError, OSError) as e:
-        raise ConfigError(f"repository {repo.shown} is unreachable: {getattr(e, 'reason', e)}",
-                          "check the URL, the network and the proxy (https_proxy)") from None
+        raise _unreachable(repo, e) from None
     return repomd, signature
 
 
