@@ -310,10 +310,15 @@ def _push_error(dest: Destination, stderr: str, insecure: bool) -> BuildError:
     return BuildError(f"pushing to {dest} failed: {reason}", "see the message above; --debug shows skopeo's output")
 
 
+def _access(side: str, insecure: bool, authfile: Path | None) -> list[str]:
+    """skopeo's TLS and auth-file flags for the registry side `side` ("", "src-" or "dest-")."""
+    return [*([f"--{side}tls-verify=false"] if insecure else []),
+            *([f"--{side}authfile", str(authfile)] if authfile is not None else [])]
+
+
 def _remote_index(dest: Destination, insecure: bool, authfile: Path | None) -> dict[str, Any] | None:
     """The tag's manifest (an index, or a single manifest) as the registry holds it; None when the tag is new."""
-    argv = ["skopeo", "inspect", "--raw", *(["--tls-verify=false"] if insecure else []),
-            *(["--authfile", str(authfile)] if authfile is not None else []), dest.skopeo_ref]
+    argv = ["skopeo", "inspect", "--raw", *_access("", insecure, authfile), dest.skopeo_ref]
     out = run.run(argv, capture=True, check=False)
     if out.returncode != 0:
         if re.search(r"manifest unknown|not found|name unknown", out.stderr, re.I):
@@ -331,8 +336,8 @@ def _fetch_kept(dest: Destination, keep: list[dict[str, Any]], layout: Path, ins
     them at the registry already and skips them)."""
     for n, m in enumerate(keep):
         src = f"docker://{dest.registry}/{dest.repository}@{m['digest']}"
-        argv = ["skopeo", "copy", "--preserve-digests", *(["--src-tls-verify=false"] if insecure else []),
-                *(["--src-authfile", str(authfile)] if authfile is not None else []), src, f"oci:{layout}:kept-{n}"]
+        argv = ["skopeo", "copy", "--preserve-digests", *_access("src-", insecure, authfile), src,
+                f"oci:{layout}:kept-{n}"]
         out = run.run(argv, capture=True, check=False)
         if out.returncode != 0:
             raise _push_error(dest, out.stderr, insecure)
@@ -354,12 +359,8 @@ def push(sets: list[Platform], dest: Destination, *, insecure: bool = False, aut
         _fetch_kept(dest, keep, Path(tmp) / "layout", insecure, authfile)
         staged = write_layout(sets, Path(tmp) / "layout", dest.tag, keep)
         digestfile = Path(tmp) / "digest"
-        argv = ["skopeo", "copy", "--all", "--preserve-digests", "--digestfile", str(digestfile)]
-        if insecure:
-            argv.append("--dest-tls-verify=false")
-        if authfile is not None:
-            argv += ["--dest-authfile", str(authfile)]
-        argv += [f"oci:{Path(tmp) / 'layout'}:{dest.tag}", dest.skopeo_ref]
+        argv = ["skopeo", "copy", "--all", "--preserve-digests", "--digestfile", str(digestfile),
+                *_access("dest-", insecure, authfile), f"oci:{Path(tmp) / 'layout'}:{dest.tag}", dest.skopeo_ref]
         log.info("pushing %s (%s) to %s", ", ".join(s.name for s in sets), staged.digest[:19], dest)
         out = run.run(argv, capture=True, check=False)
         if out.returncode != 0:
