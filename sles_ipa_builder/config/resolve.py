@@ -172,6 +172,7 @@ class Config:
     boot_timeout: int
     boot_memory: int
     accel: str
+    qemu_cpu: str
     quiet_cleanup: bool
     dev_env_repo: str
     dev_env_location: Path | None
@@ -411,6 +412,8 @@ def _settle_release(values: dict[str, Any], sources: dict[str, str]) -> None:
     if sources["image_platform"] == "default" and release.platform != releases.DEFAULT.platform:
         values["image_platform"] = f"{release.platform}-GM"
         sources["image_platform"] = f"default for {release.shown}"
+    if sources["qemu_cpu"] == "default" and release.qemu_cpu:
+        values["qemu_cpu"], sources["qemu_cpu"] = release.qemu_cpu, f"default for {release.shown}"
 
 
 def _apply_seed_switches(values: dict[str, Any], sources: dict[str, str]) -> None:
