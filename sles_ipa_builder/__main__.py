@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, log, space
-from .config.settings import SETTINGS, Setting
+from .config.settings import BY_KEY, SETTINGS, Setting
 from .errors import NO_SPACE_HINT, BuildError
 
 
@@ -86,6 +86,7 @@ def parser() -> argparse.ArgumentParser:
     bt.add_argument("--append", default="", help="extra kernel arguments")
     bt.add_argument("--keep-console", type=Path, metavar="FILE", help="save the serial console here")
     bt.add_argument("--accel", choices=("auto", "kvm", "tcg"), help="acceleration (auto: KVM, else TCG)")
+    _add_setting_flag(bt, BY_KEY["qemu_cpu"])
     bt.add_argument("--addon", type=Path, metavar="FILE", help="an add-on cpio given after the initramfs")
     bt.add_argument("--iso", nargs="?", const="", metavar="FILE",
                     help="boot the ISO as a CD instead (default <output>/<name>.iso); its boot menu gets the "

@@ -25,7 +25,7 @@ from .engine.state import Plan, Runtime
 from .errors import InputError
 from .inputs import image, media
 from .steps import wheels
-from .verify import boottest
+from .verify import boottest, qemu
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,8 @@ def check_inputs(plan: Plan, rt: Runtime) -> None:
         media.check_arch(rt.media, cfg.arch)
     if plan.needs("commit"):  # the outputs: the ESP and the ISO take the media's boot packages
         rt.boot_source = bootfiles.find(rt.media, cfg.arch, cfg.boot_media)
+    if cfg.boot_test:  # a CPU the release cannot run on: refused now, not after the build
+        qemu.require_cpu(cfg.qemu_cpu, boottest.accel_plan(cfg.accel, cfg.arch), cfg.arch, cfg.sles)
 
 
 def build(cfg: Config) -> Artifacts | None:
@@ -99,5 +101,6 @@ def report_artifacts(arts: Artifacts) -> None:
 def boot(cfg: Config, arts: Artifacts) -> None:
     with logmod.step("boot test"):
         result = boottest.boot_test(arts.kernel, arts.initramfs, timeout=cfg.boot_timeout,
-                                    memory_mb=cfg.boot_memory, accel=cfg.accel, arch=cfg.arch)
+                                    memory_mb=cfg.boot_memory, accel=cfg.accel, arch=cfg.arch,
+                                    cpu=cfg.qemu_cpu, release=cfg.sles)
     show(result.summary())

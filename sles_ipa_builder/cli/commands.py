@@ -172,7 +172,7 @@ def boot_test(args: argparse.Namespace, cli: dict[str, Any]) -> int:
     from ..verify import boottest
 
     namespace.install_signal_handlers()  # SIGTERM unwinds too, so the finally that stops qemu runs
-    cfg = resolve(args, {})
+    cfg = resolve(args, cli)  # the one setting flag boot-test has: --qemu-cpu
     out = args.output or cfg.output_dir
     name = args.name or cfg.name
     if args.metal3_dev_env is not None:
@@ -187,7 +187,7 @@ def boot_test(args: argparse.Namespace, cli: dict[str, Any]) -> int:
         result = boottest.boot_test(
             None, None, iso=iso, firmware=args.firmware or "", timeout=args.timeout or cfg.boot_timeout,
             memory_mb=args.memory or cfg.boot_memory, append=args.append, keep_console=args.keep_console,
-            accel=args.accel or cfg.accel, arch=cfg.arch)
+            accel=args.accel or cfg.accel, arch=cfg.arch, cpu=cfg.qemu_cpu, release=cfg.sles)
         show(result.summary())
         return 0
     if args.firmware:
@@ -204,7 +204,7 @@ def boot_test(args: argparse.Namespace, cli: dict[str, Any]) -> int:
         kernel, initramfs,
         timeout=args.timeout or cfg.boot_timeout, memory_mb=args.memory or cfg.boot_memory,
         append=args.append, keep_console=args.keep_console, accel=args.accel or cfg.accel, addon=args.addon,
-        arch=cfg.arch,
+        arch=cfg.arch, cpu=cfg.qemu_cpu, release=cfg.sles,
     )
     show(result.summary())
     return 0
@@ -225,7 +225,7 @@ def _lifecycle(args: argparse.Namespace, cfg: config_mod.Config, kernel: Path, i
         ipa_version=_ipa_version(packages), offline=args.offline,
         accels=tuple(boottest.accel_plan(args.accel or cfg.accel, cfg.arch)), memory_mb=args.memory or cfg.boot_memory,
         append=args.append, lookup_timeout=args.lookup_timeout, keep_dir=args.keep, unprovision=args.unprovision,
-        arch=cfg.arch,
+        arch=cfg.arch, cpu=cfg.qemu_cpu, release=cfg.sles,
     )  # fmt: skip
     namespace.enter(net=True)  # from here on, every process dies with us and every port is private
     namespace.private_loopback(ironic.GUEST_HOST)

@@ -42,6 +42,7 @@ class Release:
     selinux: str = ""  # SELinux mode the base image boots in ("" : none; 15 uses AppArmor)
     firmware: str = "bios"  # the boot firmware the release defaults to (bios or uefi)
     qemu_cpu: str = ""  # -cpu for the boot tests ("": verify/qemu.py's own choice, host or the arch's)
+    x86_64_level: int = 1  # the x86-64 micro-architecture level its packages need (2: x86-64-v2)
     # Package names that differ between releases, by a generic name the hooks use.
     packages: tuple[tuple[str, str], ...] = ()
 
@@ -132,9 +133,10 @@ _SIXTEEN = (*_NEWER, ("dhcp-client", "dhcpcd"))
 
 def _sixteen(minor: int) -> Release:
     """SLES 16: NetworkManager only, configuration defaults in /usr/etc, SELinux enforcing, UEFI first,
-    x86-64-v2 at least (QEMU's qemu64 is below it: "max" is v2 and more under TCG and KVM alike)."""
+    x86-64-v2 at least (QEMU's qemu64 is below it; "max" is v2 and more under TCG, the host's CPU under KVM)."""
     return Release(16, minor, INSTALL, PY313, platform="Cloud", network="NetworkManager", usr_etc=True,
-                   selinux="enforcing", firmware="uefi", qemu_cpu="max", packages=_SIXTEEN)
+                   selinux="enforcing", firmware="uefi", qemu_cpu="max", x86_64_level=2,
+                   packages=_SIXTEEN)
 
 TABLE: tuple[Release, ...] = (
     Release(15, 4, MEDIA1, PY310, python_if="python311", python_if_found=PY311),

@@ -172,6 +172,7 @@ class Config:
     boot_timeout: int
     boot_memory: int
     accel: str
+    qemu_cpu: str
     quiet_cleanup: bool
     dev_env_repo: str
     dev_env_location: Path | None
@@ -411,6 +412,8 @@ def _settle_release(values: dict[str, Any], sources: dict[str, str]) -> None:
     if sources["image_platform"] == "default" and release.platform != releases.DEFAULT.platform:
         values["image_platform"] = f"{release.platform}-GM"
         sources["image_platform"] = f"default for {release.shown}"
+    if sources["qemu_cpu"] == "default" and release.qemu_cpu:
+        values["qemu_cpu"], sources["qemu_cpu"] = release.qemu_cpu, f"default for {release.shown}"
 
 
 def _apply_seed_switches(values: dict[str, Any], sources: dict[str, str]) -> None:
@@ -474,23 +477,47 @@ def validate(cfg: Config) -> None:
 
 
 def _check_media_release(cfg: Config) -> None:
-    """A 16 install.iso with a 15 release, or a Media1 ISO with a 16 one, is refused before any work.
-    The ISO's top directories say which it is (cheap: pycdlib's directory records, cached for the
-    build); a file that is no ISO is judged by its name, and open_media() refuses it later."""
+    """A 16 install.iso with a 15 release, or a Media1 ISO with a 16 one, is refused before any work;
+    so is a qcow2 given by SUSE's name of the other major release. The ISO's top directories say which
+    it is (cheap: pycdlib's directory records, cached for the build); a file that is no ISO is judged
+    by its name, and open_media() refuses it later. A name SUSE's patterns do not know is no mismatch
+    (files get renamed); the qcow2 has only its name."""
+    _check_iso_release(cfg)
+    _check_image_release(cfg)
+
+
+def _named(path: Path, cfg: Config) -> Release | None:
+    """The release SUSE's name of this file says, None when the name is not one of SUSE's."""
+    return next(iter(detect.media([path.name], cfg.arch.suse, cfg.install_type)), None)
+
+
+def _switch_to(major: int, named: Release | None) -> str:
+    """How to set the release to `major`'s (the one `named` when its name says one of that major)."""
+    if major == 16:
+        other = named.prefix if named is not None and named.major == 16 else "SLES-16.<n>"
+        return f"set DIB_SLES_RELEASE={other} (--sles-release) and unset DIB_SLES_SERVICE_PACK"
+    sp = named.service_pack if named is not None and named.major == 15 else "SP<n>"
+    return f"set DIB_SLES_RELEASE=SLE-15 and DIB_SLES_SERVICE_PACK={sp} (--sles-release SLE-15 --service-pack {sp})"
+
+
+def _check_iso_release(cfg: Config) -> None:
     iso, sles, arch = cfg.iso_path, cfg.sles, cfg.arch.suse
     if not iso.is_file():
         return
-    by_name = list(detect.media([iso.name], arch, cfg.install_type))
-    layout = media.layout_of(iso) or (by_name[0].layout if by_name else None)
+    named = _named(iso, cfg)
+    layout = media.layout_of(iso) or (named.layout if named else None)
     if layout is None or layout == sles.layout:
         return
-    why = cfg.release_source
-    if layout == releases.INSTALL:
-        other = by_name[0].prefix if by_name and by_name[0].major == 16 else "SLES-16.<n>"
-        raise ConfigError(f"{iso.name} is a SLES 16 install ISO, but the build is for {sles.shown} ({why})",
-                          f"set DIB_SLES_RELEASE={other} (--sles-release) and unset DIB_SLES_SERVICE_PACK, "
-                          f"or give the {sles.iso_name(arch)}")
-    sp = by_name[0].service_pack if by_name and by_name[0].major == 15 else "SP<n>"
-    raise ConfigError(f"{iso.name} is a SLE 15 Media1 ISO, but the build is for {sles.shown} ({why})",
-                      f"set DIB_SLES_RELEASE=SLE-15 and DIB_SLES_SERVICE_PACK={sp} (--sles-release SLE-15 "
-                      f"--service-pack {sp}), or give the {sles.iso_name(arch)}")
+    what, major = ("a SLES 16 install ISO", 16) if layout == releases.INSTALL else ("a SLE 15 Media1 ISO", 15)
+    raise ConfigError(f"{iso.name} is {what}, but the build is for {sles.shown} ({cfg.release_source})",
+                      f"{_switch_to(major, named)}, or give the {sles.iso_name(arch)}")
+
+
+def _check_image_release(cfg: Config) -> None:
+    image, sles = cfg.base_image, cfg.sles
+    named = _named(image, cfg) if image is not None else None
+    if image is None or named is None or named.major == sles.major:
+        return
+    wanted = sles.image_names(cfg.install_type, cfg.arch.suse, cfg.image_platform)[0]
+    raise ConfigError(f"{image.name} is SUSE's name of a {named.shown} qcow2, but the build is for {sles.shown} "
+                      f"({cfg.release_source})", f"{_switch_to(named.major, named)}, or give the {wanted}")

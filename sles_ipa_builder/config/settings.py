@@ -255,6 +255,9 @@ _ROWS: tuple[str | Setting, ...] = (
     S("boot_memory", 2048, "int", "Boot test VM memory (MiB)."),
     S("accel", "auto", "choice", "QEMU/libguestfs acceleration: auto tries KVM then falls back to TCG.",
       choices=("auto", "kvm", "tcg")),
+    S("qemu_cpu", "", "str", "QEMU -cpu of the boot tests, e.g. max or Nehalem (default: the release's, max on "
+      "SLES 16; else host under KVM, the arch's own under TCG). SLES 16 needs x86-64-v2: a model below it is "
+      "refused.", default_doc="the release's (max on SLES 16), else host (KVM) or the arch's (TCG)"),
     "metal3-dev-env",
     S("quiet_cleanup", False, "bool", "Hide the output of metal3-dev-env's make clean.", ("QUIET_CLEANUP",),
       flag=False),

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .. import run
 from ..config.arch import HOST_DEFAULT, X86_64, Arch
+from ..config.releases import Release
 from ..delivery import bootmedia
 from ..errors import BuildError, ConfigError, InputError
 from ..log import progress
@@ -122,6 +123,7 @@ def qemu_argv(
     iso: Path | None = None,
     firmware: str = "",
     cdroms: Sequence[Path] = (),
+    cpu: str = "",
 ) -> list[str]:
     """QEMU's command line: a direct kernel boot, or with `iso` the firmware boots that CD (whose boot
     menu already carries agent_cmdline()); firmware: bios, uefi or secure-boot ('' for the arch's own)."""
@@ -132,7 +134,7 @@ def qemu_argv(
         append=agent_cmdline(port, append, scheme, arch), console=console, accel=accel, memory_mb=memory_mb,
         smp=smp, nic_model=nic_model, disks=[disk] if disk else [], name="sles-ipa-builder-boot-test",
         hostfwd=list(hostfwd), arch=arch, uefi=firmware == "uefi" or (not firmware and arch.boot_uefi),
-        cdrom=iso, secure_boot=firmware == "secure-boot", cdroms=list(cdroms),
+        cdrom=iso, secure_boot=firmware == "secure-boot", cdroms=list(cdroms), cpu=cpu,
     )  # fmt: skip
     machine.prepare(console.parent)  # the UEFI vars copy, beside the console
     return machine.argv()
@@ -167,6 +169,8 @@ def boot_test(
     iso: Path | None = None,
     firmware: str = "",
     cdroms: Sequence[Path] = (),
+    cpu: str = "",
+    release: Release | None = None,
 ) -> BootResult:
     """Boot kernel+initramfs and wait for the agent's lookup and heartbeat; raise BuildError otherwise.
 
@@ -177,7 +181,8 @@ def boot_test(
     addon: an add-on cpio given after the initramfs, as a boot loader passes a second initrd (the
     initramfs file itself is not changed). tls: the fake API serves HTTPS with this (certificate,
     key); add `ipa-insecure=0` to `append` for the agent to verify it. hostfwd: QEMU user-network
-    forwards. while_up: called after the heartbeat, while the VM still runs (an SSH check)."""
+    forwards. while_up: called after the heartbeat, while the VM still runs (an SSH check). cpu: QEMU's
+    -cpu ("": host under KVM, the arch's under TCG); one below what `release` needs is refused first."""
     given = (("ISO", iso),) if iso is not None else (("kernel", kernel), ("initramfs", initramfs))
     for what, p in (*given, ("add-on", addon)):
         if p is not None and not Path(p).is_file():
@@ -190,8 +195,9 @@ def boot_test(
         raise ConfigError(f"no Secure Boot firmware is known for {arch}", "use --firmware uefi")
     if iso is not None and addon is not None:
         raise ConfigError("an add-on cpio cannot be given to an ISO boot", "boot the kernel and initramfs instead")
-    qemu.require(arch)
     plan = accel_plan(accel, arch)
+    qemu.require_cpu(cpu, plan, arch, release)
+    qemu.require(arch)
     with tempfile.TemporaryDirectory(prefix="sib-boot-") as tmp, FakeIronic(tls=tls) as api:
         if iso is not None:
             copy = Path(tmp) / Path(iso).name
@@ -215,6 +221,7 @@ def boot_test(
                     timeout=timeout, memory_mb=memory_mb, append=append, nic_model=nic_model, disk=disk,
                     silence_limit=KVM_SILENCE_SECONDS if acc == "kvm" and i + 1 < len(plan) else None,
                     hostfwd=hostfwd, while_up=while_up, arch=arch, iso=iso, firmware=firmware, cdroms=cdroms,
+                    cpu=cpu,
                 )  # fmt: skip
             except _KvmSilent as e:
                 log.warning("KVM guest %s; retrying under TCG (set %s=tcg to skip KVM)", e, ACCEL_ENV)
@@ -234,11 +241,12 @@ def _attempt(
     *, timeout: float, memory_mb: int, append: str, nic_model: str, disk: Path | None,
     silence_limit: float | None, hostfwd: Sequence[str] = (), while_up: Callable[[], None] | None = None,
     arch: Arch = HOST_DEFAULT, iso: Path | None = None, firmware: str = "", cdroms: Sequence[Path] = (),
+    cpu: str = "",
 ) -> BootResult:  # fmt: skip
     argv = qemu_argv(
         kernel, initramfs, accel=accel, console=console_path, port=api.port, memory_mb=memory_mb,
         append=append, nic_model=nic_model, disk=disk, scheme=api.scheme, hostfwd=hostfwd, arch=arch, iso=iso,
-        firmware=firmware, cdroms=cdroms,
+        firmware=firmware, cdroms=cdroms, cpu=cpu,
     )  # fmt: skip
     console = _Console(console_path)
     booted = iso or initramfs or Path()

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.arch import HOST_DEFAULT, Arch
+from ..config.releases import Release
 from ..errors import BuildError, ConfigError, InputError
 from ..log import progress
 from . import ironic, qemu, vmdisk
@@ -73,6 +74,8 @@ class Plan:
     keep_dir: Path | None = None  # consoles, Ironic's log and the report end up here
     unprovision: bool = False  # after active: undeploy with cleaning (a second agent boot)
     arch: Arch = HOST_DEFAULT  # the VM's (qemu-system-aarch64 for aarch64); the inventory must report it
+    cpu: str = ""  # QEMU's -cpu ("": host under KVM, the arch's under TCG)
+    release: Release | None = None  # the ramdisk's: a CPU below what it needs is refused by prepare()
 
 
 @dataclass
@@ -104,6 +107,7 @@ def prepare(
         if not Path(p).is_file():
             raise InputError(f"{what} {p} not found", "build first, or give --kernel/--initramfs")
     arch = kw.get("arch", HOST_DEFAULT)
+    qemu.require_cpu(kw.get("cpu", ""), kw.get("accels", Plan.accels), arch, kw.get("release"))
     qemu.require(arch)
     if arch.boot_uefi and "bios" in modes:
         raise ConfigError(f"an {arch} VM boots UEFI only", "use --mode uefi")
@@ -176,7 +180,7 @@ def _drive(
         append=f"console={plan.arch.console},115200 {APPEND} {plan.append}".strip(),
         console=run_dir / f"console-{mode}.log", accel=plan.accels[0], memory_mb=plan.memory_mb, smp=plan.smp,
         mac=MACS[mode], disks=[disk], hostfwd=[f"tcp:127.0.0.1:{AGENT_PORT}-:{AGENT_PORT}"], uefi=mode == "uefi",
-        name=f"sib-lifecycle-{mode}", arch=plan.arch,
+        name=f"sib-lifecycle-{mode}", arch=plan.arch, cpu=plan.cpu,
     )  # fmt: skip
     machine.prepare(run_dir)
     machine.console.unlink(missing_ok=True)  # QEMU appends to it (a --keep dir may hold an older run's)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from .. import run
 from ..config.arch import X86_64, Arch
+from ..config.releases import Release
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ class Machine:
     cdrom: Path | None = None  # an ISO attached as a CD, first in the boot order
     cdroms: list[Path] = field(default_factory=list)  # more CDs, not booted (a config drive)
     secure_boot: bool = False  # UEFI with Secure Boot enforced: q35, SMM, secure pflash, Microsoft's keys
+    cpu: str = ""  # -cpu ("": host under KVM, the arch's under TCG)
 
     def firmware(self) -> tuple[Path, Path]:
         if not self.secure_boot:
@@ -78,7 +80,7 @@ class Machine:
             shutil.copyfile(template, self.uefi_vars)
 
     def argv(self) -> list[str]:
-        cpu = "host" if self.accel == "kvm" else self.arch.qemu_cpu
+        cpu = cpu_model(self.cpu, self.accel, self.arch)
         base = "q35,smm=on" if self.secure_boot else self.arch.qemu_machine
         machine = ",".join(p for p in (base, f"accel={self.accel}") if p)
         nic = ",".join(["user", f"model={self.nic_model}", f"mac={self.mac}", *(f"hostfwd={f}" for f in self.hostfwd)])
@@ -116,6 +118,71 @@ class Machine:
             "-no-reboot",
             *drives,
         ]  # fmt: skip
+
+
+def cpu_model(cpu: str, accel: str, arch: Arch = X86_64) -> str:
+    """QEMU's -cpu: the one asked for (the qemu_cpu setting), else host under KVM, the arch's under TCG."""
+    return cpu or ("host" if accel == "kvm" else arch.qemu_cpu)
+
+
+CPUINFO = Path("/proc/cpuinfo")
+# What x86-64-v2 adds to the baseline, as /proc/cpuinfo spells it (QEMU's -cpu options: sse4.1, lahf-lm too).
+V2_FLAGS = ("cx16", "lahf_lm", "popcnt", "sse4_1", "sse4_2", "ssse3")
+# QEMU's named x86 models that lack some of them (a -v<n> version too). Nehalem (2008) and every newer named
+# model (Westmere, SandyBridge..., Opteron_G4, EPYC...) have them all, and so has max under TCG.
+BELOW_V2 = frozenset(m.lower() for m in (
+    "qemu64", "qemu32", "kvm64", "kvm32", "base", "486", "pentium", "pentium2", "pentium3", "coreduo", "core2duo",
+    "n270", "Conroe", "Penryn", "athlon", "phenom", "Opteron_G1", "Opteron_G2", "Opteron_G3"))
+
+
+def _flag(option: str) -> str:
+    """`+sse4.2`, `sse4-2=on` -> `sse4_2`; '' for an option that adds no flag."""
+    name, _, value = option.lstrip("+").partition("=")
+    adds = option.startswith("+") or value in ("on", "true")
+    return name.replace(".", "_").replace("-", "_").lower() if adds else ""
+
+
+def host_flags(cpuinfo: Path) -> set[str] | None:
+    """The first CPU's flags in /proc/cpuinfo (None: not readable)."""
+    try:
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return None
+    m = re.search(r"^flags\s*:(.*)$", text, re.M)
+    return set(m.group(1).split()) if m else None
+
+
+def below_v2(cpu: str, accel: str, cpuinfo: Path | None = None) -> str:
+    """Why -cpu `cpu` under `accel` is below x86-64-v2, in a few words ('' when it is not, or nothing
+    tells). A named model below it passes when its +options add every flag it lacks; host, and max
+    under KVM, are this host's CPU: its /proc/cpuinfo flags say."""
+    name, *options = cpu.split(",")
+    added = {_flag(o) for o in options}
+    if name == "host" or (name == "max" and accel == "kvm"):
+        cpuinfo = cpuinfo or CPUINFO
+        have = host_flags(cpuinfo)
+        lacking = [f for f in V2_FLAGS if have is not None and f not in have | added]
+        return f"this host's CPU lacks {' '.join(lacking)} ({cpuinfo})" if lacking else ""
+    if re.sub(r"-v\d+$", "", name).lower() in BELOW_V2 and not set(V2_FLAGS) <= added:
+        return f"QEMU's {name} model is older than Nehalem"
+    return ""
+
+
+def require_cpu(cpu: str, accels: list[str] | tuple[str, ...], arch: Arch, release: Release | None) -> None:
+    """A VM whose CPU the release cannot run on is refused before it starts: its kernel and packages
+    stop, or hang silently, on an illegal instruction. SLES 16 needs x86-64-v2; only x86_64 has levels."""
+    if release is None or release.x86_64_level < 2 or arch != X86_64:
+        return
+    for accel in accels:
+        model = cpu_model(cpu, accel, arch)
+        why = below_v2(model, accel)
+        if why:
+            raise ConfigError(
+                f"{release.shown} needs an x86-64-v2 CPU, but the boot test's -cpu {model} ({accel}) is below it: "
+                f"{why}",
+                "boot under TCG with -cpu max (--accel tcg --qemu-cpu max), or run the boot test on a newer host"
+                if model in ("host", "max") else
+                "set --qemu-cpu (SIB_QEMU_CPU) to max or a model from Nehalem on, or leave it unset (max)")
 
 
 def require(arch: Arch = X86_64) -> None:
