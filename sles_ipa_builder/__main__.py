@@ -151,6 +151,9 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--print-profile", action="store_true", help="print only the path of the build profile")
     f.add_argument("--arch", default="x86_64", metavar="ARCH",
                    help="the media's architecture: x86_64 (default) or aarch64 (arm64 packages, run under qemu-user)")
+    f.add_argument("--release", default="15-SP7", metavar="RELEASE",
+                   help="the SLES release the media are shaped like: 15-SP7 (default, from Debian 12) or 16.0 "
+                        "(from Debian 13)")
     return top
 
 

@@ -324,13 +324,13 @@ def fixtures(args: argparse.Namespace, cli: dict[str, Any]) -> int:
 
     arch = Arch.parse(args.arch)
     foreign.require(arch)  # another arch's media: debootstrap's second stage and dpkg run under qemu-user
-    from ..fixtures import testmedia
+    from ..fixtures import flavour, testmedia
 
-    media = testmedia.ensure(force=args.force, arch=arch)
+    media = testmedia.ensure(force=args.force, arch=arch, flavour=flavour.parse(args.release))
     if args.print_profile:
         print(media.profile)
         return 0
-    t = Table(title="Test media (built from Debian packages; not SUSE software)")
+    t = Table(title=f"Test media shaped like SLES {media.release} (built from Debian packages; not SUSE software)")
     t.add_column("what")
     t.add_column("path")
     for key in ("base_ext4", "base_btrfs", "iso", "images_dir", "root_tree", "profile"):

@@ -40,7 +40,8 @@ GROUPS: dict[str, Group] = {
          "apt", "apt-*", "libapt-pkg*", "dpkg", "debconf", "debconf-*",
          "gpg", "gpg2", "gpgv", "gpgv2", "gpg-agent", "gpg-wks-*", "gpgsm", "gpgconf", "gnupg", "gnupg2",
          "gnupg-*", "dirmngr", "pinentry", "pinentry-*"),
-        ("usr/lib/sysimage/rpm", "var/lib/rpm", "var/lib/zypp", "var/cache/zypp", "etc/zypp",
+        # SLES 16 keeps zypp.conf's vendor default in /usr/etc
+        ("usr/lib/sysimage/rpm", "var/lib/rpm", "var/lib/zypp", "var/cache/zypp", "etc/zypp", "usr/etc/zypp",
          "var/lib/dpkg", "var/lib/apt", "var/cache/apt", "var/cache/debconf", "etc/apt", "etc/dpkg")),
     "perl": Group(("perl", "perl-*", "libperl*"), (), interpreter="perl"),
 }  # fmt: skip

@@ -105,6 +105,19 @@ def test_openssh_hardening_in_sshd_config_before_match(target: Target) -> None:
         assert len(at) == 1 and at[0] < match, (key, lines)
 
 
+def test_openssh_vendor_config_from_usr_etc(target: Target) -> None:
+    """SLES 16: only /usr/etc/ssh/sshd_config exists; /etc gets a copy (hardening off or on), and it checks."""
+    setup = "mkdir -p $ROOT/usr/etc/ssh && mv $ROOT/etc/ssh/sshd_config $ROOT/usr/etc/ssh/sshd_config"
+    vendor = target.read("etc/ssh/sshd_config")
+    target.run(["openssh-server"], ["post-install.d"], setup=setup, env={"DIB_OPENSSH_SERVER_HARDENING": "0"})
+    assert target.read("etc/ssh/sshd_config") == vendor
+    assert "taking SLES 16's vendor default from /usr/etc/ssh" in target.output
+    target.run(["openssh-server"], ["post-install.d"], setup=setup)
+    dropin = "etc/ssh/sshd_config.d/10-hardening.conf"
+    text = target.read(dropin) if target.exists(dropin) else target.read("etc/ssh/sshd_config")
+    assert "Ciphers chacha20-poly1305@openssh.com," in text
+
+
 def test_openssh_hardening_off(target: Target) -> None:
     target.run(["openssh-server"], ["post-install.d"], env={"DIB_OPENSSH_SERVER_HARDENING": "0"})
     assert not target.exists("etc/ssh/sshd_config.d/10-hardening.conf")

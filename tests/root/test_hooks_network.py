@@ -4,6 +4,8 @@ Run on a small tree (tests/hooktree.py) with the engine; see there."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hooktree import Target
 
@@ -51,7 +53,24 @@ def test_dhcp_network_manager_replaces_wicked(target: Target) -> None:
     target.run(["dhcp-all-interfaces"], ["install.d"], setup=setup)
     assert target.enabled("NetworkManager.service")
     assert not target.enabled("wicked.service")
-    assert "disabling wicked" in target.output
+    assert "masking wicked" in target.output
+    assert (target.upper / "etc/systemd/system/wicked.service").readlink() == Path("/dev/null")
+
+
+def test_dhcp_network_manager_masks_networkd_against_presets(target: Target) -> None:
+    """SLES 16 and Debian 13 have networkd beside NetworkManager: its wait-online would hold the agent for
+    two minutes. Masked, it stays off after the presets that finalise applies (preset-all enable-only)."""
+    setup = "printf '#!/bin/sh\\n' > $ROOT/usr/sbin/NetworkManager; chmod 0755 $ROOT/usr/sbin/NetworkManager\n"
+    setup += NM_UNIT + "\nmkdir -p $ROOT/usr/lib/systemd/system-preset\n"
+    setup += "echo 'enable systemd-networkd.service' > $ROOT/usr/lib/systemd/system-preset/10-test.preset"
+    if not (target.lower / "usr/lib/systemd/systemd-networkd").exists():
+        pytest.skip("the base root has no systemd-networkd")
+    target.run(["dhcp-all-interfaces"], ["install.d"], setup=setup)
+    assert "masking systemd-networkd" in target.output
+    for unit in ("systemd-networkd.service", "systemd-networkd-wait-online.service"):
+        assert (target.upper / "etc/systemd/system" / unit).readlink() == Path("/dev/null"), unit
+    target.run([], [], setup="chroot $ROOT systemctl preset-all --preset-mode=enable-only")
+    assert not target.enabled("systemd-networkd.service")
 
 
 def test_dhcp_wicked(target: Target) -> None:

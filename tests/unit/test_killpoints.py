@@ -190,7 +190,8 @@ def test_test_media_killed_while_built_are_not_used_and_are_built_again(
         name: str, when: Callable[..., bool], force: bool) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
-    def build(work: Path, final: Path, downloads: Path, arch: object) -> None:  # debootstrap's stand-in
+    # debootstrap's stand-in
+    def build(work: Path, final: Path, downloads: Path, arch: object, flavour: object) -> None:
         (work / "images").mkdir()
         (work / "images" / testmedia.ISO_NAME).write_bytes(b"iso")
         (work / testmedia.DONE).write_text("{}\n")  # last, as _build writes it
