@@ -102,3 +102,4 @@ def test_package_map_per_release() -> None:
     assert "dhcp-client" not in sixteen and sixteen["dhcpcd"].debs == ["dhcpcd-base"]
     assert {p.module for p in sixteen.values()} == {"install"}
     assert sixteen["sles-release"].version == "16.0" and "gcc-14" in sixteen["gcc"].debs
+    assert "util-linux-extra" in sixteen["util-linux"].debs and "util-linux-extra" not in sp7["util-linux"].debs
