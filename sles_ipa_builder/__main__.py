@@ -92,7 +92,8 @@ def parser() -> argparse.ArgumentParser:
                     help="boot the ISO as a CD instead (default <output>/<name>.iso); its boot menu gets the "
                          "agent's parameters in a copy")
     bt.add_argument("--firmware", choices=("bios", "uefi", "secure-boot"),
-                    help="--iso: the firmware (secure-boot: OVMF with Microsoft's keys enrolled, enforcing)")
+                    help="the firmware (default: UEFI for a release that boots UEFI, SLES 16, else the arch's; "
+                         "secure-boot, with --iso: OVMF with Microsoft's keys enrolled, enforcing)")
     bt.add_argument("--metal3-dev-env", nargs="?", const="", metavar="DIR",
                     help="run metal3-dev-env's make / make test with the tar instead of QEMU")
     bt.add_argument("--ironic", action="store_true",

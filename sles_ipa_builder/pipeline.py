@@ -102,5 +102,6 @@ def boot(cfg: Config, arts: Artifacts) -> None:
     with logmod.step("boot test"):
         result = boottest.boot_test(arts.kernel, arts.initramfs, timeout=cfg.boot_timeout,
                                     memory_mb=cfg.boot_memory, accel=cfg.accel, arch=cfg.arch,
-                                    cpu=cfg.qemu_cpu, release=cfg.sles)
+                                    cpu=cfg.qemu_cpu, release=cfg.sles,
+                                    firmware=boottest.release_firmware(cfg.sles))
     show(result.summary())

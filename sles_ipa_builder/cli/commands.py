@@ -190,8 +190,9 @@ def boot_test(args: argparse.Namespace, cli: dict[str, Any]) -> int:
             accel=args.accel or cfg.accel, arch=cfg.arch, cpu=cfg.qemu_cpu, release=cfg.sles)
         show(result.summary())
         return 0
-    if args.firmware:
-        raise ConfigError("--firmware goes with --iso", "add --iso, or drop --firmware")
+    if args.firmware == "secure-boot":
+        raise ConfigError("--firmware secure-boot goes with --iso (the signed chain boots from it)",
+                          "add --iso, or use --firmware uefi")
     kernel = args.kernel or Path(out) / f"{name}.kernel"
     initramfs = args.initramfs or Path(out) / f"{name}.initramfs"
     for p in (kernel, initramfs):
@@ -205,6 +206,7 @@ def boot_test(args: argparse.Namespace, cli: dict[str, Any]) -> int:
         timeout=args.timeout or cfg.boot_timeout, memory_mb=args.memory or cfg.boot_memory,
         append=args.append, keep_console=args.keep_console, accel=args.accel or cfg.accel, addon=args.addon,
         arch=cfg.arch, cpu=cfg.qemu_cpu, release=cfg.sles,
+        firmware=args.firmware or boottest.release_firmware(cfg.sles),
     )
     show(result.summary())
     return 0

@@ -147,6 +147,12 @@ def agent_cmdline(port: int, append: str = "", scheme: str = "http", arch: Arch 
 FIRMWARES = ("bios", "uefi", "secure-boot")
 
 
+def release_firmware(release: Release | None) -> str:
+    """The firmware a direct boot of this release's ramdisk gets when none is asked for: UEFI where the
+    release boots UEFI by default (SLES 16), else the arch's own ("": BIOS on x86_64, UEFI elsewhere)."""
+    return "uefi" if release is not None and release.firmware == "uefi" else ""
+
+
 class _KvmSilent(Exception):
     pass
 

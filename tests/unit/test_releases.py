@@ -318,3 +318,12 @@ def test_an_ipa_beyond_the_releases_python_is_named_with_the_release(tmp_path: P
     with pytest.raises(ConfigError, match=r"requires Python >=3.14, but SLES 16.0 gives the IPA venv python3.13") as e:
         slessteps.python_check_step(ctx, ctx)  # type: ignore[arg-type]
     assert e.value.hint.startswith("no SLES 16 python313 satisfies it")
+
+
+def test_direct_boots_follow_the_release_firmware() -> None:
+    """SLES 16 boots UEFI by default, so its ramdisk's boot test does; 15 keeps the arch's own (BIOS on x86_64)."""
+    from sles_ipa_builder.verify.boottest import release_firmware
+
+    assert release_firmware(releases.find("SLES-16.0")) == "uefi"
+    assert release_firmware(releases.find("SLE-15", "SP7")) == ""
+    assert release_firmware(None) == ""

@@ -58,7 +58,8 @@ def built16(media16: Any, tmp_path_factory: pytest.TempPathFactory, request: pyt
     tree.mkdir()
     run.pipe(["zstd", "-dc", out / f"{NAME}.initramfs"], ["cpio", "-idm", "--quiet", "--no-absolute-filenames"],
              cwd=tree)
-    return {"out": out, "tree": tree, "log": res.stdout + res.stderr, "work": work}
+    hooks = (work / "ws" / "build.log").read_text()  # the hooks' output is in the build log (debug)
+    return {"out": out, "tree": tree, "log": res.stdout + res.stderr, "hooks": hooks, "work": work}
 
 
 def test_media_are_shaped_like_sles16(media16: Any) -> None:
@@ -87,17 +88,29 @@ def test_sixteen_ramdisk_content(built16: dict[str, Any]) -> None:
     venv = tree / "opt/ironic-python-agent"
     assert list(venv.glob("lib/python3.13/site-packages/ironic_python_agent")), "the venv is not on python3.13"
     assert "ignore-carrier" in (tree / "etc/NetworkManager/conf.d/00-main.conf").read_text()
-    assert list(tree.glob("etc/systemd/system/*.wants/NetworkManager.service"))
-    assert not list(tree.glob("usr/sbin/wicked*")) and not list(tree.glob("etc/systemd/system/*.wants/wicked*"))
+    units = tree / "etc/systemd/system"
+    assert (units / "multi-user.target.wants/NetworkManager.service").is_symlink()  # its target is absolute
+    assert not list(tree.glob("usr/sbin/wicked*")) and not list(units.glob("*.wants/wicked*"))
+    for unit in ("systemd-networkd.service", "systemd-networkd-wait-online.service"):  # one network stack
+        assert (units / unit).readlink() == Path("/dev/null"), unit
     assert "SELINUX=permissive" in (tree / "etc/selinux/config").read_text()
     assert "SELINUX=enforcing" not in (tree / "etc/selinux/config").read_text()
-    assert "taking SLES 16's vendor default from /usr/etc/ssh" in built16["log"]
+    assert "taking SLES 16's vendor default from /usr/etc/ssh" in built16["hooks"]
     assert (tree / "etc/ssh/sshd_config").is_file()
     assert not (tree / "usr/etc/zypp").exists()
 
 
-def test_sixteen_boot_test_passed(built16: dict[str, Any]) -> None:
-    assert "boot test passed" in built16["log"], built16["log"][-3000:]
+def test_sixteen_boot_test_passed_under_uefi(built16: dict[str, Any]) -> None:
+    """The build's boot test follows the release: SLES 16 boots UEFI by default."""
+    log = built16["log"]
+    assert "boot test passed" in log, log[-3000:]
+    assert any(" (uefi)" in ln for ln in log.splitlines() if ln.lstrip().startswith("booting ")), log[-3000:]
+
+
+def test_sixteen_boots_under_bios_too(built16: dict[str, Any], tmp_path: Path) -> None:
+    res = cli("boot-test", "--output", str(built16["out"]), "--firmware", "bios")
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert "boot test passed" in res.stdout
 
 
 def test_size_report_diff_against_sp7(built16: dict[str, Any], built: dict[str, Any]) -> None:
