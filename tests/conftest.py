@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -389,3 +390,40 @@ def static_network_data(mac: str, address: str) -> dict[str, Any]:
         "services": [{"type": "dns", "address": "10.0.2.3"}],
     }
 
+
+
+# --- timings the slow VM tests print (CI shows them even though pytest captures output) -------------
+def clean_env() -> dict[str, str]:
+    """The environment of a CLI run in a test: no settings of the caller's, TCG."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIB_", "IPA_", "IRONIC_", "SIB_"))}
+    env.pop("ARCH", None)
+    env["SIB_ACCEL"] = "tcg"
+    return env
+
+
+def say(request: pytest.FixtureRequest, line: str) -> None:
+    """Timings on the terminal even when pytest captures output (CI prints them)."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)
+
+
+def biggest(steps: dict[str, float], n: int = 4) -> str:
+    return ", ".join(f"{name} {sec:.0f} s" for name, sec in sorted(steps.items(), key=lambda kv: -kv[1])[:n])
+
+
+def timed_media(request: pytest.FixtureRequest, label: str, **kwargs: Any) -> Any:
+    """testmedia.ensure(**kwargs), saying how long the media took to build (or that they were cached)."""
+    import time
+
+    from sles_ipa_builder.fixtures import testmedia
+
+    start = time.monotonic()
+    m = testmedia.ensure(**kwargs)
+    took = time.monotonic() - start
+    made = json.loads((m.profile.parent / "manifest.json").read_text())
+    how = f"built in {made['seconds']:.0f} s ({biggest(made['steps'])})" if took > 5 else "cached"
+    say(request, f"{label}: test media {how}; load {os.getloadavg()[0]:.1f}")
+    return m

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import biggest, clean_env, say, timed_media
 
 from sles_ipa_builder import run
 from sles_ipa_builder.config.arch import AARCH64, X86_64
-from sles_ipa_builder.fixtures import testmedia
 
 # In `make test`, so in CI: from an empty cache it adds 10.6 min on a quiet 2-core host (17.4 on one busy
 # with other builds; README). SIB_TEST_AARCH64=0 leaves it out; `make test-aarch64` runs it alone.
@@ -40,35 +40,9 @@ def elf_machine(path: Path) -> int | None:
     return int(struct.unpack_from("<H", head, 18)[0])
 
 
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIB_", "IPA_", "IRONIC_", "SIB_"))}
-    env.pop("ARCH", None)
-    env["SIB_ACCEL"] = "tcg"
-    return env
-
-
-def say(request: pytest.FixtureRequest, line: str) -> None:
-    """Timings on the terminal even when pytest captures output (CI prints them)."""
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is not None and capture is not None:
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(line)
-
-
-def biggest(steps: dict[str, float], n: int = 4) -> str:
-    return ", ".join(f"{name} {sec:.0f} s" for name, sec in sorted(steps.items(), key=lambda kv: -kv[1])[:n])
-
-
 @pytest.fixture(scope="module")
 def media(request: pytest.FixtureRequest) -> Any:
-    start = time.monotonic()
-    m = testmedia.ensure(arch=AARCH64)
-    took = time.monotonic() - start
-    built = json.loads((m.profile.parent / "manifest.json").read_text())
-    how = f"built in {built['seconds']:.0f} s ({biggest(built['steps'])})" if took > 5 else "cached"
-    say(request, f"aarch64: test media {how}; load {os.getloadavg()[0]:.1f}")
-    return m
+    return timed_media(request, "aarch64", arch=AARCH64)
 
 
 @pytest.fixture(scope="module")

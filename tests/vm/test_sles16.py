@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_aarch64 import biggest, clean_env, say
+from conftest import clean_env, say, timed_media
 
 from sles_ipa_builder import run
-from sles_ipa_builder.fixtures import testmedia
 from sles_ipa_builder.fixtures.flavour import SIXTEEN
 
 pytestmark = [pytest.mark.root, pytest.mark.guestfs, pytest.mark.qemu, pytest.mark.media, pytest.mark.slow]
@@ -32,13 +31,7 @@ def cli(*argv: str, env: dict[str, str] | None = None) -> run.Result:
 
 @pytest.fixture(scope="module")
 def media16(request: pytest.FixtureRequest) -> Any:
-    start = time.monotonic()
-    m = testmedia.ensure(flavour=SIXTEEN)
-    took = time.monotonic() - start
-    made = json.loads((m.profile.parent / "manifest.json").read_text())
-    how = f"built in {made['seconds']:.0f} s ({biggest(made['steps'])})" if took > 5 else "cached"
-    say(request, f"SLES 16.0: test media {how}; load {os.getloadavg()[0]:.1f}")
-    return m
+    return timed_media(request, "SLES 16.0", flavour=SIXTEEN)
 
 
 @pytest.fixture(scope="module")
