@@ -427,3 +427,34 @@ def timed_media(request: pytest.FixtureRequest, label: str, **kwargs: Any) -> An
     how = f"built in {made['seconds']:.0f} s ({biggest(made['steps'])})" if took > 5 else "cached"
     say(request, f"{label}: test media {how}; load {os.getloadavg()[0]:.1f}")
     return m
+
+
+def timed_build(request: pytest.FixtureRequest, label: str, work: Path, name: str, *args: str,
+                env: dict[str, str] | None = None) -> dict[str, Any]:
+    """`build --workspace work/ws --output work/out --report work/report.json ARGS`, asserted to pass, its
+    time and boot test said, the initramfs unpacked to work/unpacked; the hooks' output (debug) is the
+    build log's."""
+    import sys
+    import time
+
+    from sles_ipa_builder import run
+
+    out = work / "out"
+    argv = [sys.executable, "-m", "sles_ipa_builder", "build", "--workspace", str(work / "ws"), "--output", str(out),
+            "--report", str(work / "report.json"), *args]
+    start = time.monotonic()
+    res = run.run(argv, env=env or clean_env(), check=False, capture=True)
+    took = time.monotonic() - start
+    (work / "build-output.txt").write_text(res.stdout + res.stderr)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
+    boot = next((ln for ln in res.stdout.splitlines() if ln.startswith("boot test passed")), "")
+    timings = json.loads((work / "report.json").read_text())["timings"]
+    hooks = {f"{h['phase']}.d/{h['script']}": h["seconds"] for h in timings["hooks"]}
+    say(request, f"{label}: build + boot test {took:.0f} s (build {sum(timings['steps'].values()):.0f} s: "
+                 f"{biggest(hooks)}); {boot}; load {os.getloadavg()[0]:.1f}")
+    tree = work / "unpacked"
+    tree.mkdir()
+    run.pipe(["zstd", "-dc", out / f"{name}.initramfs"], ["cpio", "-idm", "--quiet", "--no-absolute-filenames"],
+             cwd=tree)
+    return {"out": out, "tree": tree, "log": res.stdout + res.stderr, "work": work,
+            "hooks": (work / "ws" / "build.log").read_text(errors="replace")}

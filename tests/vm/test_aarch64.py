@@ -13,12 +13,11 @@ import os
 import struct
 import sys
 import tarfile
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import biggest, clean_env, say, timed_media
+from conftest import clean_env, timed_build, timed_media
 
 from sles_ipa_builder import run
 from sles_ipa_builder.config.arch import AARCH64, X86_64
@@ -47,26 +46,8 @@ def media(request: pytest.FixtureRequest) -> Any:
 
 @pytest.fixture(scope="module")
 def built(media: Any, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> dict[str, Any]:
-    work = tmp_path_factory.mktemp("aarch64")
-    out = work / "out"
-    argv = [sys.executable, "-m", "sles_ipa_builder", "build", "--config", str(media.profile), "--arch", "aarch64",
-            "--workspace", str(work / "ws"), "--output", str(out), "--boot-test", "--elements", *ELEMENTS.split(),
-            "--report", str(work / "report.json")]
-    start = time.monotonic()
-    res = run.run(argv, env=clean_env(), check=False, capture=True)
-    took = time.monotonic() - start
-    (work / "build-output.txt").write_text(res.stdout + res.stderr)
-    assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
-    boot = next((ln for ln in res.stdout.splitlines() if ln.startswith("boot test passed")), "")
-    timings = json.loads((work / "report.json").read_text())["timings"]
-    hooks = {f"{h['phase']}.d/{h['script']}": h["seconds"] for h in timings["hooks"]}
-    say(request, f"aarch64: build + boot test {took:.0f} s (build {sum(timings['steps'].values()):.0f} s: "
-                 f"{biggest(hooks)}); {boot}; load {os.getloadavg()[0]:.1f}")
-    tree = work / "unpacked"
-    tree.mkdir()
-    run.pipe(["zstd", "-dc", out / f"{NAME}.initramfs"], ["cpio", "-idm", "--quiet", "--no-absolute-filenames"],
-             cwd=tree)
-    return {"out": out, "tree": tree, "log": res.stdout + res.stderr, "work": work}
+    return timed_build(request, "aarch64", tmp_path_factory.mktemp("aarch64"), NAME, "--config", str(media.profile),
+                       "--arch", "aarch64", "--boot-test", "--elements", *ELEMENTS.split())
 
 
 def test_media_is_aarch64(media: Any) -> None:

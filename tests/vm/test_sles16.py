@@ -8,14 +8,12 @@ also shows that 16.0 media alone in the images directory give a 16.0 build.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import clean_env, say, timed_media
+from conftest import clean_env, timed_build, timed_media
 
 from sles_ipa_builder import run
 from sles_ipa_builder.fixtures.flavour import SIXTEEN
@@ -36,23 +34,8 @@ def media16(request: pytest.FixtureRequest) -> Any:
 
 @pytest.fixture(scope="module")
 def built16(media16: Any, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> dict[str, Any]:
-    work = tmp_path_factory.mktemp("sles16")
-    out = work / "out"
-    env = {**clean_env(), "DIB_IPA_INSTALL_SSH": "true"}
-    start = time.monotonic()
-    res = cli("build", "--config", str(media16.profile), "--workspace", str(work / "ws"), "--output", str(out),
-              "--boot-test", "--report", str(work / "report.json"), env=env)
-    took = time.monotonic() - start
-    (work / "build-output.txt").write_text(res.stdout + res.stderr)
-    assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
-    boot = next((ln for ln in res.stdout.splitlines() if ln.startswith("boot test passed")), "")
-    say(request, f"SLES 16.0: build + boot test {took:.0f} s; {boot}; load {os.getloadavg()[0]:.1f}")
-    tree = work / "unpacked"
-    tree.mkdir()
-    run.pipe(["zstd", "-dc", out / f"{NAME}.initramfs"], ["cpio", "-idm", "--quiet", "--no-absolute-filenames"],
-             cwd=tree)
-    hooks = (work / "ws" / "build.log").read_text()  # the hooks' output is in the build log (debug)
-    return {"out": out, "tree": tree, "log": res.stdout + res.stderr, "hooks": hooks, "work": work}
+    return timed_build(request, "SLES 16.0", tmp_path_factory.mktemp("sles16"), NAME, "--config", str(media16.profile),
+                       "--boot-test", env={**clean_env(), "DIB_IPA_INSTALL_SSH": "true"})
 
 
 def test_media_are_shaped_like_sles16(media16: Any) -> None:
