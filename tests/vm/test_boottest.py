@@ -285,7 +285,7 @@ class TestWithQemu:
     def test_agent_that_never_heartbeats_fails_naming_the_heartbeat(self, agents: dict[str, Path]) -> None:
         assert KERNEL is not None
         with pytest.raises(BuildError) as exc:
-            boot_test(KERNEL, agents["silent"], timeout=90, memory_mb=512, accel="tcg")
+            boot_test(KERNEL, agents["silent"], timeout=60, memory_mb=512, accel="tcg")
         err = exc.value
         assert "timed out" in err.message
         assert "lookup received" in err.message and "no heartbeat" in err.message
