@@ -258,11 +258,11 @@ def test_a_ramdisk_that_never_looks_up_fails_saying_so(tmp_path: Path) -> None:
     kernel, initramfs = fake_agent(tmp_path)
     # The last ipa-api-url wins: a closed port, so the agent's lookups never reach Ironic.
     res = cli("boot-test", "--ironic", "--mode", "bios", "--kernel", str(kernel), "--initramfs", str(initramfs),
-              "--memory", "512", "--lookup-timeout", "30", "--append", "ipa-api-url=http://10.0.2.2:1",
+              "--memory", "512", "--lookup-timeout", "45", "--append", "ipa-api-url=http://10.0.2.2:1",
               "--report", str(tmp_path / "r.json"), timeout=600)  # fmt: skip
     out = res.stdout + res.stderr
     assert res.returncode == 1, out[-4000:]
-    assert "error: lifecycle failed at inspect (bios): no lookup in 30 s" in out
+    assert "error: lifecycle failed at inspect (bios): no lookup in 45 s" in out
     assert "fake-agent: lookup failed, retrying" in out  # the console tail
     assert "--- Ironic log (last lines):" in out and "hint:" in out
     (result,) = json.loads((tmp_path / "r.json").read_text())["results"]
