@@ -16,6 +16,7 @@ from typing import Any
 
 from rich.table import Table
 
+from ..config import releases
 from ..config import resolve as config_mod
 from ..config.arch import Arch
 from ..errors import ConfigError, InputError
@@ -175,6 +176,7 @@ def boot_test(args: argparse.Namespace, cli: dict[str, Any]) -> int:
     cfg = resolve(args, cli)  # the one setting flag boot-test has: --qemu-cpu
     out = args.output or cfg.output_dir
     name = args.name or cfg.name
+    cfg = built_release(cfg, Path(out) / f"{name}.manifest.json")
     if args.metal3_dev_env is not None:
         from ..verify import metal3
 
@@ -303,6 +305,25 @@ def addon(args: argparse.Namespace, cli: dict[str, Any]) -> int:
         addon_mod.combine(args.initramfs, args.output, combined)
         show(f"{combined}: {args.initramfs.name} and the add-on, for a boot loader that takes one initrd")
     return 0
+
+
+def built_release(cfg: config_mod.Config, manifest: Path) -> config_mod.Config:
+    """With no release named (or found in images_dir), the release the artifacts were built from, as
+    their manifest says: a SLES 16 ramdisk boots with 16's firmware and CPU, and a CPU below what it
+    needs is refused."""
+    if any(not cfg.sources.get(k, "default").startswith("default") for k in ("sles_release", "service_pack")):
+        return cfg  # named, or found in images_dir
+    try:
+        settings = json.loads(manifest.read_text())["settings"]
+        built = releases.find(str(settings["sles_release"]), str(settings.get("service_pack") or "SP7"))
+    except (OSError, ValueError, KeyError, TypeError, ConfigError):
+        return cfg
+    if built == cfg.sles:
+        return cfg
+    cpu = built.qemu_cpu if cfg.sources.get("qemu_cpu", "default").startswith("default") else cfg.qemu_cpu
+    sources = {**cfg.sources, "sles_release": f"{manifest.name}"}
+    return dataclasses.replace(cfg, sles_release=built.prefix, service_pack=built.service_pack or cfg.service_pack,
+                               qemu_cpu=cpu, sources=sources)
 
 
 def _built_arch(manifest: Path, default: Arch) -> Arch:

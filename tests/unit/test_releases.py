@@ -327,3 +327,17 @@ def test_direct_boots_follow_the_release_firmware() -> None:
     assert release_firmware(releases.find("SLES-16.0")) == "uefi"
     assert release_firmware(releases.find("SLE-15", "SP7")) == ""
     assert release_firmware(None) == ""
+
+
+def test_boot_test_takes_the_release_from_the_ramdisks_manifest(tmp_path: Path) -> None:
+    """Nothing named, no media in images_dir: a SLES 16 ramdisk's boot test still gets 16's CPU rule."""
+    from sles_ipa_builder.cli.commands import built_release
+
+    cfg = resolve({"images_dir": str(tmp_path / "none")})
+    manifest = tmp_path / "ipa.manifest.json"
+    manifest.write_text(json.dumps({"settings": {"sles_release": "SLES-16.0", "service_pack": "SP7"}}))
+    sixteen = built_release(cfg, manifest)
+    assert sixteen.sles.name == "16.0" and sixteen.qemu_cpu == "max"
+    assert built_release(cfg, tmp_path / "missing.json") is cfg
+    named = resolve({"images_dir": str(tmp_path / "none"), "sles_release": "SLE-15"})
+    assert built_release(named, manifest) is named  # a release the user named wins
