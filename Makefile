@@ -65,10 +65,10 @@ image: $(STAMP)
 	@command -v podman >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(IMAGE_APT_PACKAGES)
 	$(PY) image/build.py
 
-# The image's checks (tests/vm/test_image.py); builds the image when this commit's tag is missing.
+# The image's checks (tests/vm/test_container_image.py); builds the image when this commit's tag is missing.
 test-image: media
 	$(PY) image/build.py --if-missing
-	SIB_TEST_IMAGE=1 $(PY) -m pytest -v -p no:cacheprovider tests/vm/test_image.py
+	SIB_TEST_IMAGE=1 $(PY) -m pytest -v -p no:cacheprovider tests/vm/test_container_image.py
 
 # Lint, types and the unit tier (its few tests marked vm or slow are left to `make test`).
 check: setup

@@ -42,7 +42,17 @@ PYTHON = "python3.11"
 # apache2-utils): libguestfs with its appliance's kernel, qemu for both arches and qemu-user, zypper,
 # rpm, skopeo, the test media's generator (debootstrap, createrepo-c, xorriso, mtools...).
 TEST_ONLY = {"shellcheck", "docker-registry", "apache2-utils"}
-EXTRA = ["util-linux", "procps", "kmod", "udev"]  # unshare/mount, and what libguestfs' appliance build reads
+# unshare/mount; what libguestfs' appliance build reads; XFS in the appliance (recommended, not installed
+# by --no-install-recommends)
+EXTRA = ["util-linux", "procps", "kmod", "udev", "libguestfs-xfs"]
+# docs, man pages and translations stay out of the image (copyright files stay)
+DPKG_EXCLUDES = """path-exclude=/usr/share/doc/*
+path-include=/usr/share/doc/*/copyright
+path-exclude=/usr/share/man/*
+path-exclude=/usr/share/info/*
+path-exclude=/usr/share/locale/*
+path-include=/usr/share/locale/locale.alias
+"""
 
 
 def makefile_packages(makefile: Path = REPO / "Makefile") -> list[str]:
@@ -157,7 +167,10 @@ def wheels(cache: Path, work: Path) -> Path:
     out = work / "wheels"
     dep_cache = cache / "wheels"
     dep_cache.mkdir(parents=True, exist_ok=True)
-    sh([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(REPO)])
+    src = work / "src"  # a copy: building in the checkout would leave build/ and *.egg-info in it
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
+                                                            ".*_cache", "tests", "bench"))
+    sh([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(src)])
     sh([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(dep_cache), "--find-links", str(dep_cache),
         str(next(out.glob("*.whl")))])
     for whl in dep_cache.glob("*.whl"):
@@ -176,12 +189,14 @@ def build_root(root: Path, cache: Path, work: Path) -> None:
     (root / "usr/sbin/policy-rc.d").write_text("#!/bin/sh\nexit 101\n")  # no services start in the chroot
     (root / "usr/sbin/policy-rc.d").chmod(0o755)
     (root / "etc/apt/apt.conf.d/90sib-keep-debs").write_text('Binary::apt::APT::Keep-Downloaded-Packages "true";\n')
+    (root / "etc/dpkg/dpkg.cfg.d/90sib-excludes").write_text(DPKG_EXCLUDES)
     shutil.copy2("/etc/resolv.conf", root / "etc/resolv.conf")
     whl = wheels(cache, work)
     shutil.copytree(whl, root / "tmp/wheels")
     with mounted(root, cache):
         chroot(root, "apt-get", "update", "-qq")
-        chroot(root, "apt-get", "install", "-y", "-qq", *runtime_packages(makefile_packages()))
+        chroot(root, "apt-get", "install", "-y", "-qq", "--no-install-recommends",
+               *runtime_packages(makefile_packages()))
         chroot(root, "/usr/bin/python3", "-m", "venv", "--system-site-packages", VENV)
         chroot(root, f"{VENV}/bin/pip", "install", "-q", "--no-index", "--find-links", "/tmp/wheels",
                "--no-cache-dir", "sles-ipa-builder")
@@ -192,7 +207,13 @@ def build_root(root: Path, cache: Path, work: Path) -> None:
     for p in ["tmp/wheels", "usr/sbin/policy-rc.d", "etc/apt/apt.conf.d/90sib-keep-debs"]:
         q = root / p
         shutil.rmtree(q) if q.is_dir() else q.unlink()
-    for d in ["var/lib/apt/lists", "var/cache/apt", "var/log", "tmp", "var/tmp", "root/.cache"]:
+    for initrd in (root / "boot").glob("initrd.img*"):  # libguestfs' appliance uses the kernel and modules only
+        initrd.unlink()
+    for f in (root / "usr/share/doc").rglob("*"):  # what debootstrap installed before the excludes applied
+        if not f.is_dir() and f.name != "copyright":
+            f.unlink()
+    for d in ["var/lib/apt/lists", "var/cache/apt", "var/log", "tmp", "var/tmp", "root/.cache", "usr/share/man",
+              "usr/share/info"]:
         q = root / d
         if q.is_dir():
             for child in q.iterdir():

@@ -1,0 +1,127 @@
+"""The builder's container image (image/build.py, `make image`): its names, and the tool run in it.
+
+Off unless SIB_TEST_IMAGE=1 (`make test-image` sets it): building the image downloads and installs
+about 600 Debian packages (≈ 10 min cold on 2 cores), and `.ci/run` is already near its 45-minute
+budget. The image is built once per commit and reused when localhost/sles-ipa-builder:<version>-<commit>
+exists. The test media are the host's (`fixtures`), mounted read-only at the same path inside the
+container, so the profile's absolute paths resolve there. SIB_TEST_IMAGE_BUILD=1 adds the slow
+part: a build in the container and one on the host of the same inputs with SOURCE_DATE_EPOCH, which
+must give one initramfs hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sles_ipa_builder.cache import store
+from sles_ipa_builder.fixtures import testmedia
+
+pytestmark = [pytest.mark.root, pytest.mark.media, pytest.mark.slow,
+              pytest.mark.skipif(os.environ.get("SIB_TEST_IMAGE", "0") != "1",
+                                 reason="SIB_TEST_IMAGE=1 (make test-image): builds the builder's container image")]
+REPO = Path(__file__).resolve().parents[2]
+EPOCH = "1700000000"
+ACCEL = {"SIB_ACCEL": os.environ.get("SIB_ACCEL", "tcg"),
+         "LIBGUESTFS_BACKEND_SETTINGS": os.environ.get("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")}
+
+
+def _sh(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    build = [sys.executable, str(REPO / "image" / "build.py")]
+    tag = _sh([*build, "--print-tag"], check=True).stdout.strip()
+    res = _sh([*build, "--if-missing"])
+    assert res.returncode == 0, (res.stdout + res.stderr)[-4000:]
+    return tag
+
+
+@pytest.fixture(scope="module")
+def media() -> Any:
+    return testmedia.ensure(log_progress=False)
+
+
+def _run(image: str, media: Any, *args: str, privileged: bool = True, volumes: tuple[str, ...] = (),
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    here = media.profile.parent
+    argv = ["podman", "run", "--rm", *(["--privileged"] if privileged else []), "-v", f"{here}:{here}:ro"]
+    # the host's cache base by default: `fixtures` finds the media where the host's did
+    for k, v in {"XDG_CACHE_HOME": str(store.cache_root().parent), **ACCEL, **(env or {})}.items():
+        argv += ["-e", f"{k}={v}"]
+    for v in volumes:
+        argv += ["-v", v]
+    return _sh([*argv, image, *args])
+
+
+def test_tags_and_labels(image: str) -> None:
+    commit = _sh(["git", "-C", str(REPO), "rev-parse", "HEAD"], check=True).stdout.strip()
+    info = json.loads(_sh(["podman", "image", "inspect", image], check=True).stdout)[0]
+    labels = info["Config"]["Labels"]
+    from sles_ipa_builder import __version__
+
+    assert labels["org.opencontainers.image.version"] == __version__
+    assert labels["org.opencontainers.image.revision"] == commit
+    assert image.endswith(f":{__version__}-{commit[:7]}") or image.endswith("-dirty")
+    assert info["Config"]["Entrypoint"] == ["sles-ipa-builder"]
+    assert not info.get("Parent")  # imported from a tar: no base image
+
+
+def test_fixtures_print_profile_finds_the_mounted_media(image: str, media: Any) -> None:
+    res = _run(image, media, "fixtures", "--print-profile", privileged=False)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == str(media.profile)  # same generator key in the image's wheel as in the checkout
+
+
+def test_doctor_privileged(image: str, media: Any) -> None:
+    res = _run(image, media, "doctor", "--config", str(media.profile), volumes=("sib-test-cache:/cache",))
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    assert "libguestfs launch" in out and "privileges" in out
+
+
+def test_build_without_privileges_is_one_error_line(image: str, media: Any) -> None:
+    res = _run(image, media, "build", "--config", str(media.profile), privileged=False)
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "CAP_SYS_ADMIN" in errors[0], out[-3000:]
+    assert "Traceback" not in out
+
+
+def test_doctor_without_privileges_names_them(image: str, media: Any) -> None:
+    res = _run(image, media, "doctor", "--config", str(media.profile), privileged=False)
+    out = res.stdout + res.stderr
+    assert res.returncode == 1, out[-3000:]
+    assert "CAP_SYS_ADMIN" in out and "Traceback" not in out
+
+
+@pytest.mark.skipif(os.environ.get("SIB_TEST_IMAGE_BUILD", "0") != "1",
+                    reason="SIB_TEST_IMAGE_BUILD=1: a build in the container and one on the host")
+def test_container_build_matches_host_build(image: str, media: Any, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIB_", "IPA_", "IRONIC_", "SIB_"))}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "host-cache"), SOURCE_DATE_EPOCH=EPOCH, **ACCEL)
+    host_out = tmp_path / "host-out"
+    res = _sh([sys.executable, "-m", "sles_ipa_builder", "build", "--config", str(media.profile),
+               "--workspace", str(tmp_path / "ws"), "--output", str(host_out), "--name", "repro"], env=env)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
+    out = tmp_path / "ctr-out"
+    out.mkdir()
+    (tmp_path / "ctr-cache").mkdir()
+    res = _run(image, media, "build", "--config", str(media.profile), "--output", "/out", "--name", "repro",
+               "--report", "/out/report.json",
+               volumes=(f"{out}:/out", f"{tmp_path / 'ctr-cache'}:/cache"),
+               env={"SOURCE_DATE_EPOCH": EPOCH, "XDG_CACHE_HOME": "/cache"})
+    assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
+    one, two = (hashlib.sha256((d / "repro.initramfs").read_bytes()).hexdigest() for d in (host_out, out))
+    assert one == two
+    assert (out / "report.json").is_file()
