@@ -46,13 +46,41 @@ def image() -> str:
     return tag
 
 
+def _hard(which: int) -> int:
+    import resource
+
+    return resource.getrlimit(which)[1]
+
+
+@pytest.fixture(scope="module")
+def compat(image: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """podman's environment on this host. Nested in a Docker container (as the machine these tests were
+    written on), crun cannot raise podman's default rlimits above the outer container's hard limits
+    and refuses its hybrid cgroups; runc with rlimits at those limits works, set in a containers.conf
+    of our own (CONTAINERS_CONF), which `podman kube play` reads too."""
+    env = dict(os.environ)
+    if _sh(["podman", "run", "--rm", image, "--version"], env=env).returncode == 0:
+        return env
+    import resource
+
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nproc = min(resource.getrlimit(resource.RLIMIT_NPROC)[1], 32768)  # above that runc is refused there too
+    conf = tmp_path_factory.mktemp("podman") / "containers.conf"
+    conf.write_text(f'[containers]\ndefault_ulimits = ["nofile={nofile}:{nofile}", "nproc={nproc}:{nproc}"]\n'
+                    '[engine]\nruntime = "runc"\n')
+    env["CONTAINERS_CONF"] = str(conf)
+    res = _sh(["podman", "run", "--rm", image, "--version"], env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return env
+
+
 @pytest.fixture(scope="module")
 def media() -> Any:
     return testmedia.ensure(log_progress=False)
 
 
-def _run(image: str, media: Any, *args: str, privileged: bool = True, volumes: tuple[str, ...] = (),
-         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _run(image: str, compat: dict[str, str], media: Any, *args: str, privileged: bool = True,
+         volumes: tuple[str, ...] = (), env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     here = media.profile.parent
     argv = ["podman", "run", "--rm", *(["--privileged"] if privileged else []), "-v", f"{here}:{here}:ro"]
     # the host's cache base by default: `fixtures` finds the media where the host's did
@@ -60,7 +88,7 @@ def _run(image: str, media: Any, *args: str, privileged: bool = True, volumes: t
         argv += ["-e", f"{k}={v}"]
     for v in volumes:
         argv += ["-v", v]
-    return _sh([*argv, image, *args])
+    return _sh([*argv, image, *args], env=compat)
 
 
 def test_tags_and_labels(image: str) -> None:
@@ -76,21 +104,21 @@ def test_tags_and_labels(image: str) -> None:
     assert not info.get("Parent")  # imported from a tar: no base image
 
 
-def test_fixtures_print_profile_finds_the_mounted_media(image: str, media: Any) -> None:
-    res = _run(image, media, "fixtures", "--print-profile", privileged=False)
+def test_fixtures_print_profile_finds_the_mounted_media(image: str, compat: dict[str, str], media: Any) -> None:
+    res = _run(image, compat, media, "fixtures", "--print-profile", privileged=False)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.strip() == str(media.profile)  # same generator key in the image's wheel as in the checkout
 
 
-def test_doctor_privileged(image: str, media: Any) -> None:
-    res = _run(image, media, "doctor", "--config", str(media.profile), volumes=("sib-test-cache:/cache",))
+def test_doctor_privileged(image: str, compat: dict[str, str], media: Any) -> None:
+    res = _run(image, compat, media, "doctor", "--config", str(media.profile), volumes=("sib-test-cache:/cache",))
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     assert "libguestfs launch" in out and "privileges" in out
 
 
-def test_build_without_privileges_is_one_error_line(image: str, media: Any) -> None:
-    res = _run(image, media, "build", "--config", str(media.profile), privileged=False)
+def test_build_without_privileges_is_one_error_line(image: str, compat: dict[str, str], media: Any) -> None:
+    res = _run(image, compat, media, "build", "--config", str(media.profile), privileged=False)
     out = res.stdout + res.stderr
     assert res.returncode == 2, out[-3000:]
     errors = [line for line in out.splitlines() if line.startswith("error:")]
@@ -98,8 +126,8 @@ def test_build_without_privileges_is_one_error_line(image: str, media: Any) -> N
     assert "Traceback" not in out
 
 
-def test_doctor_without_privileges_names_them(image: str, media: Any) -> None:
-    res = _run(image, media, "doctor", "--config", str(media.profile), privileged=False)
+def test_doctor_without_privileges_names_them(image: str, compat: dict[str, str], media: Any) -> None:
+    res = _run(image, compat, media, "doctor", "--config", str(media.profile), privileged=False)
     out = res.stdout + res.stderr
     assert res.returncode == 1, out[-3000:]
     assert "CAP_SYS_ADMIN" in out and "Traceback" not in out
@@ -107,7 +135,7 @@ def test_doctor_without_privileges_names_them(image: str, media: Any) -> None:
 
 @pytest.mark.skipif(os.environ.get("SIB_TEST_IMAGE_BUILD", "0") != "1",
                     reason="SIB_TEST_IMAGE_BUILD=1: a build in the container and one on the host")
-def test_container_build_matches_host_build(image: str, media: Any, tmp_path: Path) -> None:
+def test_container_build_matches_host_build(image: str, compat: dict[str, str], media: Any, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DIB_", "IPA_", "IRONIC_", "SIB_"))}
     env.update(XDG_CACHE_HOME=str(tmp_path / "host-cache"), SOURCE_DATE_EPOCH=EPOCH, **ACCEL)
     host_out = tmp_path / "host-out"
@@ -117,7 +145,7 @@ def test_container_build_matches_host_build(image: str, media: Any, tmp_path: Pa
     out = tmp_path / "ctr-out"
     out.mkdir()
     (tmp_path / "ctr-cache").mkdir()
-    res = _run(image, media, "build", "--config", str(media.profile), "--output", "/out", "--name", "repro",
+    res = _run(image, compat, media, "build", "--config", str(media.profile), "--output", "/out", "--name", "repro",
                "--report", "/out/report.json",
                volumes=(f"{out}:/out", f"{tmp_path / 'ctr-cache'}:/cache"),
                env={"SOURCE_DATE_EPOCH": EPOCH, "XDG_CACHE_HOME": "/cache"})
@@ -125,3 +153,56 @@ def test_container_build_matches_host_build(image: str, media: Any, tmp_path: Pa
     one, two = (hashlib.sha256((d / "repro.initramfs").read_bytes()).hexdigest() for d in (host_out, out))
     assert one == two
     assert (out / "report.json").is_file()
+
+
+def job_as_pod(job: dict[str, Any], *, image: str, args: list[str], host_paths: dict[str, str]) -> dict[str, Any]:
+    """The Job's pod template as a Pod, for `podman kube play` (podman 4.3 plays Pods, not Jobs): same
+    container, security context and mounts; the image, the arguments and the volumes' host paths are
+    this host's."""
+    spec = json.loads(json.dumps(job["spec"]["template"]["spec"]))
+    c = spec["containers"][0]
+    c.update(image=image, args=args, imagePullPolicy="Never")
+    for v in spec["volumes"]:
+        name = v["name"]
+        if name in host_paths:
+            v.clear()
+            v.update(name=name, hostPath={"path": host_paths[name], "type": "Directory"})
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sib-job-test"}, "spec": spec}
+
+
+@pytest.mark.skipif(os.environ.get("SIB_TEST_IMAGE_BUILD", "0") != "1",
+                    reason="SIB_TEST_IMAGE_BUILD=1: a build in a pod played from the Kubernetes Job example")
+def test_kube_play_of_the_job_builds_a_ramdisk(image: str, compat: dict[str, str], media: Any, tmp_path: Path) -> None:
+    import yaml
+
+    job = yaml.safe_load((REPO / "examples" / "kubernetes" / "job.yaml").read_text())
+    assert job["kind"] == "Job"
+    tmpl = job["spec"]["template"]["spec"]
+    assert tmpl["containers"][0]["securityContext"]["privileged"] is True
+    mounts = {m["name"]: m for m in tmpl["containers"][0]["volumeMounts"]}
+    assert mounts["images"]["readOnly"] is True
+    here = str(media.profile.parent)
+    for d in ("out", "cache", "ws"):
+        (tmp_path / d).mkdir()
+    pod = job_as_pod(job, image=image, args=["build", "--config", str(media.profile), "--output", "/out",
+                                             "--report", "/out/report.json"],
+                     host_paths={"images": here, "out": str(tmp_path / "out"), "cache": str(tmp_path / "cache"),
+                                 "workspace": str(tmp_path / "ws")})
+    c = pod["spec"]["containers"][0]
+    for m in c["volumeMounts"]:
+        if m["name"] == "images":
+            m["mountPath"] = here  # the profile's absolute paths resolve in the pod
+    c["env"] += [{"name": k, "value": v} for k, v in ACCEL.items()]
+    play = tmp_path / "pod.yaml"
+    play.write_text(yaml.safe_dump(pod))
+    res = _sh(["podman", "kube", "play", str(play)], env=compat)
+    try:
+        assert res.returncode == 0, res.stderr[-3000:]
+        name = "sib-job-test-build"
+        code = _sh(["podman", "wait", name], env=compat).stdout.strip()
+        logs = _sh(["podman", "logs", name], env=compat)
+        assert code == "0", (logs.stdout + logs.stderr)[-6000:]
+    finally:
+        _sh(["podman", "kube", "down", str(play)], env=compat)
+    assert (tmp_path / "out" / "ironic-python-agent.initramfs").is_file()
+    assert json.loads((tmp_path / "out" / "report.json").read_text())
