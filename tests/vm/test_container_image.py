@@ -149,13 +149,15 @@ def test_container_build_matches_host_build(image: str, compat: dict[str, str], 
                "--workspace", str(tmp_path / "ws"), "--output", str(host_out), "--name", "repro"], env=env)
     assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
     out = tmp_path / "ctr-out"
-    out.mkdir()
-    (tmp_path / "ctr-cache").mkdir()
+    for d in ("ctr-out", "ctr-cache", "ctr-ws"):
+        (tmp_path / d).mkdir()
     res = _run(image, compat, media, "build", "--config", str(media.profile), "--output", "/out", "--name", "repro",
                "--report", "/out/report.json",
-               volumes=(f"{out}:/out", f"{tmp_path / 'ctr-cache'}:/cache"),
+               volumes=(f"{out}:/out", f"{tmp_path / 'ctr-cache'}:/cache", f"{tmp_path / 'ctr-ws'}:/tmp/dib"),
                env={"SOURCE_DATE_EPOCH": EPOCH, "XDG_CACHE_HOME": "/cache"})
     assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
+    log = (tmp_path / "ctr-ws" / "build.log").read_text()  # the build log is in the workspace
+    assert "restored from the cache by overlay" in log  # the workspace on a volume: overlayfs, no copy
     one, two = (hashlib.sha256((d / "repro.initramfs").read_bytes()).hexdigest() for d in (host_out, out))
     assert one == two
     assert (out / "report.json").is_file()
