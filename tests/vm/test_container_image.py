@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.root, pytest.mark.media, pytest.mark.slow,
                                  reason="SIB_TEST_IMAGE=1 (make test-image): builds the builder's container image")]
 REPO = Path(__file__).resolve().parents[2]
 EPOCH = "1700000000"
+CA = "/etc/ssl/certs/ca-certificates.crt"  # the ca_bundle setting's default
 ACCEL = {"SIB_ACCEL": os.environ.get("SIB_ACCEL", "tcg"),
          "LIBGUESTFS_BACKEND_SETTINGS": os.environ.get("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")}
 
@@ -87,6 +88,8 @@ def _run(image: str, compat: dict[str, str], media: Any, *args: str, privileged:
          volumes: tuple[str, ...] = (), env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     here = media.profile.parent
     argv = ["podman", "run", "--rm", *(["--privileged"] if privileged else []), "-v", f"{here}:{here}:ro"]
+    if Path(CA).is_file():  # the host's trust, a TLS-intercepting proxy's CA included (pip and git in the target)
+        argv += ["-v", f"{CA}:{CA}:ro"]
     # the host's cache base by default: `fixtures` finds the media where the host's did
     for k, v in {"XDG_CACHE_HOME": str(store.cache_root().parent), **ACCEL, **(env or {})}.items():
         argv += ["-e", f"{k}={v}"]
