@@ -170,7 +170,17 @@ def test_container_build_matches_host_build(image: str, compat: dict[str, str], 
         # A host venv in /work/... and the image's /opt/sles-ipa-builder cannot match.
         assert differ == {"etc/dib-manifests/dib_environment": PLACE_LINES}, differ
     assert (host_out / "repro.kernel").read_bytes() == (out / "repro.kernel").read_bytes()
-    assert (out / "report.json").is_file()
+    # again on the warm cache volume: every cache layer hits (overlayfs on the volume), same bytes
+    (tmp_path / "ctr-out2").mkdir()
+    res = _run(image, compat, media, "build", "--config", str(media.profile), "--output", "/out", "--name", "repro",
+               "--report", "/out/report.json",
+               volumes=(f"{tmp_path / 'ctr-out2'}:/out", f"{tmp_path / 'ctr-cache'}:/cache",
+                        f"{tmp_path / 'ctr-ws'}:/tmp/dib"),
+               env={"SOURCE_DATE_EPOCH": EPOCH, "XDG_CACHE_HOME": "/cache"})
+    assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
+    layers = {x["layer"]: x["state"] for x in json.loads((tmp_path / "ctr-out2" / "report.json").read_text())["layers"]}
+    assert layers == {"packages": "hit", "venv": "hit", "tree": "hit"}
+    assert (tmp_path / "ctr-out2" / "repro.initramfs").read_bytes() == (out / "repro.initramfs").read_bytes()
 
 
 PLACE_LINES = {"DIB_IMAGE_CACHE", "DIB_PYTHON_EXEC"}
