@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -252,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     epoch = int(git("log", "-1", "--format=%ct"))
     cache = downloads()
+    cache.mkdir(parents=True, exist_ok=True)
+    lock = (cache / ".lock").open("w")
+    fcntl.flock(lock, fcntl.LOCK_EX)  # a second build waits for the first (apt's lock is in the shared cache)
+    if args.if_missing and exists(tag):
+        print(f"{tag} exists")
+        return 0
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sib-image-", dir="/var/tmp") as tmp:
         work = Path(tmp)
