@@ -120,8 +120,8 @@ def test_fixtures_print_profile_finds_the_mounted_media(image: str, compat: dict
     assert res.stdout.strip() == str(media.profile)  # same generator key in the image's wheel as in the checkout
 
 
-def test_doctor_privileged(image: str, compat: dict[str, str], media: Any) -> None:
-    res = _run(image, compat, media, "doctor", "--config", str(media.profile), volumes=("sib-test-cache:/cache",))
+def test_doctor_privileged(image: str, compat: dict[str, str], media: Any, tmp_path: Path) -> None:
+    res = _run(image, compat, media, "doctor", "--config", str(media.profile), volumes=(f"{tmp_path}:/cache",))
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
     assert "libguestfs launch" in out and "privileges" in out
