@@ -12,12 +12,14 @@ APT_PACKAGES := python3 python3-venv python3-guestfs libguestfs-tools linux-imag
 	gdisk dosfstools btrfs-progs e2fsprogs ca-certificates acl xz-utils fdisk iproute2 ovmf mtools \
 	skopeo docker-registry apache2-utils minisign openssh-client xorriso gpgv gnupg \
 	qemu-user-static binfmt-support qemu-system-arm qemu-efi-aarch64
+# only for `make image` (image/build.py)
+IMAGE_APT_PACKAGES := podman debootstrap
 # libguestfs and qemu guests hang under KVM on some hosts; the tool falls back by itself,
 # tests and demo go straight to TCG unless the caller says otherwise.
 export LIBGUESTFS_BACKEND_SETTINGS ?= force_tcg
 export SIB_ACCEL ?= tcg
 
-.PHONY: setup binfmt media test test-root test-aarch64 check docs demo bench clean
+.PHONY: setup binfmt media test test-root test-aarch64 check docs demo bench clean image test-image
 
 setup: $(STAMP) binfmt
 
@@ -57,6 +59,16 @@ test-root: setup
 # The aarch64 cross build and boot (tests/vm/test_aarch64.py) alone; `make test` runs it too.
 test-aarch64: setup
 	SIB_TEST_AARCH64=1 $(PY) -m pytest -v -p no:cacheprovider tests/vm/test_aarch64.py
+
+# The builder as a container image, from Debian packages (no registry): image/build.py, docs/container.md.
+image: $(STAMP)
+	@command -v podman >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(IMAGE_APT_PACKAGES)
+	$(PY) image/build.py
+
+# The image's checks (tests/vm/test_container_image.py); builds the image when this commit's tag is missing.
+test-image: media
+	$(PY) image/build.py --if-missing
+	SIB_TEST_IMAGE=1 $(PY) -m pytest -v -p no:cacheprovider tests/vm/test_container_image.py
 
 # Lint, types and the unit tier (its few tests marked vm or slow are left to `make test`).
 check: setup

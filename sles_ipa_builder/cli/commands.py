@@ -20,6 +20,7 @@ from ..config import releases
 from ..config import resolve as config_mod
 from ..config.arch import Arch
 from ..errors import ConfigError, InputError
+from . import privileges
 from .results import show
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def build(args: argparse.Namespace, cli: dict[str, Any]) -> int:
     cfgs = per_arch(args, cli)  # every bad value stops here, before any work
     if os.geteuid() != 0:
         raise ConfigError("build needs root (chroot, mounts, device nodes)", "run it as root or with sudo")
+    privileges.require()  # in a container without --privileged: the missing capability, in one line
     from .. import pipeline
     from ..config import foreign
     from ..engine import namespace

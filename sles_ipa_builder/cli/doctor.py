@@ -15,6 +15,7 @@ from ..config import foreign
 from ..config.resolve import Config
 from ..inputs.appliance import check_launch
 from ..log import console
+from . import privileges
 from .results import show
 
 TOOLS = {
@@ -49,6 +50,13 @@ def free_gib(path: Path) -> float:
 
 def checks(cfg: Config, *, launch: bool = True) -> list[Check]:
     out = [Check("root", os.geteuid() == 0, "running as root" if os.geteuid() == 0 else "build needs root")]
+    if os.geteuid() == 0:
+        p = privileges.problem()
+        out.append(Check("privileges", p is None, "namespaces and mounts allowed" if p is None else
+                         f"{p}; {privileges.HINT}"))
+    kvm = os.access("/dev/kvm", os.R_OK | os.W_OK)
+    out.append(Check("/dev/kvm", kvm, "KVM for libguestfs and the boot test" if kvm else
+                     "absent: libguestfs and the boot test run under TCG (slower)", fatal=False))
     tools = {**TOOLS, cfg.arch.qemu_binary: f"boot test (Debian package {cfg.arch.qemu_package})"}
     for tool, why in tools.items():
         path = shutil.which(tool)
