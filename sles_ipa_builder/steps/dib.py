@@ -128,13 +128,18 @@ def copy_manifests(plan: Plan, rt: Runtime) -> None:
     d = plan.root / "etc/dib-manifests"
     d.mkdir(parents=True, exist_ok=True)
     secret = set(plan.cfg.secrets())
+    # Not the builder's own locations (its python, its cache): they differ between two installs of the
+    # builder (a host and its container image) and would make the same inputs give different ramdisks.
     env = {k: v for k, v in sorted(rt.env.items()) if k.startswith("DIB_") and v not in secret
-           and "PASSWORD" not in k}
+           and "PASSWORD" not in k and k not in BUILDER_PLACES}
     (d / "dib_environment").write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()))
     (d / "dib_arguments").write_text(" ".join(plan.cfg.element_list) + "\n")
     for f in d.iterdir():
         os.chown(f, 0, 0)
         f.chmod(0o600)
+
+
+BUILDER_PLACES = ("DIB_PYTHON_EXEC", "DIB_IMAGE_CACHE")
 
 
 # --- package-installs ---------------------------------------------------------------------------
