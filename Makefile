@@ -72,7 +72,7 @@ test-image: media
 
 # Lint, types and the unit tier (its few tests marked vm or slow are left to `make test`).
 check: setup
-	$(VENV)/bin/ruff check sles_ipa_builder tests bench
+	$(VENV)/bin/ruff check sles_ipa_builder tests bench image
 	$(VENV)/bin/mypy sles_ipa_builder
 	$(PY) -m pytest -q -m "not vm and not slow" tests/unit
 
