@@ -313,7 +313,7 @@ def built_release(cfg: config_mod.Config, manifest: Path) -> config_mod.Config:
     """With no release named (or found in images_dir), the release the artifacts were built from, as
     their manifest says: a SLES 16 ramdisk boots with 16's firmware and CPU, and a CPU below what it
     needs is refused."""
-    if any(not cfg.sources.get(k, "default").startswith("default") for k in ("sles_release", "service_pack")):
+    if not cfg.release_defaulted:
         return cfg  # named, or found in images_dir
     try:
         settings = json.loads(manifest.read_text())["settings"]

@@ -221,6 +221,11 @@ class Config:
         return releases.find(self.sles_release, self.service_pack)
 
     @property
+    def release_defaulted(self) -> bool:
+        """No setting named the release and detect.py found none in images_dir."""
+        return all(self.sources[k].startswith("default") for k in ("sles_release", "service_pack"))
+
+    @property
     def release_source(self) -> str:
         """Why this release: the setting that named it, or what detect.py found in images_dir."""
         return next((self.sources[k] for k in ("sles_release", "service_pack") if self.sources[k] != "default"),
